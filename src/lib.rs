@@ -1,0 +1,7 @@
+//! # analytics-demo
+//!
+//! A thread-per-core analytics workload on Redis (counters, cache) and PostgreSQL (source of
+//! truth), built to watch a Redis migration live and prove what it lost.
+
+pub mod metrics;
+pub mod resp;
