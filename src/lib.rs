@@ -4,4 +4,14 @@
 //! truth), built to watch a Redis migration live and prove what it lost.
 
 pub mod metrics;
+pub mod workload;
 pub mod resp;
+pub mod notify;
+pub mod pg;
+pub mod control;
+pub mod http;
+pub mod shard;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod verify;

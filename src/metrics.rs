@@ -24,6 +24,7 @@ pub const DB_QUERY_DURATION: &str = "analytics_db_query_duration_seconds";
 pub const DB_ROWS_WRITTEN_TOTAL: &str = "analytics_db_rows_written_total";
 pub const DB_WRITER_QUEUE_DEPTH: &str = "analytics_db_writer_queue_depth";
 pub const DB_WRITE_ERRORS_TOTAL: &str = "analytics_db_write_errors_total";
+pub const DB_WRITER_LAG: &str = "analytics_db_writer_lag_seconds";
 pub const DB_BATCH_ROWS: &str = "analytics_db_batch_rows";
 pub const DB_ROWS_DROPPED_TOTAL: &str = "analytics_db_rows_dropped_total";
 pub const DB_READ_ERRORS_TOTAL: &str = "analytics_db_read_errors_total";

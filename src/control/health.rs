@@ -1,0 +1,139 @@
+//! Dependency checks for /health: a PING on our own Redis connection and a `SELECT 1` on
+//! our own Postgres connection, once a second, so /health answers instantly.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::resp::{Connection, PoolConfig, RedisUrl};
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct DepStatus {
+    pub status: &'static str,
+    pub endpoint: String,
+    pub latency_ms: Option<f64>,
+    pub error: Option<String>,
+    pub checked_seconds_ago: Option<f64>,
+    #[serde(skip)]
+    pub checked_at: Option<Instant>,
+}
+
+impl DepStatus {
+    pub fn is_up(&self) -> bool {
+        self.status == "up"
+    }
+}
+
+#[derive(Default)]
+pub struct Health {
+    pub redis: DepStatus,
+    pub postgres: DepStatus,
+}
+
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// Checks Redis at the current target (`target()` is read before every check, so a
+/// switched target is checked from the next second on).
+pub async fn redis_loop(
+    health: Rc<RefCell<Health>>,
+    target: impl Fn() -> RedisUrl,
+    mut cfg: PoolConfig,
+) {
+    cfg.command_timeout = CHECK_TIMEOUT;
+    cfg.connect_timeout = CHECK_TIMEOUT;
+    let mut conn: Option<(RedisUrl, Rc<Connection>)> = None;
+    loop {
+        let url = target();
+        let started = Instant::now();
+        if conn.as_ref().is_some_and(|(u, c)| *u != url || c.is_closed()) {
+            conn = None;
+        }
+        let result = match &conn {
+            Some((_, c)) => c.cmd(&[b"PING"]).await.map(|_| ()),
+            None => match Connection::connect(&url, &cfg).await {
+                Ok(c) => {
+                    let r = c.cmd(&[b"PING"]).await.map(|_| ());
+                    conn = Some((url.clone(), c));
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let status = match result {
+            Ok(()) => DepStatus {
+                status: "up",
+                endpoint: url.redacted(),
+                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+                error: None,
+                checked_seconds_ago: None,
+                checked_at: Some(Instant::now()),
+            },
+            Err(e) => {
+                conn = None;
+                DepStatus {
+                    status: "down",
+                    endpoint: url.redacted(),
+                    latency_ms: None,
+                    error: Some(format!("{} ({})", e, e.kind())),
+                    checked_seconds_ago: None,
+                    checked_at: Some(Instant::now()),
+                }
+            }
+        };
+        health.borrow_mut().redis = status;
+        glommio::timer::sleep(CHECK_EVERY).await;
+    }
+}
+
+pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: tokio_postgres::Config) {
+    let endpoint = crate::pg::redacted(&cfg);
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        let started = Instant::now();
+        if client.as_ref().is_some_and(|c| c.is_closed()) {
+            client = None;
+        }
+        let result: Result<(), String> = async {
+            if client.is_none() {
+                client = Some(crate::pg::connect(&cfg, CHECK_TIMEOUT).await?);
+            }
+            let c = client.as_ref().ok_or("not connected")?;
+            let q = async {
+                c.simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(crate::pg::describe(&e))))
+            };
+            glommio::timer::timeout(CHECK_TIMEOUT, q)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let status = match result {
+            Ok(()) => DepStatus {
+                status: "up",
+                endpoint: endpoint.clone(),
+                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+                error: None,
+                checked_seconds_ago: None,
+                checked_at: Some(Instant::now()),
+            },
+            Err(e) => {
+                client = None;
+                DepStatus {
+                    status: "down",
+                    endpoint: endpoint.clone(),
+                    latency_ms: None,
+                    error: Some(e),
+                    checked_seconds_ago: None,
+                    checked_at: Some(Instant::now()),
+                }
+            }
+        };
+        health.borrow_mut().postgres = status;
+        glommio::timer::sleep(CHECK_EVERY).await;
+    }
+}

@@ -1,0 +1,375 @@
+//! The control core: Postgres writer, HTTP endpoints, health checks, the once-a-second
+//! merge of shard reports (progress lines, gauges), and the orderly stop.
+
+pub mod aggregate;
+pub mod health;
+pub mod process;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::SharedReceiver;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::http::{self, Req, Resp};
+use crate::metrics as m;
+use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig, WriterStatus};
+use crate::resp::{PoolConfig, RedisUrl};
+use crate::shard::stats::ShardReport;
+use aggregate::{percentiles, Aggregate, Summary};
+use health::Health;
+
+/// What the control core is started with.
+pub struct ControlParams {
+    pub bind: std::net::SocketAddr,
+    pub redis_url: RedisUrl,
+    pub redis_cfg: PoolConfig,
+    pub pg: tokio_postgres::Config,
+    pub run_id: i64,
+    pub duration: Option<Duration>,
+    pub progress_interval: Duration,
+    pub targets: (u64, u64),
+    pub hit_target: f64,
+    pub batch_size: usize,
+    pub retention_hours: u32,
+    pub connect_timeout: Duration,
+    pub config_json: serde_json::Value,
+    pub shards: usize,
+    pub start_unix: f64,
+}
+
+/// Shared flags between the process's threads.
+#[derive(Clone, Default)]
+pub struct Flags {
+    /// Set by SIGINT/SIGTERM.
+    pub term: Arc<AtomicBool>,
+    /// Set by the control core once the schema is in place: shards start their load.
+    pub ready: Arc<AtomicBool>,
+    /// Set by the control core to stop the shards.
+    pub stopping: Arc<AtomicBool>,
+}
+
+struct State {
+    p: ControlParams,
+    prom: PrometheusHandle,
+    health: Rc<RefCell<Health>>,
+    agg: Rc<RefCell<Aggregate>>,
+    writer: Rc<RefCell<WriterStatus>>,
+    backlogs: Vec<Arc<Backlog>>,
+}
+
+/// Runs the control core to the end of the run; returns the process exit code.
+pub async fn run(
+    p: ControlParams,
+    prom: PrometheusHandle,
+    rows: Vec<SharedReceiver<RowBatch>>,
+    reports: Vec<SharedReceiver<ShardReport>>,
+    backlogs: Vec<Arc<Backlog>>,
+    flags: Flags,
+) -> i32 {
+    let listener = match http::bind(p.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {} (BIND_ADDRESS): {e}", p.bind);
+            flags.stopping.store(true, Ordering::SeqCst);
+            flags.ready.store(true, Ordering::SeqCst);
+            drain_without_writer(rows, reports).await;
+            return 2;
+        }
+    };
+    let state = Rc::new(State {
+        health: Rc::default(),
+        agg: Rc::new(RefCell::new(Aggregate::new(p.shards))),
+        writer: Rc::default(),
+        backlogs: backlogs.clone(),
+        prom,
+        p,
+    });
+    tracing::info!(address = %state.p.bind, "http listening: /metrics /health /report");
+    let server = {
+        let st = state.clone();
+        let handler: http::Handler = Rc::new(move |req: Req| {
+            let st = st.clone();
+            Box::pin(async move { route(&st, req) })
+        });
+        glommio::spawn_local(http::serve(listener, handler))
+    };
+    let checks = [
+        glommio::spawn_local(health::redis_loop(
+            state.health.clone(),
+            {
+                let url = state.p.redis_url.clone();
+                move || url.clone()
+            },
+            state.p.redis_cfg.clone(),
+        )),
+        glommio::spawn_local(health::postgres_loop(state.health.clone(), state.p.pg.clone())),
+    ];
+    static_gauges(&state.p);
+
+    // Schema first (waiting for Postgres if it is not up yet), then the load starts.
+    let mut attempt = 0u32;
+    loop {
+        if flags.term.load(Ordering::Relaxed) {
+            break;
+        }
+        match prepare_db(&state.p).await {
+            Ok(()) => break,
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(error = %e, attempt, "postgres not ready; retrying");
+                }
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    flags.ready.store(true, Ordering::SeqCst);
+    tracing::info!(run_id = state.p.run_id, "load started");
+
+    let writer_task = glommio::spawn_local(writer::run(
+        WriterConfig {
+            pg: state.p.pg.clone(),
+            run_id: state.p.run_id,
+            batch_size: state.p.batch_size,
+            retention_hours: state.p.retention_hours,
+            connect_timeout: state.p.connect_timeout,
+            shutdown_grace: Duration::from_secs(30),
+        },
+        rows,
+        backlogs,
+        flags.stopping.clone(),
+        state.writer.clone(),
+    ));
+    let open_reports = Rc::new(std::cell::Cell::new(reports.len()));
+    for rx in reports {
+        let (agg, open) = (state.agg.clone(), open_reports.clone());
+        glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(r) = rx.recv().await {
+                agg.borrow_mut().add(&r);
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+
+    let started = Instant::now();
+    let mut last_tick = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let term = flags.term.load(Ordering::Relaxed);
+        let timed_out = state.p.duration.is_some_and(|d| started.elapsed() >= d);
+        if term || timed_out {
+            tracing::info!(
+                reason = if term { "signal" } else { "duration reached" },
+                "stopping: finishing in-flight operations and flushing rows"
+            );
+            break;
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            tick(&state);
+        }
+        if last_progress.elapsed() >= state.p.progress_interval {
+            last_progress = Instant::now();
+            progress(&state);
+        }
+    }
+    flags.stopping.store(true, Ordering::SeqCst);
+    writer_task.await;
+    while open_reports.get() > 0 {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    tick(&state);
+    let summary = Summary::build(
+        state.p.run_id,
+        &state.agg.borrow(),
+        state.p.targets,
+        state.p.hit_target,
+        &state.writer.borrow(),
+    );
+    tracing::info!(
+        events = summary.events,
+        queries = summary.queries,
+        rows_written = summary.db_rows_written,
+        rows_dropped = summary.db_rows_dropped,
+        "run finished"
+    );
+    println!("{}", summary.render());
+    drop(server);
+    for c in checks {
+        drop(c);
+    }
+    0
+}
+
+/// Bind failed: let the shards stop cleanly and discard what they send.
+async fn drain_without_writer(rows: Vec<SharedReceiver<RowBatch>>, reports: Vec<SharedReceiver<ShardReport>>) {
+    let mut tasks = Vec::new();
+    for rx in rows {
+        tasks.push(glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while rx.recv().await.is_some() {}
+        }));
+    }
+    for rx in reports {
+        tasks.push(glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while rx.recv().await.is_some() {}
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+async fn prepare_db(p: &ControlParams) -> Result<(), String> {
+    let client = crate::pg::connect(&p.pg, p.connect_timeout).await?;
+    crate::pg::apply_schema(&client).await?;
+    client
+        .execute(
+            "INSERT INTO runs (run_id, config) VALUES ($1, $2) ON CONFLICT (run_id) DO NOTHING",
+            &[&p.run_id, &postgres_types::Json(&p.config_json)],
+        )
+        .await
+        .map_err(|e| crate::pg::describe(&e))?;
+    Ok(())
+}
+
+fn static_gauges(p: &ControlParams) {
+    metrics::gauge!(m::CACHE_HIT_TARGET_RATIO).set(p.hit_target);
+    metrics::gauge!(m::TARGET_RATE, "kind" => "events").set(p.targets.0 as f64);
+    metrics::gauge!(m::TARGET_RATE, "kind" => "queries").set(p.targets.1 as f64);
+    metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => p.redis_url.redacted()).set(1.0);
+    metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).absolute(0);
+    metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(0.0);
+    metrics::counter!(m::DB_WRITE_ERRORS_TOTAL).absolute(0);
+    metrics::counter!(m::DB_ROWS_WRITTEN_TOTAL).absolute(0);
+    metrics::counter!(m::DB_ROWS_DROPPED_TOTAL).absolute(0);
+    metrics::gauge!(m::DB_WRITER_QUEUE_DEPTH).set(0.0);
+    metrics::gauge!(m::CONVERSION_RATE).set(0.0);
+    metrics::gauge!(m::CACHE_HIT_RATIO).set(0.0);
+}
+
+/// Once a second: close the aggregate's window, refresh gauges, run metric upkeep.
+fn tick(st: &State) {
+    let mut agg = st.agg.borrow_mut();
+    agg.tick();
+    let recent = agg.recent_counts(10);
+    if let Some(h) = recent.hit_ratio() {
+        metrics::gauge!(m::CACHE_HIT_RATIO).set(h);
+    }
+    if let Some(c) = agg.recent_counts(60).conversion_rate() {
+        metrics::gauge!(m::CONVERSION_RATE).set(c);
+    }
+    let pending: u64 = st.backlogs.iter().map(|b| b.pending()).sum();
+    metrics::gauge!(m::DB_WRITER_QUEUE_DEPTH).set(pending as f64);
+    drop(agg);
+    st.prom.run_upkeep();
+}
+
+/// The progress line: achieved rates against target, latency, hit ratio, errors.
+fn progress(st: &State) {
+    let (w, d) = st.agg.borrow_mut().take_interval();
+    let secs = d.as_secs_f64().max(1e-9);
+    let p = percentiles(&w.query_latency);
+    let hit = w.hit_ratio().map_or("n/a".to_string(), |h| format!("{:.1}%", h * 100.0));
+    let pending: u64 = st.backlogs.iter().map(|b| b.pending()).sum();
+    let writer = st.writer.borrow();
+    let agg = st.agg.borrow();
+    let redis_up: usize = agg.shards.iter().map(|s| s.redis_connected).sum();
+    let redis_size: usize = agg.shards.iter().map(|s| s.redis_connected.max(s.redis_pool_size)).sum();
+    let errors: Vec<String> = w.errors.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+    tracing::info!(
+        events_per_s = format!("{:.1}/{}", w.events_total() as f64 / secs, st.p.targets.0),
+        queries_per_s = format!("{:.1}/{}", w.queries_total() as f64 / secs, st.p.targets.1),
+        p50_ms = format!("{:.3}", p.p50),
+        p99_ms = format!("{:.3}", p.p99),
+        hit = hit,
+        hit_target = format!("{:.1}%", st.p.hit_target * 100.0),
+        errors = w.errors_total(),
+        error_kinds = errors.join(","),
+        skipped = w.skipped_total(),
+        redis_conns = format!("{redis_up}/{redis_size}"),
+        db_pending = pending,
+        db_lag_s = format!("{:.2}", writer.lag_seconds),
+        "progress"
+    );
+}
+
+fn route(st: &State, req: Req) -> Resp {
+    use hyper::Method;
+    match (&req.method, req.path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let mut body = st.prom.render();
+            body.push_str(&process::render(st.p.start_unix));
+            Resp {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            }
+        }
+        (&Method::GET, "/health") => health_response(st),
+        (&Method::GET, "/report") => {
+            let s = Summary::build(
+                st.p.run_id,
+                &st.agg.borrow(),
+                st.p.targets,
+                st.p.hit_target,
+                &st.writer.borrow(),
+            );
+            let body = json!({ "run": s, "redis_target": st.p.redis_url.redacted(), "switches": [] });
+            Resp::json(200, body.to_string())
+        }
+        (&Method::GET, "/") => Resp::text(
+            200,
+            "analytics-demo\n\nGET /metrics  Prometheus metrics\nGET /health   dependency status (JSON)\nGET /report   run report (JSON)\n",
+        ),
+        (_, "/metrics" | "/health" | "/report" | "/") => Resp::text(405, "method not allowed\n"),
+        _ => Resp::text(404, "not found\n"),
+    }
+}
+
+fn health_response(st: &State) -> Resp {
+    let h = st.health.borrow();
+    let now = Instant::now();
+    let age = |d: &health::DepStatus| {
+        let mut d = d.clone();
+        d.checked_seconds_ago = d.checked_at.map(|t| now.duration_since(t).as_secs_f64());
+        if d.checked_at.is_none() {
+            d.status = "unknown";
+        }
+        d
+    };
+    let agg = st.agg.borrow();
+    let writer = st.writer.borrow();
+    let up = h.redis.is_up() && h.postgres.is_up();
+    let body = json!({
+        "status": if up { "ok" } else { "degraded" },
+        "run_id": st.p.run_id,
+        "uptime_seconds": agg.started.elapsed().as_secs_f64(),
+        "redis": age(&h.redis),
+        "postgres": age(&h.postgres),
+        "shards": agg.shards.iter().enumerate().map(|(i, s)| json!({
+            "shard": i,
+            "redis_connections_up": s.redis_connected,
+            "redis_pool_size": s.redis_pool_size,
+            "postgres_read_connected": s.pg_read_connected,
+            "inflight_operations": s.inflight_ops,
+        })).collect::<Vec<_>>(),
+        "writer": {
+            "connected": writer.connected,
+            "rows_written": writer.rows_written,
+            "pending_rows": st.backlogs.iter().map(|b| b.pending()).sum::<u64>(),
+            "lag_seconds": writer.lag_seconds,
+            "write_errors": writer.errors,
+        },
+    });
+    Resp::json(if up { 200 } else { 503 }, body.to_string())
+}

@@ -1,0 +1,254 @@
+//! The topology: which CPU runs what. Core 0 (of the CPUs this process may use) is the
+//! control core; shards take the others. Each runs one pinned glommio executor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{Config, Distribution};
+use crate::control::{self, ControlParams, Flags};
+use crate::pg::writer::Backlog;
+use crate::resp::PoolConfig;
+use crate::shard::{self, pacer::split_rate, ShardLinks, ShardParams};
+
+/// CPUs this process may run on (its affinity mask, so containers' cpusets are honoured).
+pub fn usable_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Organizations owned by shard `index` of `shards` in instance `instance` of `instances`.
+pub fn shard_orgs(organizations: u32, instance: u32, instances: u32, index: usize, shards: usize) -> Vec<u32> {
+    let parts = u64::from(instances.max(1)) * shards.max(1) as u64;
+    let part = u64::from(instance) * shards as u64 + index as u64;
+    (1..=organizations)
+        .filter(|&o| u64::from(o - 1) % parts == part)
+        .collect()
+}
+
+fn seed_from_clock() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Runs the workload to its end; returns the exit code.
+pub fn run(cfg: Config) -> i32 {
+    let cpus = usable_cpus();
+    let shards = cfg.resolved_shards(cpus.len());
+    if let Err(e) = cfg.validate_against_shards(shards) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let pg = match crate::pg::parse_config(&cfg.database_url) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let prom = match crate::metrics::install() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let seed = cfg.seed.unwrap_or_else(seed_from_clock);
+    let run_id = (seed_from_clock() >> 1) as i64;
+    let parts = shards as u64 * u64::from(cfg.instance_count.max(1));
+    if u64::from(cfg.organizations) < parts {
+        eprintln!(
+            "error: ORGANIZATIONS ({}) must be at least the number of shards x instances ({parts})",
+            cfg.organizations
+        );
+        return 2;
+    }
+    let control_cpu = cpus[0];
+    let shard_cpu = |i: usize| cpus[(1 + i) % cpus.len()];
+    tracing::info!(
+        shards,
+        cpus = ?cpus,
+        control_cpu,
+        pinned = cfg.pin,
+        seed,
+        run_id,
+        redis = %cfg.redis_url,
+        postgres = %crate::pg::redacted(&pg),
+        events_per_second = cfg.events_per_second,
+        queries_per_second = cfg.queries_per_second,
+        "starting"
+    );
+
+    let flags = Flags::default();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, flags.term.clone()) {
+            eprintln!("error: cannot install signal handler: {e}");
+            return 1;
+        }
+    }
+
+    let pool_base = PoolConfig {
+        size: 1,
+        command_timeout: cfg.command_timeout,
+        connect_timeout: Duration::from_secs(2),
+        max_reply_bytes: cfg.max_reply_bytes,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_secs(1),
+        shard: 0,
+    };
+    let mut row_rx = Vec::new();
+    let mut report_rx = Vec::new();
+    let mut backlogs = Vec::new();
+    let mut shard_handles = Vec::new();
+    for i in 0..shards {
+        let (rows_tx, rows_rx) = shared_channel::new_bounded(64);
+        let (rep_tx, rep_rx) = shared_channel::new_bounded(16);
+        let backlog = Arc::new(Backlog::default());
+        row_rx.push(rows_rx);
+        report_rx.push(rep_rx);
+        backlogs.push(backlog.clone());
+        let params = ShardParams {
+            index: i,
+            shards,
+            events_per_second: split_rate(cfg.events_per_second, shards, i),
+            queries_per_second: split_rate(cfg.queries_per_second, shards, i),
+            orgs: shard_orgs(cfg.organizations, cfg.instance_index, cfg.instance_count, i, shards),
+            users_per_org: cfg.users_per_org,
+            zipf_exponent: match cfg.distribution {
+                Distribution::Zipf => Some(cfg.zipf_exponent),
+                Distribution::Uniform => None,
+            },
+            cache_hit_target: cfg.cache_hit_target,
+            max_inflight: (cfg.max_workers / shards).max(1),
+            cache_ttl: cfg.cache_ttl,
+            warmup_interval: cfg.warmup_interval,
+            time_buckets: cfg.time_buckets,
+            redis_url: cfg.redis_url.clone(),
+            pool: PoolConfig {
+                size: split_rate(cfg.redis_pool_size as u64, shards, i).max(1) as usize,
+                shard: i,
+                ..pool_base.clone()
+            },
+            pg: pg.clone(),
+            backlog_cap: (cfg.db_buffer_rows / shards).max(1) as u64,
+            seed,
+            late_limit: Duration::from_secs(1),
+            report_every: Duration::from_secs(1),
+        };
+        let links = ShardLinks {
+            rows: rows_tx,
+            reports: rep_tx,
+            backlog,
+            stopping: flags.stopping.clone(),
+            ready: flags.ready.clone(),
+        };
+        let placement = if cfg.pin {
+            Placement::Fixed(shard_cpu(i))
+        } else {
+            Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(64 << 10)
+            .preempt_timer(Duration::from_millis(10));
+        match builder.spawn(move || shard::run(params, links)) {
+            Ok(h) => shard_handles.push(h),
+            Err(e) => {
+                eprintln!("error: cannot start shard {i} executor: {e}");
+                flags.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                return 1;
+            }
+        }
+    }
+
+    let params = ControlParams {
+        bind: cfg.bind_address,
+        redis_url: cfg.redis_url.clone(),
+        redis_cfg: pool_base,
+        pg,
+        run_id,
+        duration: cfg.duration,
+        progress_interval: cfg.progress_interval,
+        targets: (cfg.events_per_second, cfg.queries_per_second),
+        hit_target: cfg.cache_hit_target,
+        batch_size: cfg.db_batch_size,
+        retention_hours: cfg.time_buckets,
+        connect_timeout: Duration::from_secs(2),
+        config_json: config_json(&cfg, shards, seed),
+        shards,
+        start_unix: crate::workload::time::unix_now(),
+    };
+    let placement = if cfg.pin {
+        Placement::Fixed(control_cpu)
+    } else {
+        Placement::Unbound
+    };
+    let control_flags = flags.clone();
+    let control = LocalExecutorBuilder::new(placement)
+        .name("control")
+        .io_memory(64 << 10)
+        .spawn(move || control::run(params, prom, row_rx, report_rx, backlogs, control_flags));
+    let code = match control {
+        Ok(h) => match h.join() {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: control core failed: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("error: cannot start the control executor: {e}");
+            1
+        }
+    };
+    flags.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in shard_handles {
+        let _ = h.join();
+    }
+    code
+}
+
+/// The configuration recorded in the `runs` table: no URLs with credentials, no token.
+fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
+    serde_json::json!({
+        "events_per_second": cfg.events_per_second,
+        "queries_per_second": cfg.queries_per_second,
+        "organizations": cfg.organizations,
+        "users_per_org": cfg.users_per_org,
+        "cache_hit_target": cfg.cache_hit_target,
+        "max_workers": cfg.max_workers,
+        "redis_pool_size": cfg.redis_pool_size,
+        "cache_ttl_seconds": cfg.cache_ttl.as_secs(),
+        "warmup_interval_seconds": cfg.warmup_interval.as_secs(),
+        "time_buckets": cfg.time_buckets,
+        "redis": cfg.redis_url.redacted(),
+        "shards": shards,
+        "seed": seed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_partition_orgs_without_overlap() {
+        let mut all: Vec<u32> = Vec::new();
+        for inst in 0..2 {
+            for i in 0..3 {
+                all.extend(shard_orgs(100, inst, 2, i, 3));
+            }
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=100).collect::<Vec<_>>());
+    }
+}
+

@@ -1,0 +1,456 @@
+//! The Postgres writer: runs on the control core, merges the shards' event rows, and writes
+//! them in batches (by size, or 100 ms after the first row of a batch) with binary COPY.
+//!
+//! Nothing acknowledged is dropped quietly: a batch is retried with backoff until Postgres
+//! takes it; a retried batch is written once (see `writer_batches`). Memory stays bounded
+//! because shards stop starting events when their rows-not-yet-committed reach their share
+//! of `DB_BUFFER_ROWS` (counted as skipped, reason `db_backlog`).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::shared_channel::SharedReceiver;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config};
+
+use crate::metrics as m;
+use crate::notify::{self, Notify};
+use crate::workload::{time, Outcome};
+
+/// One event as stored in Postgres.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRow {
+    pub event_id: i64,
+    pub ts_micros: i64,
+    pub bucket: i32,
+    pub org: i32,
+    pub user: i32,
+    pub ty: i16,
+    pub outcome: i16,
+}
+
+/// Rows a shard sends in one message.
+pub type RowBatch = Vec<EventRow>;
+
+/// Shared between one shard (adds rows it creates) and the writer (subtracts rows it
+/// commits or, at a give-up on shutdown, drops). Only two threads ever touch it.
+#[derive(Default, Debug)]
+pub struct Backlog {
+    pub pending: AtomicI64,
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Backlog {
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+pub struct WriterConfig {
+    pub pg: Config,
+    pub run_id: i64,
+    pub batch_size: usize,
+    pub retention_hours: u32,
+    pub connect_timeout: Duration,
+    /// How long to keep retrying pending rows after a stop is requested.
+    pub shutdown_grace: Duration,
+}
+
+/// What the control core shows about the writer (health, progress, summary).
+#[derive(Default, Debug, Clone)]
+pub struct WriterStatus {
+    pub connected: bool,
+    pub rows_written: u64,
+    pub batches: u64,
+    pub errors: u64,
+    pub rows_dropped: u64,
+    pub last_error: Option<String>,
+    pub lag_seconds: f64,
+}
+
+const FLUSH_AFTER: Duration = Duration::from_millis(100);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+fn shard_of(event_id: i64) -> usize {
+    (event_id >> 48) as usize
+}
+
+/// Runs until every shard's channel is closed and every row is written (or, after a stop,
+/// `shutdown_grace` has passed with Postgres still failing: then the rest are counted as
+/// dropped).
+pub async fn run(
+    cfg: WriterConfig,
+    receivers: Vec<SharedReceiver<RowBatch>>,
+    backlogs: Vec<Arc<Backlog>>,
+    stopping: Arc<AtomicBool>,
+    status: Rc<RefCell<WriterStatus>>,
+) {
+    let queue: Rc<RefCell<VecDeque<RowBatch>>> = Rc::default();
+    let bell = Rc::new(Notify::default());
+    let open = Rc::new(std::cell::Cell::new(receivers.len()));
+    for rx in receivers {
+        let (queue, bell, open) = (queue.clone(), bell.clone(), open.clone());
+        glommio::spawn_local(async move {
+            let rx = rx.connect().await;
+            while let Some(rows) = rx.recv().await {
+                queue.borrow_mut().push_back(rows);
+                bell.ring();
+            }
+            open.set(open.get() - 1);
+            bell.ring();
+        })
+        .detach();
+    }
+
+    let mut w = Writer {
+        cfg,
+        client: None,
+        batch_seq: 0,
+        backlogs,
+        status,
+        last_retention: Instant::now(),
+        backoff: Duration::from_millis(50),
+    };
+    let mut batch: Vec<EventRow> = Vec::with_capacity(w.cfg.batch_size * 2);
+    let mut first_at: Option<Instant> = None;
+    loop {
+        while let Some(rows) = queue.borrow_mut().pop_front() {
+            if first_at.is_none() {
+                first_at = Some(Instant::now());
+            }
+            batch.extend_from_slice(&rows);
+            if batch.len() >= w.cfg.batch_size {
+                break;
+            }
+        }
+        let all_closed = open.get() == 0 && queue.borrow().is_empty();
+        let due = first_at.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
+        if !batch.is_empty() && (batch.len() >= w.cfg.batch_size || due || all_closed) {
+            w.flush(&mut batch, &stopping).await;
+            first_at = None;
+            continue;
+        }
+        if all_closed {
+            break;
+        }
+        if w.last_retention.elapsed() >= RETENTION_EVERY {
+            w.retention().await;
+        }
+        match first_at {
+            Some(t) => {
+                notify::until(t + FLUSH_AFTER, bell.wait()).await;
+            }
+            None => {
+                notify::until(Instant::now() + Duration::from_millis(500), bell.wait()).await;
+            }
+        }
+    }
+    w.status.borrow_mut().connected = false;
+}
+
+struct Writer {
+    cfg: WriterConfig,
+    client: Option<Client>,
+    batch_seq: i64,
+    backlogs: Vec<Arc<Backlog>>,
+    status: Rc<RefCell<WriterStatus>>,
+    last_retention: Instant,
+    backoff: Duration,
+}
+
+impl Writer {
+    async fn ensure_client(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        self.status.borrow_mut().connected = false;
+        let client = super::connect(&self.cfg.pg, self.cfg.connect_timeout).await?;
+        self.client = Some(client);
+        self.status.borrow_mut().connected = true;
+        tracing::info!(db = %super::redacted(&self.cfg.pg), "writer connected to postgres");
+        Ok(())
+    }
+
+    /// Writes `batch` (then clears it), retrying until it lands or the shutdown grace ends.
+    async fn flush(&mut self, batch: &mut Vec<EventRow>, stopping: &AtomicBool) {
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
+        let mut attempt = 0u32;
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            attempt += 1;
+            let result = match self.ensure_client().await {
+                Ok(()) => self.write_once(batch, seq, attempt > 1).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.committed(batch);
+                    self.backoff = Duration::from_millis(50);
+                    batch.clear();
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!(m::DB_WRITE_ERRORS_TOTAL).increment(1);
+                    {
+                        let mut st = self.status.borrow_mut();
+                        st.errors += 1;
+                        st.last_error = Some(e.clone());
+                    }
+                    tracing::warn!(error = %e, rows = batch.len(), attempt, "postgres write failed; retrying");
+                    if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+                        self.client = None;
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        let limit = *give_up_at.get_or_insert(Instant::now() + self.cfg.shutdown_grace);
+                        if Instant::now() >= limit {
+                            self.dropped(batch);
+                            batch.clear();
+                            return;
+                        }
+                    }
+                    glommio::timer::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn committed(&mut self, batch: &[EventRow]) {
+        let mut per_shard: HashMap<usize, i64> = HashMap::new();
+        let mut oldest = i64::MAX;
+        for r in batch {
+            *per_shard.entry(shard_of(r.event_id)).or_default() += 1;
+            oldest = oldest.min(r.ts_micros);
+        }
+        for (shard, n) in per_shard {
+            if let Some(b) = self.backlogs.get(shard) {
+                b.pending.fetch_sub(n, Ordering::Relaxed);
+                b.written.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        let lag = (time::unix_micros_now() - oldest).max(0) as f64 / 1e6;
+        metrics::counter!(m::DB_ROWS_WRITTEN_TOTAL).increment(batch.len() as u64);
+        metrics::histogram!(m::DB_BATCH_ROWS).record(batch.len() as f64);
+        metrics::gauge!(m::DB_WRITER_LAG).set(lag);
+        let mut st = self.status.borrow_mut();
+        st.rows_written += batch.len() as u64;
+        st.batches += 1;
+        st.lag_seconds = lag;
+    }
+
+    fn dropped(&mut self, batch: &[EventRow]) {
+        for r in batch {
+            if let Some(b) = self.backlogs.get(shard_of(r.event_id)) {
+                b.pending.fetch_sub(1, Ordering::Relaxed);
+                b.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        metrics::counter!(m::DB_ROWS_DROPPED_TOTAL).increment(batch.len() as u64);
+        self.status.borrow_mut().rows_dropped += batch.len() as u64;
+        tracing::error!(
+            rows = batch.len(),
+            "postgres still failing after the shutdown grace period: rows dropped"
+        );
+    }
+
+    async fn write_once(&mut self, batch: &[EventRow], seq: i64, retry: bool) -> Result<(), String> {
+        let run_id = self.cfg.run_id;
+        let client = self.client.as_mut().ok_or("not connected")?;
+        let d = |e: tokio_postgres::Error| super::describe(&e);
+        if retry {
+            // The previous attempt may have committed with its reply lost.
+            let done = client
+                .query_opt(
+                    "SELECT 1 FROM writer_batches WHERE run_id = $1 AND batch_seq = $2",
+                    &[&run_id, &seq],
+                )
+                .await
+                .map_err(d)?;
+            if done.is_some() {
+                return Ok(());
+            }
+        }
+        let started = Instant::now();
+        let tx = client.transaction().await.map_err(d)?;
+        let sink = tx
+            .copy_in(
+                "COPY events (run_id, event_id, ts, bucket, org_id, user_id, event_type, outcome) \
+                 FROM STDIN BINARY",
+            )
+            .await
+            .map_err(d)?;
+        let types = [
+            Type::INT8,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::INT4,
+            Type::INT4,
+            Type::INT4,
+            Type::INT2,
+            Type::INT2,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        let mut writer = std::pin::pin!(writer);
+        for r in batch {
+            let ts = UNIX_EPOCH + Duration::from_micros(r.ts_micros.max(0) as u64);
+            writer
+                .as_mut()
+                .write(&[
+                    &run_id,
+                    &r.event_id,
+                    &ts as &SystemTime,
+                    &r.bucket,
+                    &r.org,
+                    &r.user,
+                    &r.ty,
+                    &r.outcome,
+                ])
+                .await
+                .map_err(d)?;
+        }
+        writer.as_mut().finish().await.map_err(d)?;
+
+        let roll = rollup(batch);
+        tx.execute(
+            "INSERT INTO event_rollups (org_id, bucket, event_type, events, acked, unknown) \
+             SELECT * FROM UNNEST($1::int4[], $2::int4[], $3::int2[], $4::int8[], $5::int8[], $6::int8[]) \
+             ON CONFLICT (org_id, bucket, event_type) DO UPDATE SET \
+             events = event_rollups.events + excluded.events, \
+             acked = event_rollups.acked + excluded.acked, \
+             unknown = event_rollups.unknown + excluded.unknown",
+            &[&roll.org, &roll.bucket, &roll.ty, &roll.events, &roll.acked, &roll.unknown],
+        )
+        .await
+        .map_err(d)?;
+        tx.execute(
+            "INSERT INTO writer_batches (run_id, batch_seq, rows) VALUES ($1, $2, $3)",
+            &[&run_id, &seq, &(batch.len() as i32)],
+        )
+        .await
+        .map_err(d)?;
+        tx.commit().await.map_err(d)?;
+        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "copy").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Deletes what no counter can still need: events and rollups older than
+    /// `TIME_BUCKETS` + 1 hours.
+    async fn retention(&mut self) {
+        self.last_retention = Instant::now();
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let hours = f64::from(self.cfg.retention_hours + 1);
+        let cutoff_bucket = time::bucket_hours_ago(time::unix_now() as i64, self.cfg.retention_hours + 1);
+        let started = Instant::now();
+        let r = async {
+            let ev = client
+                .execute(
+                    "DELETE FROM events WHERE ts < now() - make_interval(secs => $1)",
+                    &[&(hours * 3600.0)],
+                )
+                .await?;
+            client
+                .execute("DELETE FROM event_rollups WHERE bucket < $1", &[&cutoff_bucket])
+                .await?;
+            client
+                .execute(
+                    "DELETE FROM writer_batches WHERE committed_at < now() - make_interval(secs => $1)",
+                    &[&(hours * 3600.0)],
+                )
+                .await?;
+            Ok::<u64, tokio_postgres::Error>(ev)
+        }
+        .await;
+        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "retention").record(started.elapsed().as_secs_f64());
+        match r {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "retention removed old events"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %super::describe(&e), "retention failed"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Rollup {
+    org: Vec<i32>,
+    bucket: Vec<i32>,
+    ty: Vec<i16>,
+    events: Vec<i64>,
+    acked: Vec<i64>,
+    unknown: Vec<i64>,
+}
+
+/// Aggregates a batch per (org, bucket, type), sorted so concurrent writers lock in order.
+fn rollup(batch: &[EventRow]) -> Rollup {
+    let mut agg: HashMap<(i32, i32, i16), [i64; 3]> = HashMap::new();
+    for r in batch {
+        let e = agg.entry((r.org, r.bucket, r.ty)).or_default();
+        e[0] += 1;
+        if r.outcome == Outcome::Acked.code() {
+            e[1] += 1;
+        } else if r.outcome == Outcome::Unknown.code() {
+            e[2] += 1;
+        }
+    }
+    let mut keys: Vec<_> = agg.into_iter().collect();
+    keys.sort_unstable_by_key(|(k, _)| *k);
+    let mut out = Rollup::default();
+    for ((org, bucket, ty), [events, acked, unknown]) in keys {
+        out.org.push(org);
+        out.bucket.push(bucket);
+        out.ty.push(ty);
+        out.events.push(events);
+        out.acked.push(acked);
+        out.unknown.push(unknown);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(org: i32, ty: i16, outcome: Outcome) -> EventRow {
+        EventRow {
+            event_id: 0,
+            ts_micros: 0,
+            bucket: 2026112517,
+            org,
+            user: 1,
+            ty,
+            outcome: outcome.code(),
+        }
+    }
+
+    #[test]
+    fn should_roll_up_outcomes_per_key() {
+        let batch = [
+            row(2, 0, Outcome::Acked),
+            row(1, 0, Outcome::Acked),
+            row(2, 0, Outcome::Unknown),
+            row(2, 0, Outcome::Failed),
+            row(2, 1, Outcome::Acked),
+        ];
+        let r = rollup(&batch);
+        assert_eq!(r.org, vec![1, 2, 2]);
+        assert_eq!(r.ty, vec![0, 0, 1]);
+        assert_eq!(r.events, vec![1, 3, 1]);
+        assert_eq!(r.acked, vec![1, 1, 1]);
+        assert_eq!(r.unknown, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn should_find_shard_in_event_id() {
+        assert_eq!(shard_of((3 << 48) | 12345), 3);
+        assert_eq!(shard_of(77), 0);
+    }
+}

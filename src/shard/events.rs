@@ -1,0 +1,124 @@
+//! The event path: pick a tenant, a user and a type; INCR the hour's counter and add the
+//! user to the hour's unique-user HyperLogLog (one pipelined write); record the outcome of
+//! the INCR with the event's Postgres row.
+//!
+//! INCR is never retried: a retry after a lost reply could apply it twice, and the outcome
+//! `unknown` is exactly what `verify` needs to bound the counter.
+
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::stats::Skip;
+use super::{push_row, Shard};
+use crate::pg::writer::EventRow;
+use crate::resp::Reply;
+use crate::workload::{keys, time, EventType, Outcome};
+
+/// Starts one event due at `due` as its own task (or skips it when the writer is behind).
+pub fn start(s: Rc<Shard>, due: Instant) {
+    if s.backlog.pending() >= s.p.backlog_cap {
+        s.metrics.skipped(Skip::DbBacklog, 1);
+        s.stats.borrow_mut().skipped[Skip::DbBacklog as usize] += 1;
+        return;
+    }
+    // Reserve the row's place before the write, so the cap holds across in-flight events.
+    s.backlog
+        .pending
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.inflight.set(s.inflight.get() + 1);
+    glommio::spawn_local(async move {
+        run(&s, due).await;
+        s.inflight.set(s.inflight.get() - 1);
+    })
+    .detach();
+}
+
+async fn run(s: &Shard, due: Instant) {
+    let (org_rank, org, user, ty) = {
+        let mut rng = s.rng.borrow_mut();
+        let org_rank = s.org_pick.sample(&mut rng) as usize;
+        let org = s.p.orgs[org_rank];
+        let rank = s.user_pick.sample(&mut rng);
+        // Rotate ranks per organization so each has different power users.
+        let user = ((rank + u64::from(org) * 7) % u64::from(s.p.users_per_org)) as u32 + 1;
+        (org_rank, org, user, s.event_pick.sample(&mut rng))
+    };
+    let ts_micros = time::unix_micros_now();
+    let unix = ts_micros.div_euclid(1_000_000);
+    let bucket = time::bucket_of(unix);
+
+    let mut counter = Vec::with_capacity(40);
+    let mut uniques = Vec::with_capacity(32);
+    let mut user_buf = Vec::with_capacity(10);
+    keys::counter(&mut counter, org, ty, bucket);
+    keys::uniques(&mut uniques, org, bucket);
+    let _ = write!(user_buf, "{user}");
+
+    let replies = s
+        .pool
+        .pipeline(&[&[b"INCR", &counter], &[b"PFADD", &uniques, &user_buf]])
+        .await;
+    let mut first_in_bucket = false;
+    let outcome = match replies.first() {
+        Some(Ok(reply)) => {
+            first_in_bucket = matches!(reply, Reply::Int(1));
+            Outcome::Acked
+        }
+        Some(Err(e)) => {
+            *s.stats.borrow_mut().errors.entry(e.kind()).or_default() += 1;
+            if e.outcome_unknown() {
+                Outcome::Unknown
+            } else {
+                Outcome::Failed
+            }
+        }
+        None => Outcome::Failed,
+    };
+    if let Some(Err(e)) = replies.get(1) {
+        if outcome == Outcome::Acked {
+            *s.stats.borrow_mut().errors.entry(e.kind()).or_default() += 1;
+        }
+    }
+    if first_in_bucket {
+        // The counter was just created: make it (and the hour's HLL) expire
+        // `TIME_BUCKETS` hours after its hour ends.
+        let expire_at = time::bucket_start(bucket).unwrap_or(unix) + 3600 * (i64::from(s.p.time_buckets) + 1);
+        let at = expire_at.to_string();
+        let _ = s
+            .pool
+            .pipeline(&[
+                &[b"EXPIREAT", &counter, at.as_bytes()],
+                &[b"EXPIREAT", &uniques, at.as_bytes()],
+            ])
+            .await;
+    }
+    let done = Instant::now();
+
+    push_row(
+        s,
+        EventRow {
+            event_id: ((s.p.index as i64) << 48) | s.next_seq.replace(s.next_seq.get() + 1),
+            ts_micros,
+            bucket,
+            org: org as i32,
+            user: user as i32,
+            ty: ty.code(),
+            outcome: outcome.code(),
+        },
+    );
+    let latency = done.saturating_duration_since(due);
+    s.metrics.event(ty, outcome, latency.as_secs_f64());
+    let mut st = s.stats.borrow_mut();
+    st.events[ty as usize][outcome as usize] += 1;
+    let _ = st.event_latency.record((latency.as_micros() as u64).max(1));
+    if let Some(seen) = st.org_last_seen.get_mut(org_rank) {
+        *seen = unix as u32;
+    }
+    st.users_now.insert((u64::from(org) << 32) | u64::from(user));
+}
+
+/// The event-type label of a code, for reports.
+pub fn type_name(code: usize) -> &'static str {
+    EventType::ALL.get(code).map_or("unknown", |t| t.as_str())
+}

@@ -1,0 +1,244 @@
+//! A shard: one glommio executor pinned to one CPU, owning its Redis pool, Postgres read
+//! connection, RNG stream, generators and counters. Shards share nothing mutable with each
+//! other; they talk to the control core through bounded channels only.
+
+pub mod events;
+pub mod pacer;
+pub mod queries;
+pub mod stats;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+
+use crate::pg::reader::Reader;
+use crate::pg::writer::{Backlog, EventRow, RowBatch};
+use crate::resp::{Pool, PoolConfig, RedisUrl};
+use crate::workload::{Rng, Skewed, Weighted, EVENT_TYPES, QUERY_TYPES};
+use stats::{ShardMetrics, ShardReport, ShardStats};
+
+/// Everything a shard needs, moved into its executor thread.
+#[derive(Clone)]
+pub struct ShardParams {
+    pub index: usize,
+    pub shards: usize,
+    pub events_per_second: u64,
+    pub queries_per_second: u64,
+    /// Organization ids this shard owns (1-based ids; rank 0 is the largest tenant).
+    pub orgs: Vec<u32>,
+    pub users_per_org: u32,
+    pub zipf_exponent: Option<f64>,
+    pub cache_hit_target: f64,
+    pub max_inflight: usize,
+    pub cache_ttl: Duration,
+    pub warmup_interval: Duration,
+    pub time_buckets: u32,
+    pub redis_url: RedisUrl,
+    pub pool: PoolConfig,
+    pub pg: tokio_postgres::Config,
+    pub backlog_cap: u64,
+    pub seed: u64,
+    /// Operations more than this far behind their schedule are skipped as late.
+    pub late_limit: Duration,
+    pub report_every: Duration,
+}
+
+/// The channels and shared flags a shard is started with.
+pub struct ShardLinks {
+    pub rows: SharedSender<RowBatch>,
+    pub reports: SharedSender<ShardReport>,
+    pub backlog: Arc<Backlog>,
+    pub stopping: Arc<AtomicBool>,
+    /// Set once the schema is in place; the load waits for it.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Shard-local state shared by the shard's tasks (single-threaded: `Rc`/`Cell`).
+pub struct Shard {
+    pub p: ShardParams,
+    pub pool: Rc<Pool>,
+    pub reader: Rc<Reader>,
+    pub rng: RefCell<Rng>,
+    pub org_pick: Skewed,
+    pub user_pick: Skewed,
+    pub event_pick: Weighted<crate::workload::EventType>,
+    pub query_pick: Weighted<crate::workload::QueryType>,
+    pub inflight: Cell<usize>,
+    pub next_seq: Cell<i64>,
+    pub rows: RefCell<Vec<EventRow>>,
+    pub backlog: Arc<Backlog>,
+    pub stats: RefCell<ShardStats>,
+    pub metrics: ShardMetrics,
+    /// Fraction of cacheable queries sent to one-off (ad-hoc) keys; steered so the hit
+    /// ratio of cacheable queries meets `CACHE_HIT_TARGET` (see `queries.rs`).
+    pub adhoc_fraction: Cell<f64>,
+}
+
+const ROW_FLUSH_EVERY: Duration = Duration::from_millis(10);
+const ROW_MESSAGE_MAX: usize = 512;
+
+/// Runs a shard until `stopping` is set, then drains it: no new operations, in-flight
+/// ones finish, every row goes to the writer, a final report goes to the control core.
+pub async fn run(p: ShardParams, links: ShardLinks) {
+    let rows_tx = links.rows.connect().await;
+    let reports_tx = links.reports.connect().await;
+    let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
+    let reader = Reader::new(p.pg.clone(), p.pool.connect_timeout, p.index);
+    let org_pick = match p.zipf_exponent {
+        Some(s) => Skewed::zipf(p.orgs.len(), s),
+        None => Skewed::uniform(p.orgs.len() as u64),
+    };
+    let user_pick = match p.zipf_exponent {
+        Some(s) => Skewed::zipf(p.users_per_org as usize, s),
+        None => Skewed::uniform(u64::from(p.users_per_org)),
+    };
+    let shard = Rc::new(Shard {
+        rng: RefCell::new(Rng::for_shard(p.seed, p.index)),
+        metrics: ShardMetrics::new(p.index),
+        stats: RefCell::new(ShardStats::new(p.orgs.len())),
+        adhoc_fraction: Cell::new(0.0),
+        pool,
+        reader,
+        org_pick,
+        user_pick,
+        event_pick: Weighted::new(&EVENT_TYPES),
+        query_pick: Weighted::new(&QUERY_TYPES),
+        inflight: Cell::new(0),
+        next_seq: Cell::new(1),
+        rows: RefCell::new(Vec::with_capacity(ROW_MESSAGE_MAX)),
+        backlog: links.backlog,
+        p,
+    });
+    let stopping = links.stopping;
+    while !links.ready.load(Ordering::Relaxed) && !stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    shard.pool.wait_connected(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    if shard.p.events_per_second > 0 {
+        let (s, stop) = (shard.clone(), stopping.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let rate = s.p.events_per_second;
+            pace(&s, &stop, start, rate, |s, due| events::start(s, due)).await
+        }));
+    }
+    if shard.p.queries_per_second > 0 {
+        let (s, stop) = (shard.clone(), stopping.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let rate = s.p.queries_per_second;
+            pace(&s, &stop, start, rate, |s, due| queries::start(s, due)).await
+        }));
+    }
+    let warmup = {
+        let (s, stop) = (shard.clone(), stopping.clone());
+        glommio::spawn_local(async move { queries::warmup_loop(&s, &stop).await })
+    };
+    let rows_tx = Rc::new(rows_tx);
+    let flusher = {
+        let (s, stop, tx) = (shard.clone(), stopping.clone(), rows_tx.clone());
+        glommio::spawn_local(async move {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(ROW_FLUSH_EVERY).await;
+                flush_rows(&s, &tx).await;
+            }
+        })
+    };
+    let reporter = {
+        let (s, stop) = (shard.clone(), stopping.clone());
+        glommio::spawn_local(async move {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(s.p.report_every).await;
+                let now = Instant::now();
+                let report = stats::take_report(&s, now - last, false);
+                last = now;
+                queries::steer_hit_ratio(&s);
+                if reports_tx.send(report).await.is_err() {
+                    break;
+                }
+            }
+            (reports_tx, last)
+        })
+    };
+
+    for t in tasks {
+        t.await;
+    }
+    // Drain: wait for in-flight operations (they are bounded by the command timeout).
+    let drain_limit = Instant::now() + shard.p.pool.command_timeout * 3 + Duration::from_secs(2);
+    while shard.inflight.get() > 0 && Instant::now() < drain_limit {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.inflight.get() > 0 {
+        tracing::warn!(shard = shard.p.index, inflight = shard.inflight.get(), "operations still in flight at shutdown");
+    }
+    warmup.cancel().await;
+    flusher.await;
+    flush_rows(&shard, &rows_tx).await;
+    let (reports_tx, last) = reporter.await;
+    let report = stats::take_report(&shard, last.elapsed(), true);
+    let _ = reports_tx.send(report).await;
+    shard.pool.close().await;
+    drop(rows_tx);
+}
+
+async fn flush_rows(s: &Shard, tx: &ConnectedSender<RowBatch>) {
+    loop {
+        let batch = {
+            let mut rows = s.rows.borrow_mut();
+            if rows.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *rows, Vec::with_capacity(ROW_MESSAGE_MAX))
+        };
+        if tx.send(batch).await.is_err() {
+            tracing::error!(shard = s.p.index, "writer channel closed; rows lost");
+            return;
+        }
+    }
+}
+
+/// Queues a row for the writer; sends early when a message is full.
+pub fn push_row(s: &Shard, row: EventRow) {
+    s.rows.borrow_mut().push(row);
+}
+
+/// Drives one open-loop stream: starts every due operation (as its own task), counts the
+/// ones skipped because the in-flight cap is reached or they are too late.
+async fn pace(
+    s: &Rc<Shard>,
+    stop: &AtomicBool,
+    start: Instant,
+    rate: u64,
+    op: impl Fn(Rc<Shard>, Instant),
+) {
+    let mut sched = pacer::Schedule::new(start, rate);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let due = sched.take_due(now, s.p.late_limit);
+        if due.late > 0 {
+            s.metrics.skipped(stats::Skip::Late, due.late);
+            s.stats.borrow_mut().skipped[stats::Skip::Late as usize] += due.late;
+        }
+        for k in due.from..due.to {
+            if s.inflight.get() >= s.p.max_inflight {
+                s.metrics.skipped(stats::Skip::MaxWorkers, 1);
+                s.stats.borrow_mut().skipped[stats::Skip::MaxWorkers as usize] += 1;
+                continue;
+            }
+            op(s.clone(), sched.at(k));
+        }
+        let next = sched.next_at();
+        let now = Instant::now();
+        if next > now {
+            glommio::timer::sleep(next - now).await;
+        } else {
+            glommio::yield_if_needed().await;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Open-loop pacing: operation `k` is due at `start + k / rate`, whatever happened to
+//! earlier operations. Latency is measured from that due time, so a stall shows up as the
+//! latency it caused instead of as a quietly lower rate (no coordinated omission).
+
+use std::time::{Duration, Instant};
+
+/// The schedule of one stream of operations at a constant integer rate.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    start: Instant,
+    rate: u64,
+    /// The next operation to start.
+    next: u64,
+}
+
+/// What to do with the operations that are due now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Due {
+    /// Operations to skip because they are further behind than the late limit.
+    pub late: u64,
+    /// Indices `from..to` to start now.
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Schedule {
+    pub fn new(start: Instant, rate: u64) -> Schedule {
+        Schedule {
+            start,
+            rate: rate.max(1),
+            next: 0,
+        }
+    }
+
+    /// When operation `k` is due (exact integer arithmetic: no drift over long runs).
+    pub fn at(&self, k: u64) -> Instant {
+        let nanos = u128::from(k) * 1_000_000_000 / u128::from(self.rate);
+        self.start + Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// How many operations are due by `now` (indices below the returned value).
+    fn due_by(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.start).as_nanos();
+        (elapsed * u128::from(self.rate) / 1_000_000_000).min(u128::from(u64::MAX - 1)) as u64 + 1
+    }
+
+    /// Takes every operation due by `now`. Operations more than `late_limit` behind are
+    /// reported as late (to be counted and skipped) rather than started in a burst.
+    pub fn take_due(&mut self, now: Instant, late_limit: Duration) -> Due {
+        let due = self.due_by(now);
+        let mut late = 0;
+        if due > self.next {
+            let cutoff = now.checked_sub(late_limit).unwrap_or(self.start);
+            if self.at(self.next) < cutoff {
+                let first_ok = self.due_by(cutoff).min(due);
+                late = first_ok.saturating_sub(self.next);
+                self.next += late;
+            }
+        }
+        let from = self.next;
+        self.next = self.next.max(due);
+        Due {
+            late,
+            from,
+            to: self.next,
+        }
+    }
+
+    /// When the next operation is due.
+    pub fn next_at(&self) -> Instant {
+        self.at(self.next)
+    }
+}
+
+/// Splits a total rate across `n` shards: the first `total % n` shards take one more.
+pub fn split_rate(total: u64, n: usize, index: usize) -> u64 {
+    let n = n.max(1) as u64;
+    total / n + u64::from((index as u64) < total % n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_schedule_exactly_without_drift() {
+        let t0 = Instant::now();
+        let s = Schedule::new(t0, 3);
+        assert_eq!(s.at(0), t0);
+        assert_eq!(s.at(3), t0 + Duration::from_secs(1));
+        assert_eq!(s.at(3_000_000), t0 + Duration::from_secs(1_000_000));
+        assert_eq!(s.at(1), t0 + Duration::from_nanos(333_333_333));
+    }
+
+    #[test]
+    fn should_take_exactly_rate_times_elapsed() {
+        let t0 = Instant::now();
+        for rate in [1u64, 7, 10, 999, 2000, 8000, 100_000, 1_000_000] {
+            let mut s = Schedule::new(t0, rate);
+            let mut started = 0;
+            // Irregular wake-ups over 10 s.
+            let mut t = Duration::ZERO;
+            let mut step = 1u64;
+            while t < Duration::from_secs(10) {
+                let d = s.take_due(t0 + t, Duration::from_secs(1));
+                assert_eq!(d.late, 0);
+                started += d.to - d.from;
+                step = (step * 7919) % 3001 + 1;
+                t += Duration::from_micros(step);
+            }
+            let d = s.take_due(t0 + Duration::from_secs(10), Duration::from_secs(1));
+            started += d.to - d.from;
+            // Operations 0..=rate*10 are due at exactly 10 s.
+            assert_eq!(started, rate * 10 + 1, "rate {rate}");
+        }
+    }
+
+    #[test]
+    fn should_skip_what_is_too_late_and_count_it() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0, 1000);
+        let d = s.take_due(t0, Duration::from_secs(1));
+        assert_eq!((d.late, d.from, d.to), (0, 0, 1));
+        // A 5 s stall: ops due before t=4 s are late, 4 s..5 s start now.
+        let d = s.take_due(t0 + Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(d.late, 3999);
+        assert_eq!(d.to - d.from, 1001);
+        assert_eq!(d.late + (d.to - d.from) + 1, 5001);
+        assert_eq!(s.next_at(), t0 + Duration::from_micros(5_001_000));
+    }
+
+    #[test]
+    fn should_split_rates_exactly() {
+        for total in [0u64, 1, 7, 2000, 8001] {
+            for n in 1..6 {
+                let sum: u64 = (0..n).map(|i| split_rate(total, n, i)).sum();
+                assert_eq!(sum, total);
+            }
+        }
+    }
+}

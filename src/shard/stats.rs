@@ -1,0 +1,261 @@
+//! Shard-local counters and histograms, and the report each shard sends the control core
+//! every second (the control core merges them for progress lines, gauges and the summary).
+//!
+//! Prometheus series are updated directly through cached handles labelled with the shard,
+//! so no two cores write the same atomic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use metrics::{Counter, Gauge, Histogram as PromHistogram};
+
+use super::Shard;
+use crate::metrics as m;
+use crate::workload::{EventType, Outcome, QueryType};
+
+/// Why an operation was not started.
+#[derive(Clone, Copy, Debug)]
+pub enum Skip {
+    /// `MAX_WORKERS` operations already in flight.
+    MaxWorkers = 0,
+    /// Further behind schedule than the late limit (after a stall).
+    Late = 1,
+    /// The Postgres writer is too far behind: the event is not started, so it is never
+    /// INCRed without its row.
+    DbBacklog = 2,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 3] = [Skip::MaxWorkers, Skip::Late, Skip::DbBacklog];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::MaxWorkers => "max_workers",
+            Skip::Late => "late",
+            Skip::DbBacklog => "db_backlog",
+        }
+    }
+}
+
+/// How a query was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit = 0,
+    Miss = 1,
+    /// Not a cacheable query (real-time).
+    None = 2,
+    Error = 3,
+}
+
+impl CacheOutcome {
+    pub const ALL: [CacheOutcome; 4] = [
+        CacheOutcome::Hit,
+        CacheOutcome::Miss,
+        CacheOutcome::None,
+        CacheOutcome::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::None => "none",
+            CacheOutcome::Error => "error",
+        }
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h, 3 significant digits. Bounds are constants: creation cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Counts since the last report (reset on every report).
+pub struct ShardStats {
+    pub events: [[u64; 3]; 5],
+    pub queries: [[u64; 4]; 3],
+    /// Hits and lookups of cacheable queries on their natural keys (not ad-hoc ones).
+    pub natural_hits: u64,
+    pub natural_lookups: u64,
+    pub skipped: [u64; 3],
+    pub errors: HashMap<&'static str, u64>,
+    /// Query latency from the scheduled start (µs).
+    pub query_latency: Histogram<u64>,
+    /// Query latency from the actual start (µs): what a closed-loop tool would report.
+    pub query_service: Histogram<u64>,
+    pub event_latency: Histogram<u64>,
+    pub warmups: u64,
+    /// Unix second each owned organization last had an event (indexed by org rank).
+    pub org_last_seen: Vec<u32>,
+    pub users_now: std::collections::HashSet<u64>,
+    pub users_prev: usize,
+    pub users_window_start: u64,
+}
+
+impl ShardStats {
+    pub fn new(orgs: usize) -> ShardStats {
+        ShardStats {
+            events: [[0; 3]; 5],
+            queries: [[0; 4]; 3],
+            natural_hits: 0,
+            natural_lookups: 0,
+            skipped: [0; 3],
+            errors: HashMap::new(),
+            query_latency: new_histogram(),
+            query_service: new_histogram(),
+            event_latency: new_histogram(),
+            warmups: 0,
+            org_last_seen: vec![0; orgs],
+            users_now: Default::default(),
+            users_prev: 0,
+            users_window_start: 0,
+        }
+    }
+}
+
+/// What one shard tells the control core, once a second and once more at the end.
+#[derive(Clone)]
+pub struct ShardReport {
+    pub shard: usize,
+    pub last: bool,
+    pub interval: Duration,
+    pub events: [[u64; 3]; 5],
+    pub queries: [[u64; 4]; 3],
+    pub skipped: [u64; 3],
+    pub errors: Vec<(&'static str, u64)>,
+    pub query_latency: Histogram<u64>,
+    pub query_service: Histogram<u64>,
+    pub event_latency: Histogram<u64>,
+    pub warmups: u64,
+    pub active_orgs: u64,
+    pub active_users: u64,
+    pub redis_connected: usize,
+    pub redis_pool_size: usize,
+    pub redis_inflight: usize,
+    pub pg_read_connected: bool,
+    pub inflight_ops: usize,
+    pub adhoc_fraction: f64,
+    pub db_pending: u64,
+}
+
+/// Builds the report for the last `interval` and resets the interval counters.
+pub fn take_report(s: &Shard, interval: Duration, last: bool) -> ShardReport {
+    let now = crate::workload::time::unix_now() as u64;
+    let mut st = s.stats.borrow_mut();
+    if now >= st.users_window_start + 60 {
+        st.users_prev = st.users_now.len();
+        st.users_now.clear();
+        st.users_window_start = now;
+    }
+    let active_orgs = st
+        .org_last_seen
+        .iter()
+        .filter(|&&t| t != 0 && u64::from(t) + 60 > now)
+        .count() as u64;
+    let active_users = st.users_prev.max(st.users_now.len()) as u64;
+    s.metrics.active_orgs.set(active_orgs as f64);
+    s.metrics.active_users.set(active_users as f64);
+    s.metrics.inflight.set(s.inflight.get() as f64);
+    let report = ShardReport {
+        shard: s.p.index,
+        last,
+        interval,
+        events: st.events,
+        queries: st.queries,
+        skipped: st.skipped,
+        errors: st.errors.drain().collect(),
+        query_latency: st.query_latency.clone(),
+        query_service: st.query_service.clone(),
+        event_latency: st.event_latency.clone(),
+        warmups: st.warmups,
+        active_orgs,
+        active_users,
+        redis_connected: s.pool.connected(),
+        redis_pool_size: s.p.pool.size,
+        redis_inflight: s.pool.inflight(),
+        pg_read_connected: s.reader.is_connected(),
+        inflight_ops: s.inflight.get(),
+        adhoc_fraction: s.adhoc_fraction.get(),
+        db_pending: s.backlog.pending(),
+    };
+    st.events = [[0; 3]; 5];
+    st.queries = [[0; 4]; 3];
+    st.skipped = [0; 3];
+    st.warmups = 0;
+    st.query_latency.reset();
+    st.query_service.reset();
+    st.event_latency.reset();
+    report
+}
+
+/// Cached Prometheus handles of one shard (no registry lookup on the hot path).
+pub struct ShardMetrics {
+    pub events: Vec<Counter>,
+    pub event_duration: PromHistogram,
+    pub queries: Vec<Counter>,
+    pub query_duration: Vec<PromHistogram>,
+    pub query_service: Vec<PromHistogram>,
+    pub skipped: Vec<Counter>,
+    pub warmups: Counter,
+    pub inflight: Gauge,
+    pub active_orgs: Gauge,
+    pub active_users: Gauge,
+}
+
+impl ShardMetrics {
+    pub fn new(shard: usize) -> ShardMetrics {
+        let sh = shard.to_string();
+        let mut events = Vec::new();
+        for ty in EventType::ALL {
+            for o in Outcome::ALL {
+                events.push(metrics::counter!(m::EVENTS_TOTAL, "type" => ty.as_str(), "outcome" => o.as_str(), "shard" => sh.clone()));
+            }
+        }
+        let mut queries = Vec::new();
+        let mut query_duration = Vec::new();
+        let mut query_service = Vec::new();
+        for qt in QueryType::ALL {
+            for c in CacheOutcome::ALL {
+                let labels = [
+                    ("query_type", qt.as_str().to_string()),
+                    ("cache", c.as_str().to_string()),
+                    ("shard", sh.clone()),
+                ];
+                queries.push(metrics::counter!(m::QUERIES_TOTAL, &labels));
+                query_duration.push(metrics::histogram!(m::QUERY_DURATION, &labels));
+                query_service.push(metrics::histogram!(m::QUERY_DURATION_UNCORRECTED, &labels));
+            }
+        }
+        let skipped = Skip::ALL
+            .iter()
+            .map(|r| metrics::counter!(m::SKIPPED_OPERATIONS_TOTAL, "reason" => r.as_str(), "shard" => sh.clone()))
+            .collect();
+        ShardMetrics {
+            events,
+            event_duration: metrics::histogram!(m::EVENT_DURATION, "shard" => sh.clone()),
+            queries,
+            query_duration,
+            query_service,
+            skipped,
+            warmups: metrics::counter!(m::WARMUP_REFRESHES_TOTAL, "shard" => sh.clone()),
+            inflight: metrics::gauge!(m::INFLIGHT_OPERATIONS, "shard" => sh.clone()),
+            active_orgs: metrics::gauge!(m::ACTIVE_ORGANIZATIONS, "shard" => sh.clone()),
+            active_users: metrics::gauge!(m::ACTIVE_USERS, "shard" => sh),
+        }
+    }
+
+    pub fn skipped(&self, why: Skip, n: u64) {
+        self.skipped[why as usize].increment(n);
+    }
+
+    pub fn event(&self, ty: EventType, o: Outcome, secs: f64) {
+        self.events[ty as usize * 3 + o as usize].increment(1);
+        self.event_duration.record(secs);
+    }
+
+    pub fn query(&self, qt: QueryType, c: CacheOutcome, corrected: f64, service: f64) {
+        let i = qt as usize * 4 + c as usize;
+        self.queries[i].increment(1);
+        self.query_duration[i].record(corrected);
+        self.query_service[i].record(service);
+    }
+}
