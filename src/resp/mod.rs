@@ -20,3 +20,6 @@ pub use error::RedisError;
 pub use frame::Reply;
 pub use pool::{Pool, PoolConfig};
 pub use url::RedisUrl;
+
+#[cfg(test)]
+mod tests;
