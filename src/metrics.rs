@@ -45,8 +45,8 @@ pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 /// Latency buckets in seconds: 50 µs to 10 s, roughly x2 per step with 1-2-5 fill below
 /// 10 ms, so loopback Redis latency (tens to hundreds of µs) lands in distinct buckets.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
-    0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Batch-size buckets (rows per COPY).

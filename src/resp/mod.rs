@@ -1,5 +1,25 @@
 //! Our Redis client: RESP2 frames (via `redis-protocol`) over glommio TCP.
+//!
+//! # Layout
+//! - [`frame`]: encode commands, scan and decode replies under a size cap.
+//! - [`conn`]: one pipelined connection (reader, writer and timeout tasks).
+//! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
+//! - [`error`]: the error type and its bounded `kind()` labels.
+//! - `stats`: cached metric handles; `sync`: single-threaded wake-ups.
 
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod pool;
+mod stats;
+mod sync;
 pub mod url;
 
+pub use conn::Connection;
+pub use error::RedisError;
+pub use frame::Reply;
+pub use pool::{Pool, PoolConfig};
 pub use url::RedisUrl;
+
+#[cfg(test)]
+mod tests;

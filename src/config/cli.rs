@@ -1,0 +1,287 @@
+//! The option table: every option's flag, environment variable, default and help text, once.
+//!
+//! argh only accepts string literals as help text and has no environment support, so the
+//! table is a macro: each entry is one doc line ending in `[env: NAME] [default: VALUE]`.
+//! From it come both the argh structs (`--help` shows the env name and default) and
+//! [`OptDef`]s, whose `env` and `default` are cut out of that same line at compile time.
+//! The flag is the field name in kebab case, which is what argh derives.
+
+use argh::FromArgs;
+
+/// One option of the table.
+#[derive(Debug)]
+pub(crate) struct OptDef {
+    /// Field name, e.g. `events_per_second`.
+    pub name: &'static str,
+    /// Environment variable, e.g. `EVENTS_PER_SECOND`.
+    pub env: &'static str,
+    /// Built-in default as text; `None` for `[default: none]`.
+    pub default: Option<&'static str>,
+    /// Whether the option is an argh switch (a flag without a value).
+    pub switch: bool,
+}
+
+impl OptDef {
+    const fn new(name: &'static str, doc: &'static str, switch: bool) -> OptDef {
+        let default = tag(doc, "[default: ");
+        OptDef {
+            name,
+            env: tag(doc, "[env: "),
+            default: if str_eq(default, "none") {
+                None
+            } else {
+                Some(default)
+            },
+            switch,
+        }
+    }
+
+    /// `--events-per-second`, the flag argh derives from the field name.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+
+    /// `--events-per-second (EVENTS_PER_SECOND)`: how error messages name an option.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.flag(), self.env)
+    }
+}
+
+/// The text between `key` and the next `]` in `doc`; fails the build if it is missing.
+const fn tag(doc: &'static str, key: &str) -> &'static str {
+    let (d, k) = (doc.as_bytes(), key.as_bytes());
+    let mut i = 0;
+    while i + k.len() <= d.len() {
+        let mut j = 0;
+        while j < k.len() && d[i + j] == k[j] {
+            j += 1;
+        }
+        if j == k.len() {
+            let start = i + k.len();
+            let mut end = start;
+            while end < d.len() && d[end] != b']' {
+                end += 1;
+            }
+            assert!(end < d.len(), "option doc: unterminated tag");
+            let (_, rest) = d.split_at(start);
+            let (value, _) = rest.split_at(end - start);
+            match core::str::from_utf8(value) {
+                Ok(s) => return s,
+                Err(_) => panic!("option doc: tag is not UTF-8"),
+            }
+        }
+        i += 1;
+    }
+    panic!("option doc: every option needs [env: ...] and [default: ...]")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Turns the table into `opt::<name>` definitions, `opt::ALL`, and the `cli_struct!` macro,
+/// which builds an argh struct from a list of table names plus fields of its own.
+/// (`$d` is a literal `$`, so the generated macro can have variables of its own.)
+macro_rules! option_table {
+    ($d:tt
+        options { $( #[doc = $doc:tt] $name:ident, )* }
+        switches { $( #[doc = $sdoc:tt] $sname:ident, )* }
+    ) => {
+        #[allow(non_upper_case_globals)]
+        pub(crate) mod opt {
+            use super::OptDef;
+            $( pub const $name: OptDef = OptDef::new(stringify!($name), $doc, false); )*
+            $( pub const $sname: OptDef = OptDef::new(stringify!($sname), $sdoc, true); )*
+            /// Every option of the table, for tests and for `--flag=value` splitting.
+            pub const ALL: &[&OptDef] = &[$(&$name,)* $(&$sname,)*];
+        }
+
+        macro_rules! cli_struct {
+            (
+                $d(#[$d($d attr:tt)*])*
+                $d vis:vis struct $d sname:ident [$d($d opt:ident),* $d(,)?] { $d($d own:tt)* }
+            ) => {
+                impl $d sname {
+                    /// Table options given on the command line (not via env or default).
+                    #[allow(dead_code)]
+                    pub(crate) fn given(&self) -> Vec<&'static OptDef> {
+                        let mut given = Vec::new();
+                        $d( if Given::given(&self.$d opt) { given.push(&opt::$d opt); } )*
+                        given
+                    }
+                }
+                cli_struct!(@munch [$d(#[$d($d attr)*])* $d vis struct $d sname]
+                    [$d($d own)*] [$d($d opt)*]);
+            };
+            $(
+                (@munch $d hdr:tt [$d($d acc:tt)*] [$name $d($d rest:ident)*]) => {
+                    cli_struct!(@munch $d hdr
+                        [$d($d acc)* #[doc = $doc] #[argh(option)] pub $name: Option<String>,]
+                        [$d($d rest)*]);
+                };
+            )*
+            $(
+                (@munch $d hdr:tt [$d($d acc:tt)*] [$sname $d($d rest:ident)*]) => {
+                    cli_struct!(@munch $d hdr
+                        [$d($d acc)* #[doc = $sdoc] #[argh(switch)] pub $sname: bool,]
+                        [$d($d rest)*]);
+                };
+            )*
+            (@munch [$d(#[$d($d attr:tt)*])* $d vis:vis struct $d sname:ident]
+                [$d($d acc:tt)*] []) => {
+                #[derive(FromArgs)]
+                $d(#[$d($d attr)*])*
+                $d vis struct $d sname { $d($d acc)* }
+            };
+        }
+    };
+}
+
+/// Whether a raw argh field was set on the command line.
+trait Given {
+    fn given(&self) -> bool;
+}
+
+impl Given for Option<String> {
+    fn given(&self) -> bool {
+        self.is_some()
+    }
+}
+
+impl Given for bool {
+    fn given(&self) -> bool {
+        *self
+    }
+}
+
+option_table! { $
+    options {
+        /// events started per second, all shards together [env: EVENTS_PER_SECOND] [default: 1000]
+        events_per_second,
+        /// dashboard queries started per second [env: QUERIES_PER_SECOND] [default: 10000]
+        queries_per_second,
+        /// number of tenant organizations (1..=10000000) [env: ORGANIZATIONS] [default: 500]
+        organizations,
+        /// users per organization [env: USERS_PER_ORG] [default: 1000]
+        users_per_org,
+        /// steady-state cache hit ratio to aim for, in percent (0..=100) [env: CACHE_HIT_TARGET] [default: 95]
+        cache_hit_target,
+        /// cap on operations in flight, all shards together [env: MAX_WORKERS] [default: 500]
+        max_workers,
+        /// number of Redis connections, all shards together (at least one per shard) [env: REDIS_POOL_SIZE] [default: 100]
+        redis_pool_size,
+        /// lifetime of cached query results, in seconds [env: CACHE_TTL] [default: 300]
+        cache_ttl,
+        /// seconds between refreshes of every organization's dashboard cache [env: WARMUP_INTERVAL] [default: 300]
+        warmup_interval,
+        /// hours of per-hour counters kept in Redis (1..=8760) [env: TIME_BUCKETS] [default: 24]
+        time_buckets,
+        /// the Redis to load: redis://[user[:password]@]host[:port][/db] or rediss:// [env: REDIS_URL] [default: redis://127.0.0.1:6379]
+        redis_url,
+        /// the PostgreSQL source of truth: postgres://user[:password]@host[:port]/db [env: DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/analytics]
+        database_url,
+        /// address of the HTTP server (metrics, health, report, admin, dashboard) [env: BIND_ADDRESS] [default: 0.0.0.0:3000]
+        bind_address,
+        /// shard executors (0 = usable CPUs - 1, at least 1; at most 1024) [env: SHARDS] [default: 0]
+        shards,
+        /// seconds to run (0 = until stopped) [env: DURATION] [default: 0]
+        duration,
+        /// seed of the random generators (unset = derived from time and pid) [env: SEED] [default: none]
+        seed,
+        /// log format: text or json [env: LOG_FORMAT] [default: text]
+        log_format,
+        /// token required by POST /admin/redis-target (unset = admin endpoint disabled) [env: ADMIN_TOKEN] [default: none]
+        admin_token,
+        /// how organizations and users are picked: zipf or uniform [env: DISTRIBUTION] [default: zipf]
+        distribution,
+        /// skew of the zipf distribution (greater than 0, at most 5) [env: ZIPF_EXPONENT] [default: 1.0]
+        zipf_exponent,
+        /// timeout of one Redis command, in milliseconds (1..=600000) [env: REDIS_COMMAND_TIMEOUT_MS] [default: 1000]
+        command_timeout_ms,
+        /// largest Redis reply accepted, in bytes (at least 1024) [env: REDIS_MAX_REPLY_BYTES] [default: 16777216]
+        max_reply_bytes,
+        /// rows per PostgreSQL COPY batch (1..=1000000) [env: DB_BATCH_SIZE] [default: 5000]
+        db_batch_size,
+        /// event rows held in memory while PostgreSQL is slow or down (at least the batch size) [env: DB_BUFFER_ROWS] [default: 500000]
+        db_buffer_rows,
+        /// seconds between progress log lines (1..=3600) [env: PROGRESS_INTERVAL] [default: 5]
+        progress_interval,
+        /// this instance's index among --instance-count instances sharing the organizations [env: INSTANCE_INDEX] [default: 0]
+        instance_index,
+        /// number of instances sharing the organizations [env: INSTANCE_COUNT] [default: 1]
+        instance_count,
+        /// admin URL of a running analytics-demo [env: ADMIN_URL] [default: http://127.0.0.1:3000]
+        admin_url,
+    }
+    switches {
+        /// do not pin threads to CPUs (env accepts 1/0/true/false/yes/no) [env: NO_PIN] [default: false]
+        no_pin,
+    }
+}
+
+cli_struct! {
+    /// Thread-per-core analytics workload on Redis and PostgreSQL. Without a subcommand it runs
+    /// the workload. Every option can also be set by the environment variable shown; a flag beats
+    /// the environment, which beats the default.
+    pub(crate) struct TopCli [
+        events_per_second, queries_per_second, organizations, users_per_org, cache_hit_target,
+        max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
+        database_url, bind_address, shards, duration, seed, log_format, admin_token, distribution,
+        zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
+        progress_interval, no_pin, instance_index, instance_count,
+    ] {
+        #[argh(subcommand)]
+        pub command: Option<SubCli>,
+    }
+}
+
+/// The subcommands.
+#[derive(FromArgs)]
+#[argh(subcommand)]
+pub(crate) enum SubCli {
+    Verify(VerifyCli),
+    Report(ReportCli),
+    Switch(SwitchCli),
+}
+
+cli_struct! {
+    /// Check Redis counters against PostgreSQL: lost acknowledged writes and phantom increments.
+    /// Exits 1 when a loss is found.
+    #[argh(subcommand, name = "verify")]
+    pub(crate) struct VerifyCli [redis_url, database_url] {
+        /// print the result as JSON
+        #[argh(switch)]
+        pub json: bool,
+    }
+}
+
+cli_struct! {
+    /// Print the migration report of a running instance.
+    #[argh(subcommand, name = "report")]
+    pub(crate) struct ReportCli [admin_url] {
+        /// print the raw JSON report
+        #[argh(switch)]
+        pub json: bool,
+    }
+}
+
+cli_struct! {
+    /// Switch a running instance to another Redis.
+    #[argh(subcommand, name = "switch")]
+    pub(crate) struct SwitchCli [admin_url, admin_token] {
+        /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss://
+        #[argh(option)]
+        pub to: String,
+    }
+}

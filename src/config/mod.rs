@@ -1,0 +1,501 @@
+//! Configuration: command line and environment, resolved into typed, validated values.
+//!
+//! Every option is defined once, in the table in [`cli`] (flag, environment variable,
+//! default, help). A flag beats the environment, which beats the default; an empty
+//! environment variable counts as unset. `parse` never panics and never prints a secret:
+//! the admin token is never echoed, URL passwords are shown as `***`, and as a last line of
+//! defence every known secret is scrubbed from error output (argh echoes unknown arguments).
+//!
+//! | file | what |
+//! |---|---|
+//! | `cli.rs` | the option table, the argh structs built from it |
+//! | `resolve.rs` | raw text to typed values, with the error messages |
+//! | `redact.rs` | hiding passwords and tokens in text |
+
+mod cli;
+mod redact;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::resp::RedisUrl;
+use cli::{opt, SubCli, TopCli};
+use redact::{redact_url, scrub, url_secrets};
+use resolve::Resolver;
+
+/// What the process should do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// No subcommand: run the workload.
+    Run(Config),
+    Verify(VerifyArgs),
+    Report(ReportArgs),
+    Switch(SwitchArgs),
+}
+
+/// The result of [`parse`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParseOutcome {
+    Command(Command),
+    /// Stop now: `--help` (code 0, print `output` to stdout) or bad usage (code 2, print
+    /// `output` to stderr). `output` has no trailing newline.
+    Exit {
+        code: i32,
+        output: String,
+    },
+}
+
+/// Exit code for bad usage or configuration (DESIGN.md "Interface contract").
+pub const EXIT_USAGE: i32 = 2;
+
+/// The workload's configuration. See `analytics-demo --help` for each option.
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    pub events_per_second: u64,
+    pub queries_per_second: u64,
+    pub organizations: u32,
+    pub users_per_org: u32,
+    /// Ratio in 0..=1 (the option is given in percent).
+    pub cache_hit_target: f64,
+    /// In-flight cap, all shards together.
+    pub max_workers: usize,
+    /// Redis connections, all shards together.
+    pub redis_pool_size: usize,
+    pub cache_ttl: Duration,
+    pub warmup_interval: Duration,
+    /// Hours of per-hour counters.
+    pub time_buckets: u32,
+    pub redis_url: RedisUrl,
+    /// A validated `postgres://`/`postgresql://` URL with a host, as given. May hold a
+    /// password: print it with care (`Debug` hides it).
+    pub database_url: String,
+    pub bind_address: SocketAddr,
+    /// 0 = auto; see [`Config::resolved_shards`].
+    pub shards: usize,
+    /// `None` = run until stopped.
+    pub duration: Option<Duration>,
+    /// `None` = derive one from the time and pid.
+    pub seed: Option<u64>,
+    pub log_format: LogFormat,
+    /// `None` = admin endpoint disabled. Never printed (`Debug` shows `***`).
+    pub admin_token: Option<String>,
+    pub distribution: Distribution,
+    pub zipf_exponent: f64,
+    pub command_timeout: Duration,
+    pub max_reply_bytes: usize,
+    pub db_batch_size: usize,
+    /// Rows held in memory while PostgreSQL is slow or down; at least `db_batch_size`.
+    pub db_buffer_rows: usize,
+    pub progress_interval: Duration,
+    /// Pin threads to CPUs (`--no-pin` turns it off).
+    pub pin: bool,
+    pub instance_index: u32,
+    pub instance_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How organizations and users are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    Zipf,
+    Uniform,
+}
+
+/// `analytics-demo verify`.
+#[derive(Clone, PartialEq)]
+pub struct VerifyArgs {
+    pub redis_url: RedisUrl,
+    /// Validated like [`Config::database_url`].
+    pub database_url: String,
+    pub json: bool,
+}
+
+/// `analytics-demo report`.
+#[derive(Clone, PartialEq)]
+pub struct ReportArgs {
+    /// `http://` or `https://` URL of a running instance.
+    pub admin_url: String,
+    pub json: bool,
+}
+
+/// `analytics-demo switch`.
+#[derive(Clone, PartialEq)]
+pub struct SwitchArgs {
+    pub to: RedisUrl,
+    pub admin_url: String,
+    /// Never printed (`Debug` shows `***`).
+    pub admin_token: Option<String>,
+}
+
+impl Config {
+    /// The shard count to use: `--shards` if set, else one per usable CPU but one (that one
+    /// runs the control core), and at least 1.
+    pub fn resolved_shards(&self, usable_cpus: usize) -> usize {
+        if self.shards != 0 {
+            self.shards
+        } else {
+            usable_cpus.saturating_sub(1).max(1)
+        }
+    }
+
+    /// Checks that need the shard count; `parse` runs it when `--shards` is explicit, the
+    /// caller must run it with [`Config::resolved_shards`] otherwise.
+    pub fn validate_against_shards(&self, shards: usize) -> Result<(), String> {
+        let checks = [
+            (&opt::redis_pool_size, self.redis_pool_size, "connection"),
+            (&opt::max_workers, self.max_workers, "in-flight operation"),
+        ];
+        for (def, value, unit) in checks {
+            if value < shards {
+                return Err(format!(
+                    "{} ({value}) is smaller than the number of shards ({shards}): every shard \
+                     needs at least one {unit}; raise {} or lower {}",
+                    def.env,
+                    def.flag(),
+                    opt::shards.label()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `args` (`args[0]` is the program name) with `env` as the environment.
+pub fn parse(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ParseOutcome {
+    let args = split_equals(args.get(1..).unwrap_or_default());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match parse_args(&args, env) {
+        ParseOutcome::Exit { code, output } if code != 0 => ParseOutcome::Exit {
+            code,
+            output: scrub(&output, &secrets(&args, env)),
+        },
+        outcome => outcome,
+    }
+}
+
+/// [`parse`] with the process's arguments and environment.
+pub fn parse_from_process() -> ParseOutcome {
+    let mut args = Vec::new();
+    for (i, arg) in std::env::args_os().enumerate() {
+        match arg.into_string() {
+            Ok(arg) => args.push(arg),
+            Err(_) => return usage_error(format!("argument {i} is not valid UTF-8")),
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A non-UTF-8 variable becomes text with U+FFFD, which every option then rejects.
+    parse(&args, &|key| {
+        std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
+    })
+}
+
+/// Help and error output use the program name without its directory, like argh's `from_env`.
+const PROGRAM: &str = "analytics-demo";
+
+fn parse_args(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> ParseOutcome {
+    let mut top = match TopCli::from_args(&[PROGRAM], args) {
+        Ok(top) => top,
+        Err(early) => {
+            let code = if early.status.is_ok() { 0 } else { EXIT_USAGE };
+            return ParseOutcome::Exit {
+                code,
+                output: early.output.trim_end().to_string(),
+            };
+        }
+    };
+    let r = Resolver { env };
+    let command = match top.command.take() {
+        None => resolve_config(top, &r).map(Command::Run),
+        Some(sub) => {
+            let misplaced: Vec<String> = top.given().iter().map(|d| d.flag()).collect();
+            if misplaced.is_empty() {
+                resolve_sub(sub, &r)
+            } else {
+                Err(format!(
+                    "{} given before the subcommand: workload options do not apply to it; \
+                     put the subcommand's own options after its name",
+                    misplaced.join(", ")
+                ))
+            }
+        }
+    };
+    match command {
+        Ok(command) => ParseOutcome::Command(command),
+        Err(message) => usage_error(message),
+    }
+}
+
+fn usage_error(message: String) -> ParseOutcome {
+    ParseOutcome::Exit {
+        code: EXIT_USAGE,
+        output: format!("error: {message}"),
+    }
+}
+
+fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
+    const U32: u64 = u32::MAX as u64;
+    const USIZE: u64 = usize::MAX as u64;
+    // Durations stay far from what would overflow an `Instant` or a Redis EX argument.
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    let cfg = Config {
+        events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
+        queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second, 0, u64::MAX)?,
+        organizations: r.uint(&opt::organizations, c.organizations, 1, 10_000_000)? as u32,
+        users_per_org: r.uint(&opt::users_per_org, c.users_per_org, 1, U32)? as u32,
+        cache_hit_target: r.number(
+            &opt::cache_hit_target,
+            c.cache_hit_target,
+            |v| (0.0..=100.0).contains(&v),
+            "between 0 and 100",
+        )? / 100.0,
+        max_workers: r.uint(&opt::max_workers, c.max_workers, 1, USIZE)? as usize,
+        redis_pool_size: r.uint(&opt::redis_pool_size, c.redis_pool_size, 1, USIZE)? as usize,
+        cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl, 1, TEN_YEARS)?,
+        warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
+        time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
+        redis_url: r.redis_url(&opt::redis_url, c.redis_url)?,
+        database_url: r.postgres_url(&opt::database_url, c.database_url)?,
+        bind_address: r.socket_addr(&opt::bind_address, c.bind_address)?,
+        shards: r.uint(&opt::shards, c.shards, 0, 1024)? as usize,
+        duration: Some(r.seconds(&opt::duration, c.duration, 0, TEN_YEARS)?)
+            .filter(|d| !d.is_zero()),
+        seed: r.opt_uint(&opt::seed, c.seed)?,
+        log_format: r.choice(
+            &opt::log_format,
+            c.log_format,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?,
+        admin_token: r.token(&opt::admin_token, c.admin_token)?,
+        distribution: r.choice(
+            &opt::distribution,
+            c.distribution,
+            &[
+                ("zipf", Distribution::Zipf),
+                ("uniform", Distribution::Uniform),
+            ],
+        )?,
+        zipf_exponent: r.number(
+            &opt::zipf_exponent,
+            c.zipf_exponent,
+            |v| v > 0.0 && v <= 5.0,
+            "greater than 0 and at most 5",
+        )?,
+        command_timeout: Duration::from_millis(r.uint(
+            &opt::command_timeout_ms,
+            c.command_timeout_ms,
+            1,
+            600_000,
+        )?),
+        max_reply_bytes: r.uint(&opt::max_reply_bytes, c.max_reply_bytes, 1024, USIZE)? as usize,
+        db_batch_size: r.uint(&opt::db_batch_size, c.db_batch_size, 1, 1_000_000)? as usize,
+        db_buffer_rows: r.uint(&opt::db_buffer_rows, c.db_buffer_rows, 1, USIZE)? as usize,
+        progress_interval: r.seconds(&opt::progress_interval, c.progress_interval, 1, 3600)?,
+        pin: !r.switch(&opt::no_pin, c.no_pin)?,
+        instance_index: r.uint(&opt::instance_index, c.instance_index, 0, U32)? as u32,
+        instance_count: r.uint(&opt::instance_count, c.instance_count, 1, U32)? as u32,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+impl Config {
+    /// Rules between options (single-option rules are checked while resolving).
+    fn validate(&self) -> Result<(), String> {
+        if self.events_per_second == 0 && self.queries_per_second == 0 {
+            return Err(format!(
+                "{} and {} are both 0: nothing to do",
+                opt::events_per_second.label(),
+                opt::queries_per_second.label()
+            ));
+        }
+        if self.db_buffer_rows < self.db_batch_size {
+            return Err(format!(
+                "{} ({}) must be at least {} ({})",
+                opt::db_buffer_rows.label(),
+                self.db_buffer_rows,
+                opt::db_batch_size.label(),
+                self.db_batch_size
+            ));
+        }
+        if self.instance_index >= self.instance_count {
+            return Err(format!(
+                "{} ({}) must be less than {} ({})",
+                opt::instance_index.label(),
+                self.instance_index,
+                opt::instance_count.label(),
+                self.instance_count
+            ));
+        }
+        if self.instance_count > self.organizations {
+            return Err(format!(
+                "{} ({}) is larger than {} ({}): some instances would have no organization",
+                opt::instance_count.label(),
+                self.instance_count,
+                opt::organizations.label(),
+                self.organizations
+            ));
+        }
+        if self.shards != 0 {
+            self.validate_against_shards(self.shards)?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
+    Ok(match sub {
+        SubCli::Verify(v) => Command::Verify(VerifyArgs {
+            redis_url: r.redis_url(&opt::redis_url, v.redis_url)?,
+            database_url: r.postgres_url(&opt::database_url, v.database_url)?,
+            json: v.json,
+        }),
+        SubCli::Report(v) => Command::Report(ReportArgs {
+            admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
+            json: v.json,
+        }),
+        SubCli::Switch(v) => Command::Switch(SwitchArgs {
+            to: resolve::redis_url(SWITCH_TO, v.to.trim())?,
+            admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
+            admin_token: r.token(&opt::admin_token, v.admin_token)?,
+        }),
+    })
+}
+
+/// The one option outside the table (required, no environment variable).
+const SWITCH_TO: &str = "--to";
+
+fn takes_value(flag: &str) -> bool {
+    flag == SWITCH_TO || opt::ALL.iter().any(|d| !d.switch && d.flag() == flag)
+}
+
+/// Accepts `--flag=value` (argh does not) by splitting it in two; otherwise argh would echo
+/// `--admin-token=secret` back as an unknown argument.
+fn split_equals(args: &[&str]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let (mut value_next, mut options_ended) = (false, false);
+    for &arg in args {
+        let is_value = value_next;
+        value_next = false;
+        if !is_value && !options_ended {
+            if arg == "--" {
+                options_ended = true;
+            } else if let Some((flag, value)) = arg.split_once('=') {
+                if takes_value(flag) {
+                    out.push(flag.to_string());
+                    out.push(value.to_string());
+                    continue;
+                }
+            } else {
+                value_next = takes_value(arg);
+            }
+        }
+        out.push(arg.to_string());
+    }
+    out
+}
+
+/// Every secret the input holds: admin tokens (flag and env) and URL passwords.
+fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let token_flag = opt::admin_token.flag();
+    let mut secrets: Vec<String> = args.iter().flat_map(|a| url_secrets(a)).collect();
+    for pair in args.windows(2) {
+        if pair[0] == token_flag {
+            secrets.push(pair[1].to_string());
+        }
+    }
+    secrets.extend(env(opt::admin_token.env));
+    for def in opt::ALL {
+        if let Some(v) = env(def.env) {
+            secrets.extend(url_secrets(&v));
+        }
+    }
+    secrets
+}
+
+/// For `Debug` of values that may hold a password or token.
+struct Hidden<'a>(&'a str);
+
+impl fmt::Debug for Hidden<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(self.0))
+    }
+}
+
+fn hidden_token(token: &Option<String>) -> Option<&'static str> {
+    token.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("events_per_second", &self.events_per_second)
+            .field("queries_per_second", &self.queries_per_second)
+            .field("organizations", &self.organizations)
+            .field("users_per_org", &self.users_per_org)
+            .field("cache_hit_target", &self.cache_hit_target)
+            .field("max_workers", &self.max_workers)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("warmup_interval", &self.warmup_interval)
+            .field("time_buckets", &self.time_buckets)
+            .field("redis_url", &self.redis_url)
+            .field("database_url", &Hidden(&self.database_url))
+            .field("bind_address", &self.bind_address)
+            .field("shards", &self.shards)
+            .field("duration", &self.duration)
+            .field("seed", &self.seed)
+            .field("log_format", &self.log_format)
+            .field("admin_token", &hidden_token(&self.admin_token))
+            .field("distribution", &self.distribution)
+            .field("zipf_exponent", &self.zipf_exponent)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field("db_batch_size", &self.db_batch_size)
+            .field("db_buffer_rows", &self.db_buffer_rows)
+            .field("progress_interval", &self.progress_interval)
+            .field("pin", &self.pin)
+            .field("instance_index", &self.instance_index)
+            .field("instance_count", &self.instance_count)
+            .finish()
+    }
+}
+
+impl fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("redis_url", &self.redis_url)
+            .field("database_url", &Hidden(&self.database_url))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ReportArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportArgs")
+            .field("admin_url", &Hidden(&self.admin_url))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SwitchArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwitchArgs")
+            .field("to", &self.to)
+            .field("admin_url", &Hidden(&self.admin_url))
+            .field("admin_token", &hidden_token(&self.admin_token))
+            .finish()
+    }
+}

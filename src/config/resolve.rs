@@ -1,0 +1,239 @@
+//! From raw text (flag, else environment, else default) to typed values, with the error
+//! messages users see. Every message names the flag and the environment variable; values are
+//! echoed only when they cannot hold a secret, and URLs only with their password hidden.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::cli::OptDef;
+use super::redact::redact_url;
+use crate::resp::RedisUrl;
+
+/// Looks options up: the flag's value if given, else the environment, else the default.
+pub(crate) struct Resolver<'a> {
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Resolver<'_> {
+    /// The raw text of an option. An empty environment variable counts as unset, so
+    /// `FOO=` in a compose file or env file means "use the default".
+    pub fn raw(&self, def: &OptDef, flag: Option<String>) -> Option<String> {
+        flag.or_else(|| (self.env)(def.env).filter(|v| !v.is_empty()))
+            .or_else(|| def.default.map(str::to_string))
+    }
+
+    /// An integer in `min..=max`.
+    pub fn uint(
+        &self,
+        def: &OptDef,
+        flag: Option<String>,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, String> {
+        let text = required(def, self.raw(def, flag))?;
+        parse_uint(def, &text, min, max)
+    }
+
+    /// Like [`Resolver::uint`] for an option without a default.
+    pub fn opt_uint(&self, def: &OptDef, flag: Option<String>) -> Result<Option<u64>, String> {
+        self.raw(def, flag)
+            .map(|text| parse_uint(def, &text, 0, u64::MAX))
+            .transpose()
+    }
+
+    /// Whole seconds in `min..=max`.
+    pub fn seconds(
+        &self,
+        def: &OptDef,
+        flag: Option<String>,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, String> {
+        self.uint(def, flag, min, max).map(Duration::from_secs)
+    }
+
+    /// A finite number accepted by `ok`; `rule` completes "must be ...".
+    pub fn number(
+        &self,
+        def: &OptDef,
+        flag: Option<String>,
+        ok: impl Fn(f64) -> bool,
+        rule: &str,
+    ) -> Result<f64, String> {
+        let text = required(def, self.raw(def, flag))?;
+        let text = text.trim();
+        let v: f64 = match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => v,
+            _ => return Err(invalid(def, text, "expected a number")),
+        };
+        if ok(v) {
+            Ok(v)
+        } else {
+            Err(format!(
+                "{} must be {rule}, got {}",
+                def.label(),
+                shown(text)
+            ))
+        }
+    }
+
+    /// One of a fixed set of words (case-insensitive).
+    pub fn choice<T: Copy>(
+        &self,
+        def: &OptDef,
+        flag: Option<String>,
+        choices: &[(&str, T)],
+    ) -> Result<T, String> {
+        let text = required(def, self.raw(def, flag))?;
+        let text = text.trim();
+        if let Some((_, v)) = choices
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        {
+            return Ok(*v);
+        }
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("'{name}'"))
+            .collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(invalid(def, text, &format!("expected {expected}")))
+    }
+
+    /// A switch that the environment can also turn on: the flag wins when present.
+    pub fn switch(&self, def: &OptDef, flag: bool) -> Result<bool, String> {
+        if flag {
+            return Ok(true);
+        }
+        let text = required(def, self.raw(def, None))?;
+        let text = text.trim();
+        match text.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" => Ok(false),
+            _ => Err(invalid(def, text, "expected 1, 0, true, false, yes or no")),
+        }
+    }
+
+    pub fn socket_addr(&self, def: &OptDef, flag: Option<String>) -> Result<SocketAddr, String> {
+        let text = required(def, self.raw(def, flag))?;
+        let text = text.trim();
+        text.parse().map_err(|_| {
+            invalid(
+                def,
+                text,
+                "expected an IP address and port such as 0.0.0.0:3000",
+            )
+        })
+    }
+
+    pub fn redis_url(&self, def: &OptDef, flag: Option<String>) -> Result<RedisUrl, String> {
+        let text = required(def, self.raw(def, flag))?;
+        redis_url(&def.label(), text.trim())
+    }
+
+    /// A `postgres://` or `postgresql://` URL with a host, kept as given.
+    pub fn postgres_url(&self, def: &OptDef, flag: Option<String>) -> Result<String, String> {
+        let text = required(def, self.raw(def, flag))?;
+        let text = text.trim();
+        check_url(text, &["postgres", "postgresql"])
+            .map(|()| text.to_string())
+            .map_err(|why| invalid_url(&def.label(), text, &why))
+    }
+
+    /// An `http://` or `https://` URL with a host, kept as given.
+    pub fn http_url(&self, def: &OptDef, flag: Option<String>) -> Result<String, String> {
+        let text = required(def, self.raw(def, flag))?;
+        let text = text.trim();
+        check_url(text, &["http", "https"])
+            .map(|()| text.to_string())
+            .map_err(|why| invalid_url(&def.label(), text, &why))
+    }
+
+    /// A secret: never echoed. It travels in an HTTP header, so it must be visible ASCII.
+    pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
+        match self.raw(def, flag) {
+            None => Ok(None),
+            Some(t) if t.is_empty() => Err(format!("{} must not be empty", def.label())),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(format!(
+                "{} must be printable ASCII without spaces (value not shown)",
+                def.label()
+            )),
+            Some(t) => Ok(Some(t)),
+        }
+    }
+}
+
+/// Parses a Redis URL for the option named `label` (`--to` has no table entry).
+pub(crate) fn redis_url(label: &str, text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text).map_err(|why| invalid_url(label, text, &why))
+}
+
+fn parse_uint(def: &OptDef, text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let text = text.trim();
+    let v = match text.parse::<u64>() {
+        Ok(v) if (min..=max).contains(&v) => return Ok(v),
+        Ok(v) => Some(v),
+        // All digits but too big for u64: out of range rather than malformed.
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => None,
+        Err(_) => return Err(invalid(def, text, "expected a non-negative integer")),
+    };
+    // A maximum that is just the field type's limit is not a rule worth stating unless hit.
+    let type_limit = [u64::MAX, u64::from(u32::MAX), usize::MAX as u64].contains(&max);
+    let rule = match v {
+        Some(v) if type_limit && v < min => format!("at least {min}"),
+        _ if type_limit || min == 0 => format!("at most {max}"),
+        _ => format!("between {min} and {max}"),
+    };
+    Err(format!(
+        "{} must be {rule}, got {}",
+        def.label(),
+        shown(text)
+    ))
+}
+
+/// Checks scheme and host; `Err` holds the reason.
+fn check_url(text: &str, schemes: &[&str]) -> Result<(), String> {
+    let u = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !schemes.contains(&u.scheme()) {
+        let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        return Err(format!(
+            "unsupported scheme '{}' (expected {})",
+            shown(u.scheme()),
+            expected.join(" or ")
+        ));
+    }
+    match u.host_str() {
+        Some(h) if !h.is_empty() => Ok(()),
+        _ => Err("missing host".to_string()),
+    }
+}
+
+fn required(def: &OptDef, raw: Option<String>) -> Result<String, String> {
+    raw.ok_or_else(|| format!("{} is required", def.label()))
+}
+
+fn invalid(def: &OptDef, text: &str, expected: &str) -> String {
+    format!(
+        "invalid value '{}' for {}: {expected}",
+        shown(text),
+        def.label()
+    )
+}
+
+fn invalid_url(label: &str, text: &str, why: &str) -> String {
+    format!("invalid {label} '{}': {why}", shown(&redact_url(text)))
+}
+
+/// A user's value made safe to print: control characters escaped, length capped.
+fn shown(text: &str) -> String {
+    const MAX: usize = 80;
+    let escaped: String = text.escape_debug().collect();
+    match escaped.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &escaped[..cut]),
+        None => escaped,
+    }
+}

@@ -1,0 +1,501 @@
+//! One pipelined Redis connection.
+//!
+//! glommio's `TcpStream` cannot be split, so the socket fd is `dup`ed: a writer task owns one
+//! stream and a reader task the other. Callers append encoded commands to a shared buffer
+//! and a FIFO of pending slots; the writer flushes everything queued in one `write_all`
+//! (pipelining for free), the reader completes slots strictly in order. A sweeper task times
+//! commands out (they all share one timeout, so FIFO order is deadline order and one timer
+//! per connection suffices) and drops a connection whose oldest command is stuck, so a
+//! stalled server cannot pin the pool. Everything is `Rc`/`RefCell`: one executor, no locks.
+
+use crate::resp::frame::{encode_command, Decoder};
+use crate::resp::stats::Stats;
+use crate::resp::sync::{Latch, Notify};
+use crate::resp::{PoolConfig, RedisError, RedisUrl, Reply};
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Write buffers that grew past this (a burst) are not kept, so idle connections stay small.
+const KEEP_WRITE_BUF: usize = 1 << 20;
+
+/// A live connection; dropping the last handle closes it.
+pub struct Connection {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    st: RefCell<State>,
+    timeout: Duration,
+    stats: Rc<Stats>,
+    /// The reader's fd; valid until `closed` is set (both tasks outlive the first close).
+    fd: RawFd,
+    url: String,
+    writer_wake: Notify,
+    sweeper_wake: Notify,
+    idle: Notify,
+    closed: Latch,
+}
+
+struct State {
+    /// Encoded commands not yet handed to the socket.
+    out: BytesMut,
+    /// Every command awaiting its reply, in send order.
+    fifo: VecDeque<Rc<Slot>>,
+    /// Front entries of `fifo` already timed out by the sweeper.
+    swept: usize,
+    next_seq: u64,
+    /// Every command with `seq < sent_seq` was handed to the socket.
+    sent_seq: u64,
+    closed: Option<RedisError>,
+    draining: bool,
+}
+
+struct Slot {
+    seq: u64,
+    enqueued: Instant,
+    cmd: usize,
+    state: RefCell<SlotState>,
+}
+
+enum SlotState {
+    Waiting(Option<Waker>),
+    Done(Result<Reply, RedisError>),
+    Taken,
+}
+
+impl Slot {
+    /// First outcome wins (reply, timeout or close); later ones are dropped.
+    fn complete(&self, r: Result<Reply, RedisError>) {
+        let mut s = self.state.borrow_mut();
+        if let SlotState::Waiting(w) = &mut *s {
+            let w = w.take();
+            *s = SlotState::Done(r);
+            drop(s);
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+}
+
+struct SlotWait<'a>(&'a Slot);
+
+impl Future for SlotWait<'_> {
+    type Output = Result<Reply, RedisError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.0.state.borrow_mut();
+        match std::mem::replace(&mut *s, SlotState::Taken) {
+            SlotState::Done(r) => Poll::Ready(r),
+            SlotState::Waiting(_) => {
+                *s = SlotState::Waiting(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+            SlotState::Taken => Poll::Ready(Err(RedisError::Closed { sent: true })),
+        }
+    }
+}
+
+impl Connection {
+    /// One connection (health checks, `verify`): resolve, connect with timeout, AUTH when the
+    /// URL has a password, SELECT when db != 0.
+    pub async fn connect(url: &RedisUrl, cfg: &PoolConfig) -> Result<Rc<Connection>, RedisError> {
+        Self::open(url, cfg, Rc::new(Stats::new(cfg.shard))).await
+    }
+
+    pub(crate) async fn open(
+        url: &RedisUrl,
+        cfg: &PoolConfig,
+        stats: Rc<Stats>,
+    ) -> Result<Rc<Connection>, RedisError> {
+        let r = Self::open_inner(url, cfg, stats.clone()).await;
+        if let Err(e) = &r {
+            stats.error(e.kind());
+        }
+        r
+    }
+
+    async fn open_inner(
+        url: &RedisUrl,
+        cfg: &PoolConfig,
+        stats: Rc<Stats>,
+    ) -> Result<Rc<Connection>, RedisError> {
+        let connect_err = |msg: String| RedisError::Connect { msg };
+        if url.tls {
+            return Err(connect_err("TLS (rediss://) is not supported yet".into()));
+        }
+        let stream = dial(url, cfg.connect_timeout).await?;
+        let _ = stream.set_nodelay(true);
+        // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
+        let fd2 = unsafe { libc::dup(stream.as_raw_fd()) };
+        if fd2 < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(connect_err(format!("dup: {e}")));
+        }
+        // SAFETY: fd2 is a fresh, open socket fd owned by nobody else.
+        let wstream = unsafe { TcpStream::from_raw_fd(fd2) };
+        let inner = Rc::new(Inner {
+            st: RefCell::new(State {
+                out: BytesMut::with_capacity(READ_CHUNK),
+                fifo: VecDeque::with_capacity(64),
+                swept: 0,
+                next_seq: 0,
+                sent_seq: 0,
+                closed: None,
+                draining: false,
+            }),
+            timeout: cfg.command_timeout.max(Duration::from_millis(1)),
+            stats,
+            fd: stream.as_raw_fd(),
+            url: url.redacted(),
+            writer_wake: Notify::default(),
+            sweeper_wake: Notify::default(),
+            idle: Notify::default(),
+            closed: Latch::default(),
+        });
+        glommio::spawn_local(reader(inner.clone(), stream, cfg.max_reply_bytes)).detach();
+        glommio::spawn_local(writer(inner.clone(), wstream)).detach();
+        glommio::spawn_local(sweeper(inner.clone())).detach();
+        let conn = Rc::new(Connection { inner });
+        if let Some(pass) = url.password() {
+            let r = match &url.username {
+                Some(user) => conn.cmd(&[b"AUTH", user.as_bytes(), pass.as_bytes()]).await,
+                None => conn.cmd(&[b"AUTH", pass.as_bytes()]).await,
+            };
+            match r {
+                Ok(_) => {}
+                Err(RedisError::Server { msg, .. }) => {
+                    return Err(RedisError::Server { kind: "auth", msg })
+                }
+                Err(e) => return Err(connect_err(format!("AUTH: {e}"))),
+            }
+        }
+        if url.db != 0 {
+            let db = url.db.to_string();
+            match conn.cmd(&[b"SELECT", db.as_bytes()]).await {
+                Ok(_) => {}
+                Err(e @ RedisError::Server { .. }) => return Err(e),
+                Err(e) => return Err(connect_err(format!("SELECT: {e}"))),
+            }
+        }
+        Ok(conn)
+    }
+
+    /// One command; errors are counted, durations recorded.
+    pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let r = match self.inner.enqueue(args) {
+            Ok(slot) => {
+                self.inner.writer_wake.notify();
+                let r = SlotWait(&slot).await;
+                self.inner
+                    .stats
+                    .record(slot.cmd, slot.enqueued.elapsed().as_secs_f64());
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.inner.stats.error(e.kind());
+        }
+        r
+    }
+
+    /// Commands written back-to-back in one write; replies matched in order.
+    pub async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
+        let slots: Vec<Result<Rc<Slot>, RedisError>> =
+            cmds.iter().map(|c| self.inner.enqueue(c)).collect();
+        self.inner.writer_wake.notify();
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let r = match s {
+                Ok(slot) => {
+                    let r = SlotWait(&slot).await;
+                    self.inner
+                        .stats
+                        .record(slot.cmd, slot.enqueued.elapsed().as_secs_f64());
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &r {
+                self.inner.stats.error(e.kind());
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_set()
+    }
+
+    /// Commands enqueued and awaiting a reply.
+    pub(crate) fn inflight(&self) -> usize {
+        self.inner.st.borrow().fifo.len()
+    }
+
+    /// Usable for new commands: open and not being drained by a cutover.
+    pub(crate) fn is_usable(&self) -> bool {
+        let st = self.inner.st.borrow();
+        st.closed.is_none() && !st.draining
+    }
+
+    /// Resolves when the connection has closed, for whatever reason.
+    pub(crate) async fn closed(&self) {
+        self.inner.closed.wait().await
+    }
+
+    /// New commands should go elsewhere (cutover); pending ones still complete here.
+    pub(crate) fn stop_taking_commands(&self) {
+        self.inner.st.borrow_mut().draining = true;
+    }
+
+    /// Stops taking commands, lets in-flight ones finish until `deadline`, then closes.
+    pub(crate) async fn drain(&self, deadline: Instant) {
+        self.stop_taking_commands();
+        loop {
+            if self.inner.st.borrow().fifo.is_empty() || self.is_closed() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            futures_lite::future::or(self.inner.idle.notified(), glommio::timer::sleep(left)).await;
+        }
+        self.close();
+    }
+
+    /// Closes now; pending commands fail with `Closed` (outcome unknown if written).
+    pub(crate) fn close(&self) {
+        self.inner
+            .close_with(RedisError::Closed { sent: false }, None);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Resolves off the executor thread (every call: DNS may flip during a cutover), then tries
+/// each address with the connect timeout. glommio's own resolution blocks and can panic.
+async fn dial(url: &RedisUrl, timeout: Duration) -> Result<TcpStream, RedisError> {
+    let err = |msg: String| RedisError::Connect { msg };
+    let timeout = timeout.max(Duration::from_millis(1));
+    let (host, port) = (url.host.clone(), url.port);
+    let resolve = glommio::executor().spawn_blocking(move || {
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|a| a.collect::<Vec<SocketAddr>>())
+            .map_err(|e| e.to_string())
+    });
+    let expire = async {
+        glommio::timer::sleep(timeout).await;
+        Err("resolution timed out".to_string())
+    };
+    let addrs = futures_lite::future::or(resolve, expire)
+        .await
+        .map_err(|e| err(format!("resolve {}: {e}", url.redacted())))?;
+    let mut last = format!("{} resolved to no address", url.redacted());
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{} ({addr}): {e}", url.redacted()),
+        }
+    }
+    Err(err(last))
+}
+
+impl Inner {
+    fn enqueue(&self, args: &[&[u8]]) -> Result<Rc<Slot>, RedisError> {
+        let mut st = self.st.borrow_mut();
+        if st.closed.is_some() {
+            return Err(RedisError::Closed { sent: false });
+        }
+        let Some(name) = args.first() else {
+            // Redis ignores `*0`: no reply would come and the FIFO would desync.
+            return Err(RedisError::Protocol {
+                sent: false,
+                msg: "empty command".into(),
+            });
+        };
+        encode_command(&mut st.out, args);
+        let slot = Rc::new(Slot {
+            seq: st.next_seq,
+            enqueued: Instant::now(),
+            cmd: Stats::command_index(name),
+            state: RefCell::new(SlotState::Waiting(None)),
+        });
+        st.next_seq += 1;
+        st.fifo.push_back(slot.clone());
+        self.stats.inflight.increment(1.0);
+        Ok(slot)
+    }
+
+    /// The reader got one reply: it belongs to the oldest pending command.
+    fn on_reply(&self, r: Result<Reply, RedisError>) -> Result<(), RedisError> {
+        let mut st = self.st.borrow_mut();
+        let Some(slot) = st.fifo.pop_front() else {
+            return Err(RedisError::Protocol {
+                sent: true,
+                msg: "reply without a pending command".into(),
+            });
+        };
+        st.swept = st.swept.saturating_sub(1);
+        let idle = st.fifo.is_empty() && st.draining;
+        drop(st);
+        self.stats.inflight.decrement(1.0);
+        slot.complete(r);
+        if idle {
+            self.idle.notify();
+        }
+        Ok(())
+    }
+
+    /// First call wins: fails every pending command with `cause` (marked sent or not),
+    /// counts the error under `count` (None = closed on purpose), wakes every task.
+    fn close_with(&self, cause: RedisError, count: Option<&'static str>) {
+        let mut st = self.st.borrow_mut();
+        if st.closed.is_some() {
+            return;
+        }
+        st.closed = Some(cause.clone());
+        let fifo = std::mem::take(&mut st.fifo);
+        let sent_seq = st.sent_seq;
+        st.out.clear();
+        drop(st);
+        if let Some(kind) = count {
+            self.stats.error(kind);
+            tracing::warn!(url = %self.url, kind, error = %cause, pending = fifo.len(), "redis connection lost");
+        }
+        self.stats.inflight.decrement(fifo.len() as f64);
+        for slot in fifo {
+            slot.complete(Err(cause.with_sent(slot.seq < sent_seq)));
+        }
+        // SAFETY: plain syscall on an fd still owned by the reader task (see `fd`); it wakes
+        // a reader blocked in recv and a writer blocked in send.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+        self.writer_wake.notify();
+        self.sweeper_wake.notify();
+        self.idle.notify();
+        self.closed.set();
+    }
+}
+
+async fn reader(inner: Rc<Inner>, mut stream: TcpStream, max_reply: usize) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let mut dec = Decoder::new(max_reply);
+    let (cause, kind) = 'run: loop {
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(r)) => {
+                    if let Err(e) = inner.on_reply(r) {
+                        break 'run (e, "protocol");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let kind = e.kind();
+                    break 'run (e, kind);
+                }
+            }
+        }
+        if inner.closed.is_set() {
+            return;
+        }
+        match stream.read(&mut scratch).await {
+            Ok(0) => break (RedisError::Closed { sent: true }, "closed"),
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e) => {
+                let msg = e.to_string();
+                break (RedisError::Io { sent: true, msg }, "io");
+            }
+        }
+    };
+    inner.close_with(cause, Some(kind));
+}
+
+async fn writer(inner: Rc<Inner>, mut stream: TcpStream) {
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        {
+            let mut st = inner.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            if !st.out.is_empty() {
+                std::mem::swap(&mut st.out, &mut wbuf);
+                st.sent_seq = st.next_seq;
+            }
+        }
+        if wbuf.is_empty() {
+            inner.writer_wake.notified().await;
+            continue;
+        }
+        if let Err(e) = stream.write_all(&wbuf).await {
+            let msg = e.to_string();
+            inner.close_with(RedisError::Io { sent: true, msg }, Some("io"));
+            return;
+        }
+        wbuf.clear();
+        if wbuf.capacity() > KEEP_WRITE_BUF {
+            wbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}
+
+async fn sweeper(inner: Rc<Inner>) {
+    let t = inner.timeout;
+    loop {
+        if inner.closed.is_set() {
+            return;
+        }
+        let now = Instant::now();
+        let mut wake = now + t;
+        let mut stalled = false;
+        {
+            let mut st = inner.st.borrow_mut();
+            while st.swept < st.fifo.len() {
+                let slot = &st.fifo[st.swept];
+                let deadline = slot.enqueued + t;
+                if deadline > now {
+                    wake = deadline;
+                    break;
+                }
+                slot.complete(Err(RedisError::Timeout {
+                    sent: slot.seq < st.sent_seq,
+                }));
+                st.swept += 1;
+            }
+            if let Some(front) = st.fifo.front() {
+                let stall = front.enqueued + 2 * t;
+                if stall <= now {
+                    stalled = true;
+                } else {
+                    wake = wake.min(stall);
+                }
+            }
+        }
+        if stalled {
+            inner.close_with(RedisError::Closed { sent: false }, Some("timeout"));
+            return;
+        }
+        let nap = wake.saturating_duration_since(now);
+        futures_lite::future::or(inner.sweeper_wake.notified(), glommio::timer::sleep(nap)).await;
+    }
+}

@@ -1,0 +1,362 @@
+//! A shard's set of Redis connections, each kept alive by a supervisor task.
+//!
+//! A supervisor per slot connects, waits for the connection to die (or for a cutover or
+//! shutdown), and reconnects with capped exponential backoff and jitter, re-resolving the
+//! host each time. Commands never wait for a connection: with none up they fail at once
+//! with `NotConnected`, so a load generator keeps its schedule and counts the failure.
+
+use crate::resp::conn::Connection;
+use crate::resp::stats::{ConnState, Stats};
+use crate::resp::sync::Notify;
+use crate::resp::{RedisError, RedisUrl, Reply};
+use futures_lite::future::or;
+use glommio::Task;
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Pool settings; see the field docs for units and meaning.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Connections in this pool (at least 1).
+    pub size: usize,
+    /// Per command, from enqueue to reply.
+    pub command_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// A reply larger than this is a connection error (`reply_too_large`).
+    pub max_reply_bytes: usize,
+    /// Reconnect backoff floor.
+    pub backoff_min: Duration,
+    /// Reconnect backoff cap.
+    pub backoff_max: Duration,
+    /// Metric label "shard".
+    pub shard: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 4,
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_reply_bytes: 64 << 20,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            shard: 0,
+        }
+    }
+}
+
+/// A per-shard pool of pipelined connections (single executor; share it as `Rc<Pool>`).
+pub struct Pool {
+    sh: Rc<Shared>,
+    /// Dropping a glommio `Task` cancels it: dropping the pool stops its supervisors.
+    supervisors: RefCell<Vec<Task<()>>>,
+}
+
+struct Shared {
+    cfg: PoolConfig,
+    target: RefCell<RedisUrl>,
+    generation: Cell<u64>,
+    slots: Vec<Slot>,
+    rr: Cell<usize>,
+    stats: Rc<Stats>,
+    closed: Cell<bool>,
+    rng: RefCell<Xoshiro256PlusPlus>,
+}
+
+struct Slot {
+    conn: RefCell<Option<Rc<Connection>>>,
+    state: Cell<Option<ConnState>>,
+    /// Wakes the supervisor for a cutover or shutdown.
+    wake: Notify,
+}
+
+impl Pool {
+    /// Creates the pool and starts its supervisors on the current executor; does not wait.
+    pub fn new(url: RedisUrl, cfg: PoolConfig) -> Rc<Pool> {
+        let size = cfg.size.max(1);
+        let stats = Rc::new(Stats::new(cfg.shard));
+        stats.pool_size.increment(size as f64);
+        // Seeded per pool so shards and processes do not reconnect in lockstep.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = now ^ (cfg.shard as u64).rotate_left(32) ^ u64::from(std::process::id());
+        let sh = Rc::new(Shared {
+            target: RefCell::new(url),
+            generation: Cell::new(0),
+            slots: (0..size)
+                .map(|_| Slot {
+                    conn: RefCell::new(None),
+                    state: Cell::new(None),
+                    wake: Notify::default(),
+                })
+                .collect(),
+            rr: Cell::new(0),
+            stats,
+            closed: Cell::new(false),
+            rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
+            cfg,
+        });
+        let supervisors = (0..size)
+            .map(|i| {
+                sh.set_state(i, Some(ConnState::Disconnected));
+                glommio::spawn_local(supervise(sh.clone(), i))
+            })
+            .collect();
+        Rc::new(Pool {
+            sh,
+            supervisors: RefCell::new(supervisors),
+        })
+    }
+
+    /// Resolves once at least one connection is up or `timeout` passes; returns whether one is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.connected() > 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            glommio::timer::sleep(left.min(Duration::from_millis(5))).await;
+        }
+    }
+
+    /// One command on the least busy connection; none up => `NotConnected`, never sent.
+    pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        match self.sh.pick() {
+            Some(c) => c.cmd(args).await,
+            None => {
+                let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
+                self.sh.stats.count(cmd);
+                self.sh.stats.error("not_connected");
+                Err(RedisError::NotConnected)
+            }
+        }
+    }
+
+    /// Several commands in one write on one connection; one result per command, in order.
+    pub async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
+        match self.sh.pick() {
+            Some(c) => c.pipeline(cmds).await,
+            None => cmds
+                .iter()
+                .map(|c| {
+                    let cmd = Stats::command_index(c.first().copied().unwrap_or(b""));
+                    self.sh.stats.count(cmd);
+                    self.sh.stats.error("not_connected");
+                    Err(RedisError::NotConnected)
+                })
+                .collect(),
+        }
+    }
+
+    /// Live cutover: new commands go to `url` (old connections stop taking commands at
+    /// once), in-flight ones on the old endpoint finish or fail, every slot reconnects.
+    pub fn set_target(&self, url: RedisUrl) {
+        tracing::info!(from = %self.sh.target.borrow(), to = %url, "redis target switch");
+        *self.sh.target.borrow_mut() = url;
+        self.sh.generation.set(self.sh.generation.get() + 1);
+        for s in &self.sh.slots {
+            if let Some(c) = s.conn.borrow().as_ref() {
+                c.stop_taking_commands();
+            }
+            s.wake.notify();
+        }
+    }
+
+    pub fn target(&self) -> RedisUrl {
+        self.sh.target.borrow().clone()
+    }
+
+    /// Connections currently up and taking commands.
+    pub fn connected(&self) -> usize {
+        self.sh
+            .slots
+            .iter()
+            .filter(|s| s.conn.borrow().as_ref().is_some_and(|c| c.is_usable()))
+            .count()
+    }
+
+    /// Commands enqueued on the pool's connections and awaiting a reply.
+    pub fn inflight(&self) -> usize {
+        self.sh
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.borrow().as_ref().map(|c| c.inflight()))
+            .sum()
+    }
+
+    /// Stops the supervisors, lets in-flight commands finish (up to `command_timeout`),
+    /// closes the sockets.
+    pub async fn close(&self) {
+        if self.sh.closed.replace(true) {
+            return;
+        }
+        let conns: Vec<Rc<Connection>> = self
+            .sh
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.borrow_mut().take())
+            .collect();
+        for s in &self.sh.slots {
+            s.wake.notify();
+        }
+        let deadline = Instant::now() + self.sh.cfg.command_timeout;
+        for c in &conns {
+            c.stop_taking_commands();
+        }
+        for c in conns {
+            c.drain(deadline).await;
+        }
+        let tasks = std::mem::take(&mut *self.supervisors.borrow_mut());
+        for t in tasks {
+            t.await;
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.sh.closed.set(true);
+        for i in 0..self.sh.slots.len() {
+            self.sh.set_state(i, None);
+            if let Some(c) = self.sh.slots[i].conn.borrow_mut().take() {
+                c.close();
+            }
+        }
+        self.sh
+            .stats
+            .pool_size
+            .decrement(self.sh.slots.len() as f64);
+    }
+}
+
+impl Shared {
+    fn set_state(&self, i: usize, to: Option<ConnState>) {
+        let from = self.slots[i].state.replace(to);
+        if from != to {
+            self.stats.move_state(from, to);
+        }
+    }
+
+    /// Least in-flight usable connection, scanning from a rotating start so ties spread.
+    fn pick(&self) -> Option<Rc<Connection>> {
+        let n = self.slots.len();
+        let start = self.rr.get();
+        self.rr.set(start.wrapping_add(1));
+        let mut best: Option<(usize, Rc<Connection>)> = None;
+        for k in 0..n {
+            let slot = self.slots[(start + k) % n].conn.borrow();
+            let Some(c) = slot.as_ref().filter(|c| c.is_usable()) else {
+                continue;
+            };
+            let load = c.inflight();
+            if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                best = Some((load, c.clone()));
+                if load == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    /// Capped exponential backoff with jitter: uniform in [min, min * 2^failures] (capped),
+    /// so reconnecting slots and shards spread out but never spin.
+    fn backoff(&self, failures: u32) -> Duration {
+        let min = self
+            .cfg
+            .backoff_min
+            .max(Duration::from_millis(1))
+            .as_micros() as u64;
+        let max = (self.cfg.backoff_max.as_micros() as u64).max(min);
+        let cap = min.saturating_mul(1u64 << failures.min(30)).min(max);
+        let jitter = self.rng.borrow_mut().next_u64() % (cap - min + 1);
+        Duration::from_micros(min + jitter)
+    }
+
+    fn stale(&self, generation: u64) -> bool {
+        self.closed.get() || self.generation.get() != generation
+    }
+}
+
+async fn supervise(sh: Rc<Shared>, i: usize) {
+    let slot = &sh.slots[i];
+    let mut failures: u32 = 0;
+    let mut attempts: u64 = 0;
+    while !sh.closed.get() {
+        if attempts > 0 {
+            sh.stats.reconnects.increment(1);
+        }
+        attempts += 1;
+        let url = sh.target.borrow().clone();
+        let generation = sh.generation.get();
+        sh.set_state(i, Some(ConnState::Connecting));
+        let open = async { Some(Connection::open(&url, &sh.cfg, sh.stats.clone()).await) };
+        let cancelled = async {
+            loop {
+                slot.wake.notified().await;
+                if sh.stale(generation) {
+                    return None;
+                }
+            }
+        };
+        match or(open, cancelled).await {
+            None => continue,
+            Some(Ok(conn)) => {
+                if sh.stale(generation) {
+                    conn.close();
+                    continue;
+                }
+                failures = 0;
+                *slot.conn.borrow_mut() = Some(conn.clone());
+                sh.set_state(i, Some(ConnState::Connected));
+                let woken = async {
+                    loop {
+                        slot.wake.notified().await;
+                        if sh.stale(generation) {
+                            return;
+                        }
+                    }
+                };
+                or(conn.closed(), woken).await;
+                slot.conn.borrow_mut().take();
+                if !conn.is_closed() {
+                    // Cutover: the old connection drains in the background; reconnect now.
+                    let deadline = Instant::now() + sh.cfg.command_timeout;
+                    glommio::spawn_local(async move { conn.drain(deadline).await }).detach();
+                    continue;
+                }
+                sh.set_state(i, Some(ConnState::Disconnected));
+                failures = 1;
+            }
+            Some(Err(e)) => {
+                sh.set_state(i, Some(ConnState::Disconnected));
+                if failures == 0 {
+                    tracing::warn!(url = %url, kind = e.kind(), error = %e, "redis connect failed");
+                } else {
+                    tracing::debug!(url = %url, kind = e.kind(), error = %e, "redis connect failed");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        let nap = sh.backoff(failures);
+        let woken = async {
+            loop {
+                slot.wake.notified().await;
+                if sh.stale(generation) {
+                    return;
+                }
+            }
+        };
+        or(glommio::timer::sleep(nap), woken).await;
+    }
+    sh.set_state(i, None);
+}

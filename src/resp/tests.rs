@@ -1,0 +1,208 @@
+//! Fake-server tests: protocol edge cases a real redis-server will not produce on demand.
+//! The server is std networking on `127.0.0.1:0` in plain threads; the client runs on a
+//! glommio executor.
+
+use crate::resp::{Pool, PoolConfig, RedisUrl, Reply};
+use glommio::{LocalExecutorBuilder, Placement};
+use redis_protocol::resp2::decode::decode;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the fake server does with command `cmd` on connection `conn`: write a reply, or
+/// return false to stall (keep the socket open, answer nothing more).
+type Handler = fn(conn: usize, cmd: usize, out: &mut TcpStream) -> bool;
+
+fn fake_server(handler: Handler) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let conn = conns.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                s.set_nodelay(true).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut cmd = 0;
+                loop {
+                    while let Ok(Some((_, n))) = decode(&buf) {
+                        buf.drain(..n);
+                        if !handler(conn, cmd, &mut s) {
+                            std::thread::sleep(Duration::from_secs(30));
+                            return;
+                        }
+                        cmd += 1;
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn cfg() -> PoolConfig {
+    PoolConfig {
+        size: 1,
+        command_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(500),
+        max_reply_bytes: 1 << 20,
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        shard: 0,
+    }
+}
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn url(port: u16) -> RedisUrl {
+    RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap()
+}
+
+/// Retries PING until it succeeds or `within` passes.
+async fn recovers(pool: &Pool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if pool.cmd(&[b"PING"]).await.is_ok() {
+            return true;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[test]
+fn should_drop_connection_on_malformed_reply_and_recover() {
+    let port = fake_server(|conn, _, s| {
+        let reply: &[u8] = if conn == 0 {
+            b"!garbage\r\n"
+        } else {
+            b"+PONG\r\n"
+        };
+        s.write_all(reply).is_ok()
+    });
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        let e = pool.cmd(&[b"PING"]).await.unwrap_err();
+        assert_eq!(e.kind(), "protocol");
+        assert!(e.outcome_unknown());
+        assert!(recovers(&pool, Duration::from_secs(2)).await);
+        assert_eq!(
+            pool.cmd(&[b"PING"]).await.unwrap(),
+            Reply::Simple("PONG".into())
+        );
+        pool.close().await;
+    });
+}
+
+#[test]
+fn should_time_out_on_stalled_server_then_recover() {
+    let port = fake_server(|conn, _, s| conn > 0 && s.write_all(b"+PONG\r\n").is_ok());
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        let started = Instant::now();
+        let e = pool.cmd(&[b"PING"]).await.unwrap_err();
+        assert_eq!(e.kind(), "timeout");
+        assert!(e.outcome_unknown());
+        assert!(started.elapsed() < Duration::from_millis(600));
+        // The stalled connection is dropped after ~2x the timeout and replaced.
+        assert!(recovers(&pool, Duration::from_secs(3)).await);
+        pool.close().await;
+    });
+}
+
+#[test]
+fn should_fail_huge_declared_bulk_as_reply_too_large() {
+    let port = fake_server(|conn, _, s| {
+        let reply: &[u8] = if conn == 0 {
+            b"$99999999999\r\n"
+        } else {
+            b":7\r\n"
+        };
+        s.write_all(reply).is_ok()
+    });
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        let e = pool.cmd(&[b"GET", b"k"]).await.unwrap_err();
+        assert_eq!(e.kind(), "reply_too_large");
+        assert!(e.outcome_unknown());
+        assert!(recovers(&pool, Duration::from_secs(2)).await);
+        pool.close().await;
+    });
+}
+
+#[test]
+fn should_match_replies_delivered_one_byte_at_a_time() {
+    let port = fake_server(|_, cmd, s| {
+        let reply = format!("*2\r\n:{cmd}\r\n$3\r\nv{:02}\r\n", cmd % 100);
+        for b in reply.as_bytes() {
+            if s.write_all(&[*b]).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        true
+    });
+    run(move || async move {
+        let mut c = cfg();
+        c.command_timeout = Duration::from_secs(5);
+        let pool = Pool::new(url(port), c);
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        let cmds: Vec<&[&[u8]]> = vec![&[b"GET", b"a"]; 5];
+        let replies = pool.pipeline(&cmds).await;
+        for (i, r) in replies.into_iter().enumerate() {
+            let expected = Reply::Array(vec![
+                Reply::Int(i as i64),
+                Reply::Bulk(format!("v{i:02}").into()),
+            ]);
+            assert_eq!(r.unwrap(), expected);
+        }
+        pool.close().await;
+    });
+}
+
+#[test]
+fn should_fail_fast_when_nothing_is_up() {
+    // A port with nothing listening: connect fails, commands are never sent.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(!pool.wait_connected(Duration::from_millis(100)).await);
+        let e = pool.cmd(&[b"PING"]).await.unwrap_err();
+        assert_eq!(e.kind(), "not_connected");
+        assert!(!e.outcome_unknown());
+        let tls = RedisUrl::parse("rediss://127.0.0.1:1").unwrap();
+        let e = crate::resp::Connection::connect(&tls, &cfg())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), "connect");
+        assert!(e
+            .to_string()
+            .contains("TLS (rediss://) is not supported yet"));
+        pool.close().await;
+    });
+}
