@@ -61,7 +61,7 @@ pub type Handler = Rc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp>>>>;
 /// Binds `addr` (error if taken) and serves connections on the current executor until
 /// the returned task is dropped.
 pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
-    glommio::net::TcpListener::bind(addr).map_err(io::Error::other)
+    glommio::net::TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))
 }
 
 pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {

@@ -2,17 +2,27 @@
 //!
 //! A thread-per-core analytics workload on Redis (counters, cache) and PostgreSQL (source of
 //! truth), built to watch a Redis migration live and prove what it lost.
+//!
+//! # Layout
+//! - [`config`]: every option (flag, env var, default, help) and its validation.
+//! - [`engine`]: the topology: which CPU runs the control core and which run shards.
+//! - [`shard`]: one pinned executor: pacing, the event and query paths, shard stats.
+//! - [`control`]: the control core: writer, HTTP, health, progress, orderly stop.
+//! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
+//! - [`pg`]: Postgres connections on glommio, the batch writer, the shards' readers.
+//! - [`workload`]: event/query mixes, skewed tenants, the Redis key layout, hour buckets.
+//! - [`verify`]: the `verify` subcommand: acknowledged increments against Redis.
+//! - [`metrics`]: every exported metric name; [`http`]: hyper on glommio.
 
-pub mod config;
-pub mod metrics;
-pub mod workload;
-pub mod resp;
-pub mod notify;
-pub mod pg;
-pub mod control;
-pub mod http;
-pub mod shard;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod pg;
+pub mod resp;
+pub mod shard;
 pub mod verify;
+pub mod workload;

@@ -141,6 +141,10 @@ pub struct Aggregate {
     pub recent: VecDeque<Window>,
     pub current: Window,
     pub shards: Vec<ShardState>,
+    /// Seconds covered by each shard's reports: in the progress interval, and in total.
+    /// Rates divide counts by these (not by wall time), so a late report cannot skew them.
+    interval_secs: Vec<f64>,
+    total_secs: Vec<f64>,
 }
 
 impl Aggregate {
@@ -153,6 +157,8 @@ impl Aggregate {
             recent: VecDeque::new(),
             current: Window::default(),
             shards: vec![ShardState::default(); shards],
+            interval_secs: vec![0.0; shards],
+            total_secs: vec![0.0; shards],
         }
     }
 
@@ -160,6 +166,12 @@ impl Aggregate {
         self.total.add(r);
         self.interval.add(r);
         self.current.add(r);
+        if let Some(t) = self.interval_secs.get_mut(r.shard) {
+            *t += r.interval.as_secs_f64();
+        }
+        if let Some(t) = self.total_secs.get_mut(r.shard) {
+            *t += r.interval.as_secs_f64();
+        }
         if let Some(s) = self.shards.get_mut(r.shard) {
             *s = ShardState {
                 redis_connected: r.redis_connected,
@@ -193,11 +205,37 @@ impl Aggregate {
         w
     }
 
-    /// Takes the progress interval's window and its length.
+    /// Takes the progress interval's window and the seconds it covers.
     pub fn take_interval(&mut self) -> (Window, Duration) {
-        let d = self.interval_started.elapsed();
+        let wall = self.interval_started.elapsed();
         self.interval_started = Instant::now();
+        let covered = mean(&self.interval_secs);
+        self.interval_secs.iter_mut().for_each(|t| *t = 0.0);
+        let d = if covered > 0.0 {
+            Duration::from_secs_f64(covered)
+        } else {
+            wall
+        };
         (std::mem::take(&mut self.interval), d)
+    }
+
+    /// Seconds of load the totals cover (mean over shards).
+    pub fn load_seconds(&self) -> f64 {
+        mean(&self.total_secs)
+    }
+
+    /// Marks the start of the load (after the schema is ready).
+    pub fn load_started(&mut self) {
+        self.started = Instant::now();
+        self.interval_started = Instant::now();
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
     }
 }
 
@@ -236,7 +274,10 @@ impl Summary {
         db: &crate::pg::writer::WriterStatus,
     ) -> Summary {
         let t = &a.total;
-        let secs = a.started.elapsed().as_secs_f64().max(1e-9);
+        let secs = match a.load_seconds() {
+            s if s > 0.0 => s,
+            _ => a.started.elapsed().as_secs_f64().max(1e-9),
+        };
         let mut by_type = BTreeMap::new();
         let mut by_outcome = BTreeMap::new();
         for ty in EventType::ALL {

@@ -128,6 +128,7 @@ pub async fn run(
             }
         }
     }
+    state.agg.borrow_mut().load_started();
     flags.ready.store(true, Ordering::SeqCst);
     tracing::info!(run_id = state.p.run_id, "load started");
 
@@ -234,8 +235,8 @@ async fn prepare_db(p: &ControlParams) -> Result<(), String> {
     crate::pg::apply_schema(&client).await?;
     client
         .execute(
-            "INSERT INTO runs (run_id, config) VALUES ($1, $2) ON CONFLICT (run_id) DO NOTHING",
-            &[&p.run_id, &postgres_types::Json(&p.config_json)],
+            "INSERT INTO runs (run_id, config) VALUES ($1, $2::text::jsonb) ON CONFLICT (run_id) DO NOTHING",
+            &[&p.run_id, &p.config_json.to_string()],
         )
         .await
         .map_err(|e| crate::pg::describe(&e))?;

@@ -46,6 +46,11 @@ impl Reader {
         self.conn.borrow().as_ref().is_some_and(|c| !c.client.is_closed())
     }
 
+    /// Opens the connection now (at shard start), so the first queries do not fail fast.
+    pub async fn connect_now(&self) -> Result<(), String> {
+        self.conn().await.map(|_| ())
+    }
+
     async fn conn(&self) -> Result<Rc<Conn>, String> {
         if let Some(c) = self.conn.borrow().as_ref() {
             if !c.client.is_closed() {

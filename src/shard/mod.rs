@@ -76,6 +76,8 @@ pub struct Shard {
     /// Fraction of cacheable queries sent to one-off (ad-hoc) keys; steered so the hit
     /// ratio of cacheable queries meets `CACHE_HIT_TARGET` (see `queries.rs`).
     pub adhoc_fraction: Cell<f64>,
+    /// Filter windows (hours) that fit in `TIME_BUCKETS`.
+    pub windows: Vec<u32>,
 }
 
 const ROW_FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -101,6 +103,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         metrics: ShardMetrics::new(p.index),
         stats: RefCell::new(ShardStats::new(p.orgs.len())),
         adhoc_fraction: Cell::new(0.0),
+        windows: queries::windows(p.time_buckets),
         pool,
         reader,
         org_pick,
@@ -118,6 +121,9 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     shard.pool.wait_connected(Duration::from_secs(2)).await;
+    if let Err(e) = shard.reader.connect_now().await {
+        tracing::warn!(shard = shard.p.index, error = %e, "postgres read connection not ready");
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
     if shard.p.events_per_second > 0 {

@@ -45,15 +45,7 @@ async fn run(s: &Shard, due: Instant) {
         let qt = s.query_pick.sample(&mut rng);
         let org = s.p.orgs[s.org_pick.sample(&mut rng) as usize];
         let ty = EventType::ALL[rng.below(5) as usize];
-        let windows: Vec<u32> = FILTER_WINDOWS
-            .iter()
-            .copied()
-            .filter(|&w| w <= s.p.time_buckets)
-            .collect();
-        let window = windows
-            .get(rng.below(windows.len() as u64) as usize)
-            .copied()
-            .unwrap_or(1);
+        let window = s.windows[rng.below(s.windows.len() as u64) as usize];
         let adhoc = (qt != QueryType::Realtime && rng.unit() < s.adhoc_fraction.get())
             .then(|| rng.next_u64());
         (qt, org, ty, window, adhoc)
@@ -180,10 +172,19 @@ async fn realtime(s: &Shard, org: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Refreshes the dashboard cache of every organization this shard owns, every
-/// `WARMUP_INTERVAL` (first right at start), a few at a time.
+/// Refreshes the cached reports of every organization this shard owns (the dashboard
+/// overview and every filtered view), every `WARMUP_INTERVAL`, first right at start, a
+/// few at a time. Warmed entries live until just after the next refresh, so a steady run
+/// does not see them expire; on-demand entries use `CACHE_TTL`.
 pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
     const PARALLEL: usize = 16;
+    let ttl = s
+        .p
+        .cache_ttl
+        .max(s.p.warmup_interval + Duration::from_secs(30))
+        .as_secs()
+        .to_string();
+    let windows = windows(s.p.time_buckets);
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -192,22 +193,43 @@ pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
             continue;
         }
         next = now + s.p.warmup_interval;
-        let ttl = s.p.cache_ttl.as_secs().to_string();
+        let started = Instant::now();
+        // (org, None) = dashboard; (org, Some((type, window))) = a filtered view.
+        let mut jobs: Vec<(u32, Option<(EventType, u32)>)> = Vec::new();
+        for &org in &s.p.orgs {
+            jobs.push((org, None));
+        }
+        for &org in &s.p.orgs {
+            for ty in EventType::ALL {
+                for &w in &windows {
+                    jobs.push((org, Some((ty, w))));
+                }
+            }
+        }
         let mut refreshed = 0u64;
-        for chunk in s.p.orgs.chunks(PARALLEL) {
+        for chunk in jobs.chunks(PARALLEL) {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
             let tasks: Vec<_> = chunk
                 .iter()
-                .map(|&org| {
+                .map(|&(org, view)| {
                     let (s, ttl) = (s.clone(), ttl.clone());
                     glommio::spawn_local(async move {
-                        let Ok(v) = dashboard_value(&s, org).await else {
+                        let mut key = Vec::with_capacity(40);
+                        let value = match view {
+                            None => {
+                                keys::dashboard(&mut key, org);
+                                dashboard_value(&s, org).await
+                            }
+                            Some((ty, w)) => {
+                                keys::filtered(&mut key, org, ty, w);
+                                filtered_value(&s, org, ty, w).await
+                            }
+                        };
+                        let Ok(v) = value else {
                             return false;
                         };
-                        let mut key = Vec::with_capacity(24);
-                        keys::dashboard(&mut key, org);
                         s.pool
                             .cmd(&[b"SET", &key, v.as_bytes(), b"EX", ttl.as_bytes()])
                             .await
@@ -223,7 +245,21 @@ pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
             }
         }
         s.stats.borrow_mut().warmups += refreshed;
-        tracing::debug!(shard = s.p.index, refreshed, "dashboard warmup done");
+        tracing::debug!(shard = s.p.index, refreshed, secs = started.elapsed().as_secs_f64(), "cache warmup done");
+    }
+}
+
+/// Filter windows that fit in the retained hours.
+pub fn windows(time_buckets: u32) -> Vec<u32> {
+    let w: Vec<u32> = FILTER_WINDOWS
+        .iter()
+        .copied()
+        .filter(|&w| w <= time_buckets)
+        .collect();
+    if w.is_empty() {
+        vec![1]
+    } else {
+        w
     }
 }
 
