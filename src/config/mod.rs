@@ -196,7 +196,7 @@ pub fn parse_from_process() -> ParseOutcome {
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // A non-UTF-8 variable becomes text with U+FFFD, which every option then rejects.
+    // A non-UTF-8 variable is read lossily (U+FFFD): numbers, choices and the token reject it.
     parse(&args, &|key| {
         std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
     })
