@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `cli.rs` | the option table, the argh structs built from it |
 //! | `resolve.rs` | raw text to typed values, with the error messages |
-//! | `redact.rs` | hiding passwords and tokens in text |
+//! | `redact.rs` | hiding passwords and tokens in text, and the `Debug` impls that rely on it |
 
 mod cli;
 mod redact;
@@ -18,7 +18,6 @@ mod resolve;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,10 +25,12 @@ use argh::FromArgs;
 
 use crate::resp::RedisUrl;
 use cli::{opt, SubCli, TopCli};
-use redact::{redact_url, scrub, url_secrets};
+use redact::{scrub, url_secrets};
 use resolve::Resolver;
 
 /// What the process should do.
+// Built once at start-up: boxing `Config` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// No subcommand: run the workload.
@@ -40,6 +41,7 @@ pub enum Command {
 }
 
 /// The result of [`parse`].
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParseOutcome {
     Command(Command),
@@ -194,7 +196,7 @@ pub fn parse_from_process() -> ParseOutcome {
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // A non-UTF-8 variable becomes text with U+FFFD, which every option then rejects.
+    // A non-UTF-8 variable is read lossily (U+FFFD): numbers, choices and the token reject it.
     parse(&args, &|key| {
         std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
     })
@@ -380,7 +382,7 @@ fn takes_value(flag: &str) -> bool {
 }
 
 /// Accepts `--flag=value` (argh does not) by splitting it in two; otherwise argh would echo
-/// `--admin-token=secret` back as an unknown argument.
+/// `--admin-token=secret` back as an unknown argument. Values are left alone.
 fn split_equals(args: &[&str]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let (mut value_next, mut options_ended) = (false, false);
@@ -390,12 +392,17 @@ fn split_equals(args: &[&str]) -> Vec<String> {
         if !is_value && !options_ended {
             if arg == "--" {
                 options_ended = true;
-            } else if let Some((flag, value)) = arg.split_once('=') {
+            } else if let Some((flag, value)) = arg.split_once('=').filter(|_| arg.starts_with('-'))
+            {
                 if takes_value(flag) {
                     out.push(flag.to_string());
                     out.push(value.to_string());
-                    continue;
+                } else {
+                    // argh rejects it as a whole and would echo it: the value could be a
+                    // secret given to a misspelt flag.
+                    out.push(format!("{flag}=***"));
                 }
+                continue;
             } else {
                 value_next = takes_value(arg);
             }
@@ -421,81 +428,4 @@ fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         }
     }
     secrets
-}
-
-/// For `Debug` of values that may hold a password or token.
-struct Hidden<'a>(&'a str);
-
-impl fmt::Debug for Hidden<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", redact_url(self.0))
-    }
-}
-
-fn hidden_token(token: &Option<String>) -> Option<&'static str> {
-    token.as_ref().map(|_| "***")
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("events_per_second", &self.events_per_second)
-            .field("queries_per_second", &self.queries_per_second)
-            .field("organizations", &self.organizations)
-            .field("users_per_org", &self.users_per_org)
-            .field("cache_hit_target", &self.cache_hit_target)
-            .field("max_workers", &self.max_workers)
-            .field("redis_pool_size", &self.redis_pool_size)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("warmup_interval", &self.warmup_interval)
-            .field("time_buckets", &self.time_buckets)
-            .field("redis_url", &self.redis_url)
-            .field("database_url", &Hidden(&self.database_url))
-            .field("bind_address", &self.bind_address)
-            .field("shards", &self.shards)
-            .field("duration", &self.duration)
-            .field("seed", &self.seed)
-            .field("log_format", &self.log_format)
-            .field("admin_token", &hidden_token(&self.admin_token))
-            .field("distribution", &self.distribution)
-            .field("zipf_exponent", &self.zipf_exponent)
-            .field("command_timeout", &self.command_timeout)
-            .field("max_reply_bytes", &self.max_reply_bytes)
-            .field("db_batch_size", &self.db_batch_size)
-            .field("db_buffer_rows", &self.db_buffer_rows)
-            .field("progress_interval", &self.progress_interval)
-            .field("pin", &self.pin)
-            .field("instance_index", &self.instance_index)
-            .field("instance_count", &self.instance_count)
-            .finish()
-    }
-}
-
-impl fmt::Debug for VerifyArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyArgs")
-            .field("redis_url", &self.redis_url)
-            .field("database_url", &Hidden(&self.database_url))
-            .field("json", &self.json)
-            .finish()
-    }
-}
-
-impl fmt::Debug for ReportArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReportArgs")
-            .field("admin_url", &Hidden(&self.admin_url))
-            .field("json", &self.json)
-            .finish()
-    }
-}
-
-impl fmt::Debug for SwitchArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SwitchArgs")
-            .field("to", &self.to)
-            .field("admin_url", &Hidden(&self.admin_url))
-            .field("admin_token", &hidden_token(&self.admin_token))
-            .finish()
-    }
 }

@@ -1,7 +1,11 @@
-//! Keeping secrets out of messages: URL passwords and the admin token.
+//! Keeping secrets out of messages and `Debug` output: URL passwords and the admin token.
 //!
 //! Redaction here works on raw text, not on parsed URLs, because it must also cover values
 //! that failed to parse (those are the ones error messages echo).
+
+use std::fmt;
+
+use super::{Config, ReportArgs, SwitchArgs, VerifyArgs};
 
 /// `scheme://user:***@host/...`: the value with any password replaced by `***`.
 ///
@@ -70,4 +74,81 @@ fn password_span(s: &str) -> Option<(usize, usize)> {
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["pass", "secret", "token"].iter().any(|w| key.contains(w))
+}
+
+/// For `Debug` of values that may hold a password or token.
+struct Hidden<'a>(&'a str);
+
+impl fmt::Debug for Hidden<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(self.0))
+    }
+}
+
+fn hidden_token(token: &Option<String>) -> Option<&'static str> {
+    token.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("events_per_second", &self.events_per_second)
+            .field("queries_per_second", &self.queries_per_second)
+            .field("organizations", &self.organizations)
+            .field("users_per_org", &self.users_per_org)
+            .field("cache_hit_target", &self.cache_hit_target)
+            .field("max_workers", &self.max_workers)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("warmup_interval", &self.warmup_interval)
+            .field("time_buckets", &self.time_buckets)
+            .field("redis_url", &self.redis_url)
+            .field("database_url", &Hidden(&self.database_url))
+            .field("bind_address", &self.bind_address)
+            .field("shards", &self.shards)
+            .field("duration", &self.duration)
+            .field("seed", &self.seed)
+            .field("log_format", &self.log_format)
+            .field("admin_token", &hidden_token(&self.admin_token))
+            .field("distribution", &self.distribution)
+            .field("zipf_exponent", &self.zipf_exponent)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field("db_batch_size", &self.db_batch_size)
+            .field("db_buffer_rows", &self.db_buffer_rows)
+            .field("progress_interval", &self.progress_interval)
+            .field("pin", &self.pin)
+            .field("instance_index", &self.instance_index)
+            .field("instance_count", &self.instance_count)
+            .finish()
+    }
+}
+
+impl fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("redis_url", &self.redis_url)
+            .field("database_url", &Hidden(&self.database_url))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ReportArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportArgs")
+            .field("admin_url", &Hidden(&self.admin_url))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SwitchArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwitchArgs")
+            .field("to", &self.to)
+            .field("admin_url", &Hidden(&self.admin_url))
+            .field("admin_token", &hidden_token(&self.admin_token))
+            .finish()
+    }
 }

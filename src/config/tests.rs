@@ -1,1 +1,689 @@
+use super::*;
 
+/// Environment variables of a test case.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+fn outcome(args: &[&str], env: Env) -> ParseOutcome {
+    let argv: Vec<&str> = std::iter::once("/usr/bin/analytics-demo")
+        .chain(args.iter().copied())
+        .collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    parse(&argv, &|key| {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    })
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    match outcome(args, env) {
+        ParseOutcome::Command(c) => c,
+        ParseOutcome::Exit { code, output } => {
+            panic!("{args:?} {env:?}: exit {code}: {output}")
+        }
+    }
+}
+
+fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+    match command(args, env) {
+        Command::Run(c) => c,
+        other => panic!("{args:?}: expected Run, got {other:?}"),
+    }
+}
+
+/// The error output; asserts exit code 2.
+fn error(args: &[&str], env: &[(&str, &str)]) -> String {
+    match outcome(args, env) {
+        ParseOutcome::Exit { code: 2, output } => output,
+        other => panic!("{args:?} {env:?}: expected exit 2, got {other:?}"),
+    }
+}
+
+#[test]
+fn should_use_defaults_when_nothing_is_set() {
+    let c = config(&[], &[]);
+    let expected = Config {
+        events_per_second: 1000,
+        queries_per_second: 10000,
+        organizations: 500,
+        users_per_org: 1000,
+        cache_hit_target: 0.95,
+        max_workers: 500,
+        redis_pool_size: 100,
+        cache_ttl: Duration::from_secs(300),
+        warmup_interval: Duration::from_secs(300),
+        time_buckets: 24,
+        redis_url: RedisUrl::parse("redis://127.0.0.1:6379").unwrap(),
+        database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
+        bind_address: "0.0.0.0:3000".parse().unwrap(),
+        shards: 0,
+        duration: None,
+        seed: None,
+        log_format: LogFormat::Text,
+        admin_token: None,
+        distribution: Distribution::Zipf,
+        zipf_exponent: 1.0,
+        command_timeout: Duration::from_millis(1000),
+        max_reply_bytes: 16_777_216,
+        db_batch_size: 5000,
+        db_buffer_rows: 500_000,
+        progress_interval: Duration::from_secs(5),
+        pin: true,
+        instance_index: 0,
+        instance_count: 1,
+    };
+    assert_eq!(c, expected);
+}
+
+type Getter = fn(&Config) -> String;
+
+/// (flag, env, value a, value b, field): a and b both valid, different, and not the default.
+const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
+    ("--events-per-second", "EVENTS_PER_SECOND", "50", "0", |c| {
+        format!("{:?}", c.events_per_second)
+    }),
+    (
+        "--queries-per-second",
+        "QUERIES_PER_SECOND",
+        "150",
+        "0",
+        |c| format!("{:?}", c.queries_per_second),
+    ),
+    ("--organizations", "ORGANIZATIONS", "10", "10000000", |c| {
+        format!("{:?}", c.organizations)
+    }),
+    ("--users-per-org", "USERS_PER_ORG", "1", "20", |c| {
+        format!("{:?}", c.users_per_org)
+    }),
+    ("--cache-hit-target", "CACHE_HIT_TARGET", "80", "100", |c| {
+        format!("{:?}", c.cache_hit_target)
+    }),
+    ("--max-workers", "MAX_WORKERS", "1", "64", |c| {
+        format!("{:?}", c.max_workers)
+    }),
+    ("--redis-pool-size", "REDIS_POOL_SIZE", "1", "8", |c| {
+        format!("{:?}", c.redis_pool_size)
+    }),
+    ("--cache-ttl", "CACHE_TTL", "1", "60", |c| {
+        format!("{:?}", c.cache_ttl)
+    }),
+    ("--warmup-interval", "WARMUP_INTERVAL", "1", "60", |c| {
+        format!("{:?}", c.warmup_interval)
+    }),
+    ("--time-buckets", "TIME_BUCKETS", "1", "8760", |c| {
+        format!("{:?}", c.time_buckets)
+    }),
+    (
+        "--redis-url",
+        "REDIS_URL",
+        "redis://a:6380/1",
+        "rediss://b",
+        |c| c.redis_url.redacted(),
+    ),
+    (
+        "--database-url",
+        "DATABASE_URL",
+        "postgresql://u@db/x",
+        "postgres://h/y",
+        |c| c.database_url.clone(),
+    ),
+    (
+        "--bind-address",
+        "BIND_ADDRESS",
+        "127.0.0.1:9000",
+        "[::1]:80",
+        |c| c.bind_address.to_string(),
+    ),
+    ("--shards", "SHARDS", "1", "3", |c| {
+        format!("{:?}", c.shards)
+    }),
+    ("--duration", "DURATION", "60", "1", |c| {
+        format!("{:?}", c.duration)
+    }),
+    ("--seed", "SEED", "0", "18446744073709551615", |c| {
+        format!("{:?}", c.seed)
+    }),
+    ("--log-format", "LOG_FORMAT", "JSON", "text", |c| {
+        format!("{:?}", c.log_format)
+    }),
+    ("--admin-token", "ADMIN_TOKEN", "tok-a", "tok-b", |c| {
+        format!("{:?}", c.admin_token.as_deref())
+    }),
+    ("--distribution", "DISTRIBUTION", "Uniform", "zipf", |c| {
+        format!("{:?}", c.distribution)
+    }),
+    ("--zipf-exponent", "ZIPF_EXPONENT", "0.5", "5", |c| {
+        format!("{:?}", c.zipf_exponent)
+    }),
+    (
+        "--command-timeout-ms",
+        "REDIS_COMMAND_TIMEOUT_MS",
+        "1",
+        "600000",
+        |c| format!("{:?}", c.command_timeout),
+    ),
+    (
+        "--max-reply-bytes",
+        "REDIS_MAX_REPLY_BYTES",
+        "1024",
+        "65536",
+        |c| format!("{:?}", c.max_reply_bytes),
+    ),
+    ("--db-batch-size", "DB_BATCH_SIZE", "1", "1000", |c| {
+        format!("{:?}", c.db_batch_size)
+    }),
+    (
+        "--db-buffer-rows",
+        "DB_BUFFER_ROWS",
+        "5000",
+        "1000000",
+        |c| format!("{:?}", c.db_buffer_rows),
+    ),
+    (
+        "--progress-interval",
+        "PROGRESS_INTERVAL",
+        "1",
+        "3600",
+        |c| format!("{:?}", c.progress_interval),
+    ),
+    ("--instance-count", "INSTANCE_COUNT", "2", "500", |c| {
+        format!("{:?}", c.instance_count)
+    }),
+];
+
+#[test]
+fn should_let_env_override_default_and_flag_override_env() {
+    let default = config(&[], &[]);
+    for &(flag, env, a, b, get) in OVERRIDES {
+        let from_env = config(&[], &[(env, a)]);
+        let from_flag = config(&[flag, a], &[(env, b)]);
+        let from_env_b = config(&[], &[(env, b)]);
+        assert_ne!(
+            get(&from_env),
+            get(&default),
+            "{flag}: value a equals the default"
+        );
+        assert_ne!(
+            get(&from_env),
+            get(&from_env_b),
+            "{flag}: a and b resolve alike"
+        );
+        assert_eq!(
+            get(&from_flag),
+            get(&from_env),
+            "{flag}: flag must beat env"
+        );
+    }
+    // Fields with rules tied to another option.
+    let c = config(
+        &["--instance-index", "1"],
+        &[("INSTANCE_INDEX", "0"), ("INSTANCE_COUNT", "3")],
+    );
+    assert_eq!((c.instance_index, c.instance_count), (1, 3));
+    assert_eq!(
+        config(&[], &[("INSTANCE_INDEX", "2"), ("INSTANCE_COUNT", "3")]).instance_index,
+        2
+    );
+    assert_eq!(
+        config(&[], &[("CACHE_HIT_TARGET", "12.5")]).cache_hit_target,
+        0.125
+    );
+    assert_eq!(config(&[], &[("DURATION", "0")]).duration, None);
+}
+
+#[test]
+fn should_treat_empty_env_as_unset() {
+    let c = config(
+        &[],
+        &[("EVENTS_PER_SECOND", ""), ("ADMIN_TOKEN", ""), ("SEED", "")],
+    );
+    assert_eq!(
+        (c.events_per_second, c.admin_token, c.seed),
+        (1000, None, None)
+    );
+}
+
+#[test]
+fn should_pin_unless_no_pin_by_flag_or_env() {
+    assert!(config(&[], &[]).pin);
+    assert!(!config(&["--no-pin"], &[]).pin);
+    assert!(
+        !config(&["--no-pin"], &[("NO_PIN", "false")]).pin,
+        "flag beats env"
+    );
+    for (value, pin) in [
+        ("1", false),
+        ("true", false),
+        ("YES", false),
+        ("0", true),
+        ("false", true),
+        ("no", true),
+    ] {
+        assert_eq!(config(&[], &[("NO_PIN", value)]).pin, pin, "NO_PIN={value}");
+    }
+}
+
+#[test]
+fn should_accept_flag_equals_value() {
+    let c = config(&["--events-per-second=5", "--admin-token=a=b"], &[]);
+    assert_eq!(
+        (c.events_per_second, c.admin_token.as_deref()),
+        (5, Some("a=b"))
+    );
+    // A value that looks like `--flag=value` stays a value.
+    let c = config(&["--admin-token", "--seed=1"], &[]);
+    assert_eq!((c.admin_token.as_deref(), c.seed), (Some("--seed=1"), None));
+}
+
+/// (flag, env, invalid value, text the message must contain). Each row runs once as a flag
+/// and once as an env var; the message must also name both the flag and the env var.
+const INVALID: &[(&str, &str, &str, &str)] = &[
+    ("--events-per-second", "EVENTS_PER_SECOND", "abc",
+        "invalid value 'abc' for --events-per-second (EVENTS_PER_SECOND): expected a non-negative integer"),
+    ("--events-per-second", "EVENTS_PER_SECOND", "-1", "expected a non-negative integer"),
+    ("--queries-per-second", "QUERIES_PER_SECOND", "1.5", "invalid value '1.5'"),
+    ("--queries-per-second", "QUERIES_PER_SECOND", "99999999999999999999", "must be at most 18446744073709551615, got 99999999999999999999"),
+    ("--organizations", "ORGANIZATIONS", "0", "must be between 1 and 10000000, got 0"),
+    ("--organizations", "ORGANIZATIONS", "10000001", "must be between 1 and 10000000, got 10000001"),
+    ("--users-per-org", "USERS_PER_ORG", "0", "must be at least 1, got 0"),
+    ("--users-per-org", "USERS_PER_ORG", "4294967296", "must be at most 4294967295"),
+    ("--cache-hit-target", "CACHE_HIT_TARGET", "120",
+        "--cache-hit-target (CACHE_HIT_TARGET) must be between 0 and 100, got 120"),
+    ("--cache-hit-target", "CACHE_HIT_TARGET", "-0.5", "must be between 0 and 100, got -0.5"),
+    ("--cache-hit-target", "CACHE_HIT_TARGET", "NaN", "invalid value 'NaN'"),
+    ("--max-workers", "MAX_WORKERS", "0", "must be at least 1, got 0"),
+    ("--redis-pool-size", "REDIS_POOL_SIZE", "0", "must be at least 1, got 0"),
+    ("--cache-ttl", "CACHE_TTL", "0", "must be between 1 and 315360000, got 0"),
+    ("--warmup-interval", "WARMUP_INTERVAL", "0", "must be between 1 and 315360000, got 0"),
+    ("--time-buckets", "TIME_BUCKETS", "8761", "must be between 1 and 8760, got 8761"),
+    ("--time-buckets", "TIME_BUCKETS", "0", "must be between 1 and 8760, got 0"),
+    ("--redis-url", "REDIS_URL", "http://x",
+        "invalid --redis-url (REDIS_URL) 'http://x': unsupported scheme 'http' (expected redis:// or rediss://)"),
+    ("--redis-url", "REDIS_URL", "redis://h/x", "database 'x' is not a number"),
+    ("--database-url", "DATABASE_URL", "mysql://h/db",
+        "invalid --database-url (DATABASE_URL) 'mysql://h/db': unsupported scheme 'mysql' (expected postgres:// or postgresql://)"),
+    ("--database-url", "DATABASE_URL", "postgres:///analytics", "missing host"),
+    ("--database-url", "DATABASE_URL", "not a url", "not a URL"),
+    ("--bind-address", "BIND_ADDRESS", "localhost:3000",
+        "invalid value 'localhost:3000' for --bind-address (BIND_ADDRESS): expected an IP address and port"),
+    ("--shards", "SHARDS", "1025", "must be at most 1024, got 1025"),
+    ("--duration", "DURATION", "-1", "invalid value '-1'"),
+    ("--duration", "DURATION", "1.5", "invalid value '1.5'"),
+    ("--seed", "SEED", "x", "invalid value 'x' for --seed (SEED)"),
+    ("--log-format", "LOG_FORMAT", "xml", "invalid value 'xml' for --log-format (LOG_FORMAT): expected 'text' or 'json'"),
+    ("--admin-token", "ADMIN_TOKEN", "two words", "must be printable ASCII without spaces"),
+    ("--distribution", "DISTRIBUTION", "normal", "expected 'zipf' or 'uniform'"),
+    ("--zipf-exponent", "ZIPF_EXPONENT", "0", "must be greater than 0 and at most 5, got 0"),
+    ("--zipf-exponent", "ZIPF_EXPONENT", "5.01", "must be greater than 0 and at most 5, got 5.01"),
+    ("--zipf-exponent", "ZIPF_EXPONENT", "inf", "invalid value 'inf'"),
+    ("--command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "0", "must be between 1 and 600000, got 0"),
+    ("--command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "600001", "must be between 1 and 600000"),
+    ("--max-reply-bytes", "REDIS_MAX_REPLY_BYTES", "1023", "must be at least 1024, got 1023"),
+    ("--db-batch-size", "DB_BATCH_SIZE", "0", "must be between 1 and 1000000, got 0"),
+    ("--db-batch-size", "DB_BATCH_SIZE", "1000001", "must be between 1 and 1000000"),
+    ("--db-buffer-rows", "DB_BUFFER_ROWS", "4999",
+        "--db-buffer-rows (DB_BUFFER_ROWS) (4999) must be at least --db-batch-size (DB_BATCH_SIZE) (5000)"),
+    ("--progress-interval", "PROGRESS_INTERVAL", "3601", "must be between 1 and 3600, got 3601"),
+    ("--instance-index", "INSTANCE_INDEX", "1",
+        "--instance-index (INSTANCE_INDEX) (1) must be less than --instance-count (INSTANCE_COUNT) (1)"),
+    ("--instance-count", "INSTANCE_COUNT", "0", "must be at least 1, got 0"),
+    ("--instance-count", "INSTANCE_COUNT", "501", "is larger than --organizations (ORGANIZATIONS) (500)"),
+];
+
+#[test]
+fn should_reject_every_invalid_value_by_flag_and_by_env() {
+    for &(flag, env, bad, expect) in INVALID {
+        for (how, out) in [
+            ("flag", error(&[flag, bad], &[])),
+            ("env", error(&[], &[(env, bad)])),
+        ] {
+            assert!(out.starts_with("error: "), "{flag} by {how}: {out}");
+            assert!(
+                out.contains(expect),
+                "{flag} by {how}: {out:?} lacks {expect:?}"
+            );
+            assert!(
+                out.contains(flag) && out.contains(env),
+                "{flag} by {how}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn should_have_an_invalid_case_for_every_option() {
+    for def in opt::ALL {
+        let covered = INVALID.iter().any(|(flag, ..)| *flag == def.flag())
+            || ["admin_url", "no_pin"].contains(&def.name);
+        assert!(covered, "no invalid-value test for {}", def.flag());
+    }
+}
+
+#[test]
+fn should_reject_the_remaining_invalid_values() {
+    // Empty admin token: only a flag can give one (an empty env var is unset).
+    let out = error(&["--admin-token", ""], &[]);
+    assert_eq!(out, "error: --admin-token (ADMIN_TOKEN) must not be empty");
+    // NO_PIN: invalid by env; the switch takes no value.
+    let out = error(&[], &[("NO_PIN", "maybe")]);
+    assert_eq!(
+        out,
+        "error: invalid value 'maybe' for --no-pin (NO_PIN): expected 1, 0, true, false, yes or no"
+    );
+    assert!(error(&["--no-pin=yes"], &[]).contains("Unrecognized argument: --no-pin="));
+    // ADMIN_URL (report and switch).
+    let out = error(&["report", "--admin-url", "ftp://h"], &[]);
+    assert!(
+        out.contains("invalid --admin-url (ADMIN_URL) 'ftp://h': unsupported scheme 'ftp'"),
+        "{out}"
+    );
+    let out = error(&["report"], &[("ADMIN_URL", "http://")]);
+    assert!(out.contains("--admin-url (ADMIN_URL)"), "{out}");
+}
+
+#[test]
+fn should_check_rules_between_options() {
+    let out = error(
+        &[],
+        &[("EVENTS_PER_SECOND", "0"), ("QUERIES_PER_SECOND", "0")],
+    );
+    assert!(out.contains("--events-per-second (EVENTS_PER_SECOND) and --queries-per-second (QUERIES_PER_SECOND) are both 0"), "{out}");
+    let out = error(&["--shards", "4", "--redis-pool-size", "2"], &[]);
+    assert!(out.contains("REDIS_POOL_SIZE (2) is smaller than the number of shards (4): every shard needs at least one connection"), "{out}");
+    assert!(
+        out.contains("--redis-pool-size") && out.contains("--shards (SHARDS)"),
+        "{out}"
+    );
+    let out = error(&[], &[("SHARDS", "8"), ("MAX_WORKERS", "7")]);
+    assert!(
+        out.contains("MAX_WORKERS (7) is smaller than the number of shards (8)"),
+        "{out}"
+    );
+    assert!(out.contains("--max-workers"), "{out}");
+    // With automatic shards the caller checks, once it knows the count.
+    let c = config(&["--redis-pool-size", "2", "--max-workers", "3"], &[]);
+    assert_eq!(c.validate_against_shards(2), Ok(()));
+    assert!(c
+        .validate_against_shards(3)
+        .unwrap_err()
+        .contains("REDIS_POOL_SIZE (2)"));
+    assert!(c
+        .validate_against_shards(4)
+        .unwrap_err()
+        .contains("REDIS_POOL_SIZE (2)"));
+    let c = config(&["--redis-pool-size", "9", "--max-workers", "3"], &[]);
+    assert!(c
+        .validate_against_shards(4)
+        .unwrap_err()
+        .contains("MAX_WORKERS (3)"));
+}
+
+#[test]
+fn should_resolve_automatic_shards() {
+    let auto = config(&[], &[]);
+    let fixed = config(&["--shards", "3"], &[]);
+    for (c, cpus, want) in [
+        (&auto, 0, 1),
+        (&auto, 1, 1),
+        (&auto, 2, 1),
+        (&auto, 8, 7),
+        (&fixed, 8, 3),
+        (&fixed, 1, 3),
+    ] {
+        assert_eq!(
+            c.resolved_shards(cpus),
+            want,
+            "shards {} cpus {cpus}",
+            c.shards
+        );
+    }
+}
+
+#[test]
+fn should_exit_2_on_unknown_flags_and_bad_usage() {
+    for (args, expect) in [
+        (&["--bogus"][..], "Unrecognized argument: --bogus"),
+        (
+            &["--events-per-second"],
+            "No value provided for option '--events-per-second'",
+        ),
+        (&["--seed", "1", "--seed", "2"], "duplicate values provided"),
+        (&["stray"], "Unrecognized argument: stray"),
+        (
+            &["verify", "--events-per-second", "5"],
+            "Unrecognized argument: --events-per-second",
+        ),
+        (&["switch"], "Required options not provided"),
+    ] {
+        let out = error(args, &[]);
+        assert!(out.contains(expect), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn should_print_help_with_every_env_var_and_default() {
+    let help = |args: &[&str]| match outcome(args, &[]) {
+        ParseOutcome::Exit { code: 0, output } => {
+            output.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+        other => panic!("{args:?}: {other:?}"),
+    };
+    let top = help(&["--help"]);
+    assert!(top.starts_with("Usage: analytics-demo"), "{top}");
+    assert!(top.contains("verify") && top.contains("report") && top.contains("switch"));
+    let subs = [
+        help(&["verify", "--help"]),
+        help(&["report", "--help"]),
+        help(&["switch", "--help"]),
+    ]
+    .join(" ");
+    for def in opt::ALL {
+        let text = if def.name == "admin_url" { &subs } else { &top };
+        let default = def.default.unwrap_or("none");
+        for want in [
+            def.flag(),
+            format!("[env: {}]", def.env),
+            format!("[default: {default}]"),
+        ] {
+            assert!(text.contains(&want), "--help lacks {want}");
+        }
+    }
+    assert_eq!(help(&["help"]), top);
+}
+
+#[test]
+fn should_have_unique_flags_and_env_names() {
+    let mut flags: Vec<String> = opt::ALL.iter().map(|d| d.flag()).collect();
+    let mut envs: Vec<&str> = opt::ALL.iter().map(|d| d.env).collect();
+    flags.sort();
+    flags.dedup();
+    envs.sort();
+    envs.dedup();
+    assert_eq!((flags.len(), envs.len()), (opt::ALL.len(), opt::ALL.len()));
+}
+
+#[test]
+fn should_parse_subcommands() {
+    let env = [
+        ("REDIS_URL", "redis://r:7000"),
+        ("EVENTS_PER_SECOND", "not checked by verify"),
+    ];
+    match command(
+        &["verify", "--database-url", "postgres://u@db/x", "--json"],
+        &env,
+    ) {
+        Command::Verify(v) => {
+            assert_eq!((v.redis_url.host.as_str(), v.redis_url.port), ("r", 7000));
+            assert_eq!(
+                (v.database_url.as_str(), v.json),
+                ("postgres://u@db/x", true)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match command(&["verify"], &[]) {
+        Command::Verify(v) => {
+            assert_eq!(
+                v.redis_url,
+                RedisUrl::parse("redis://127.0.0.1:6379").unwrap()
+            );
+            assert_eq!(
+                v.database_url,
+                "postgres://postgres@127.0.0.1:5432/analytics"
+            );
+            assert!(!v.json);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        command(&["report"], &[]),
+        Command::Report(ReportArgs {
+            admin_url: "http://127.0.0.1:3000".into(),
+            json: false
+        })
+    );
+    assert_eq!(
+        command(&["report", "--json"], &[("ADMIN_URL", "https://a:8443")]),
+        Command::Report(ReportArgs {
+            admin_url: "https://a:8443".into(),
+            json: true
+        })
+    );
+    match command(
+        &["switch", "--to", "redis://new:6380", "--admin-token", "t1"],
+        &[("ADMIN_TOKEN", "t2")],
+    ) {
+        Command::Switch(s) => {
+            assert_eq!((s.to.host.as_str(), s.to.port), ("new", 6380));
+            assert_eq!(
+                (s.admin_url.as_str(), s.admin_token.as_deref()),
+                ("http://127.0.0.1:3000", Some("t1"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match command(&["switch", "--to=rediss://new"], &[("ADMIN_TOKEN", "t2")]) {
+        Command::Switch(s) => assert_eq!((s.to.tls, s.admin_token.as_deref()), (true, Some("t2"))),
+        other => panic!("{other:?}"),
+    }
+    let out = error(&["switch", "--to", "http://x"], &[]);
+    assert_eq!(out, "error: invalid --to 'http://x': unsupported scheme 'http' (expected redis:// or rediss://)");
+    let out = error(&["--redis-url", "redis://a", "verify"], &[]);
+    assert!(
+        out.contains("--redis-url given before the subcommand"),
+        "{out}"
+    );
+}
+
+#[test]
+fn should_never_show_secrets_in_errors() {
+    let cases: &[(&[&str], Env)] = &[
+        (&["--redis-url", "http://u:hunter2@x"], &[]),
+        (&["--redis-url", "redis://u:hunter2@x:0"], &[]),
+        (&[], &[("REDIS_URL", "redis://:hunter2@h/notanumber")]),
+        (&[], &[("DATABASE_URL", "mysql://u:hunter2@h/db")]),
+        (&["--database-url", "postgres://u:hun/ter2@/db"], &[]),
+        (
+            &["--database-url", "postgres://u@/db?password=hunter2"],
+            &[],
+        ),
+        (
+            &["verify", "--database-url", "postgres://u:hunter2@:5432/db"],
+            &[],
+        ),
+        (&["switch", "--to", "redis://:hunter2@h:99999"], &[]),
+        (&["report", "--admin-url", "ftp://admin:hunter2@h"], &[]),
+        (&["--admin-token", "hunter2 x"], &[]),
+        (&[], &[("ADMIN_TOKEN", "hunter2\n")]),
+        (
+            &["--admin-token", "s3cret", "--admin-token", "hunter2"],
+            &[],
+        ),
+        (&["--admin-token=hunter2", "--bogus"], &[]),
+        (&["--admin-token-typo=hunter2"], &[]),
+        (&["redis://:hunter2@h"], &[]),
+        (
+            &["--bogus", "x"],
+            &[
+                ("ADMIN_TOKEN", "hunter2"),
+                ("REDIS_URL", "redis://:hunter2@h"),
+            ],
+        ),
+        (
+            &[
+                "switch",
+                "--to",
+                "redis://h",
+                "--admin-token",
+                "hunter2",
+                "--admin-token",
+                "hunter2",
+            ],
+            &[],
+        ),
+    ];
+    for (args, env) in cases {
+        let out = error(args, env);
+        assert!(
+            !out.contains("hunter2") && !out.contains("hun/ter2"),
+            "{args:?} {env:?}: {out}"
+        );
+    }
+    // The echoed URL keeps the parts that help, and hides the rest.
+    let out = error(&["--redis-url", "http://u:hunter2@x"], &[]);
+    assert!(out.contains("'http://u:***@x'"), "{out}");
+}
+
+#[test]
+fn should_never_show_secrets_in_debug() {
+    let env = [
+        ("ADMIN_TOKEN", "hunter2"),
+        ("REDIS_URL", "redis://u:hunter2@r"),
+        ("DATABASE_URL", "postgres://u:hunter2@db/x?password=hunter2"),
+    ];
+    let c = config(&[], &env);
+    assert_eq!(c.admin_token.as_deref(), Some("hunter2"));
+    let shown = format!("{c:?} {:?}", Command::Run(c.clone()));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("admin_token: Some(\"***\")"), "{shown}");
+    let mut env = env.to_vec();
+    env.push(("ADMIN_URL", "http://a:hunter2@h"));
+    for args in [
+        &["verify"][..],
+        &["switch", "--to", "redis://:hunter2@n"],
+        &["report"],
+    ] {
+        let shown = format!("{:?}", command(args, &env));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
+
+#[test]
+fn should_not_panic_on_odd_input() {
+    let odd = [
+        "",
+        " ",
+        "-",
+        "--",
+        "=",
+        "\0",
+        "💥",
+        "1e400",
+        "-0",
+        "+1",
+        "0x10",
+        "99999999999999999999999",
+        "://@:",
+        "redis://@",
+        "a:b@c",
+    ];
+    for def in opt::ALL {
+        for value in odd {
+            let _ = outcome(&[&def.flag(), value], &[]);
+            let _ = outcome(&["switch", "--to", value, &def.flag(), value], &[]);
+            let _ = outcome(&[&format!("{}={value}", def.flag())], &[]);
+            let _ = outcome(&[], &[(def.env, value)]);
+        }
+    }
+}
