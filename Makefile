@@ -53,10 +53,13 @@ PORT_FREE_CHECK = if command -v python3 >/dev/null; then \
 	python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("$(BIND_HOST)", $(HTTP_PORT)))'; \
 	else test -z "$$(ss -Hltn 'sport = :$(HTTP_PORT)' || true)"; fi
 
-# Environment handed to the application (shell words).
+# Environment handed to the application (shell words); APP_ENV_SHOWN (for the log) hides secrets.
 APP_ENV = EVENTS_PER_SECOND='$(EVENTS_PER_SECOND)' QUERIES_PER_SECOND='$(QUERIES_PER_SECOND)' \
 	BIND_ADDRESS='$(BIND_ADDRESS)' \
 	$(foreach v,$(APP_ENV_VARS),$(if $(value $(v)),$(v)='$($(v))'))
+APP_ENV_SHOWN = EVENTS_PER_SECOND=$(EVENTS_PER_SECOND) QUERIES_PER_SECOND=$(QUERIES_PER_SECOND) \
+	BIND_ADDRESS=$(BIND_ADDRESS) \
+	$(foreach v,$(filter-out ADMIN_TOKEN,$(APP_ENV_VARS)),$(if $(value $(v)),$(v)=$($(v))))
 
 COMPOSE_FILE ?= docker/docker-compose.yml
 GRAFANA_URL    ?= http://localhost:3001
@@ -116,7 +119,7 @@ start-app: services-install services-start
 	@mkdir -p $(LOCAL_DIR)
 	@if [ -f $(APP_LOG) ]; then mv -f $(APP_LOG) $(APP_LOG).1; fi
 	@set -a; . $(LOCAL_DIR)/env; set +a; \
-	echo "# $$(date -u +%FT%TZ) starting $(strip $(APP_BIN) $(ARGS)) with $(strip $(APP_ENV)) REDIS_URL=$$REDIS_URL DATABASE_URL=$$DATABASE_URL" >$(APP_LOG); \
+	echo "# $$(date -u +%FT%TZ) starting $(strip $(APP_BIN) $(ARGS)) with $(strip $(APP_ENV_SHOWN)) REDIS_URL=$$REDIS_URL DATABASE_URL=$$DATABASE_URL" >$(APP_LOG); \
 	ulimit -l unlimited 2>/dev/null || true; \
 	env $(strip $(APP_ENV)) nohup setsid "$(APP_BIN)" $(ARGS) >>$(APP_LOG) 2>&1 </dev/null & \
 	echo $$! >$(APP_PID); \
