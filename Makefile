@@ -88,7 +88,7 @@ help: ## Show this list of targets
 # ---------------------------------------------------------------------------------------------
 # Native stack
 # ---------------------------------------------------------------------------------------------
-run: start-app ## Start Redis + Postgres + app in the background (high load: 300 ev/s, 700 q/s)
+run: start-app ## Start Redis + Postgres + app in the background (high load: 300 ev/s, 700 q/s; restarts a running app)
 
 run-ultra-load: EVENTS_PER_SECOND = 2000
 run-ultra-load: QUERIES_PER_SECOND = 8000
@@ -196,12 +196,12 @@ metrics: ## Show a sample of the analytics_ metrics (GET /metrics)
 	echo "... $$n analytics_ samples in total; everything: curl -s $(APP_URL)/metrics"
 
 dev-local: ## Run in the foreground (cargo run --release) against REDIS_URL/DATABASE_URL from the environment
-	env $(APP_ENV) $(CARGO) run --release -- $(ARGS)
+	env $(strip $(APP_ENV)) $(CARGO) run --release -- $(ARGS)
 
 dev: services-install services-start ## Start local Redis + Postgres, then run in the foreground (cargo run --release)
 	@set -a; . $(LOCAL_DIR)/env; set +a; \
 	echo "REDIS_URL=$$REDIS_URL DATABASE_URL=$$DATABASE_URL"; \
-	env $(APP_ENV) $(CARGO) run --release -- $(ARGS)
+	env $(strip $(APP_ENV)) $(CARGO) run --release -- $(ARGS)
 
 services-install: ## Install redis-server / postgresql with apt-get if missing
 	@$(SERVICES) install

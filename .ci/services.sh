@@ -38,7 +38,7 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 pg_bindir() {
     local d best="" best_ver=-1 ver
     for d in /usr/lib/postgresql/*/bin; do
-        [ -x "$d/postgres" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] || continue
+        if ! { [ -x "$d/postgres" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; }; then continue; fi
         ver="$(basename "$(dirname "$d")")"
         [[ "$ver" =~ ^[0-9]+$ ]] || continue
         if [ "$ver" -gt "$best_ver" ]; then best_ver="$ver"; best="$d"; fi
@@ -120,8 +120,8 @@ PY
         return $?
     fi
     if command -v ss >/dev/null 2>&1; then
-        ! ss -Hltn "sport = :$port" 2>/dev/null | grep -q .
-        return $?
+        if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then return 1; fi
+        return 0
     fi
     # Last resort: something accepting connections means busy.
     ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
@@ -206,7 +206,7 @@ redis_stop() {
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
     rm -f "$REDIS_PID"
     log "redis stopped (pid $pid)"
 }
@@ -225,12 +225,13 @@ pg_data() { echo "$(pg_home)/data"; }
 # Run a command as the cluster owner (postgres) when root; directly otherwise.
 as_pg() {
     if is_root; then
+        # cd /: the working directory may be unreadable for that account (all paths are absolute).
         if command -v runuser >/dev/null 2>&1; then
-            runuser -u "$PG_USER_OS" -- "$@"
+            (cd / && runuser -u "$PG_USER_OS" -- "$@")
         else
             local uid gid
             uid="$(id -u "$PG_USER_OS")"; gid="$(id -g "$PG_USER_OS")"
-            setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
+            (cd / && setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@")
         fi
     else
         "$@"
@@ -378,8 +379,9 @@ pg_stop() {
 # ---------------------------------------------------------------------------------------------
 
 cmd_start() {
-    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
-        || die "redis-server/redis-cli not found: run 'bash .ci/services.sh install'"
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        die "redis-server/redis-cli not found: run 'bash .ci/services.sh install'"
+    fi
     pg_bindir >/dev/null || die "PostgreSQL not found: run 'bash .ci/services.sh install'"
     mkdir -p "$LOCAL"
 
