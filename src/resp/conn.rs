@@ -8,6 +8,7 @@
 //! per connection suffices) and drops a connection whose oldest command is stuck, so a
 //! stalled server cannot pin the pool. Everything is `Rc`/`RefCell`: one executor, no locks.
 
+use crate::resp::dial::dial;
 use crate::resp::frame::{encode_command, Decoder};
 use crate::resp::stats::Stats;
 use crate::resp::sync::{Latch, Notify};
@@ -15,10 +16,9 @@ use crate::resp::{PoolConfig, RedisError, RedisUrl, Reply};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -38,8 +38,10 @@ struct Inner {
     st: RefCell<State>,
     timeout: Duration,
     stats: Rc<Stats>,
-    /// The reader's fd; valid until `closed` is set (both tasks outlive the first close).
+    /// The reader's fd, for `shutdown`; `fd_open` turns false when the reader drops its
+    /// stream, so a closed (and possibly reused) fd number is never touched.
     fd: RawFd,
+    fd_open: Cell<bool>,
     url: String,
     writer_wake: Notify,
     sweeper_wake: Notify,
@@ -157,6 +159,7 @@ impl Connection {
             timeout: cfg.command_timeout.max(Duration::from_millis(1)),
             stats,
             fd: stream.as_raw_fd(),
+            fd_open: Cell::new(true),
             url: url.redacted(),
             writer_wake: Notify::default(),
             sweeper_wake: Notify::default(),
@@ -289,35 +292,6 @@ impl Drop for Connection {
     }
 }
 
-/// Resolves off the executor thread (every call: DNS may flip during a cutover), then tries
-/// each address with the connect timeout. glommio's own resolution blocks and can panic.
-async fn dial(url: &RedisUrl, timeout: Duration) -> Result<TcpStream, RedisError> {
-    let err = |msg: String| RedisError::Connect { msg };
-    let timeout = timeout.max(Duration::from_millis(1));
-    let (host, port) = (url.host.clone(), url.port);
-    let resolve = glommio::executor().spawn_blocking(move || {
-        (host.as_str(), port)
-            .to_socket_addrs()
-            .map(|a| a.collect::<Vec<SocketAddr>>())
-            .map_err(|e| e.to_string())
-    });
-    let expire = async {
-        glommio::timer::sleep(timeout).await;
-        Err("resolution timed out".to_string())
-    };
-    let addrs = futures_lite::future::or(resolve, expire)
-        .await
-        .map_err(|e| err(format!("resolve {}: {e}", url.redacted())))?;
-    let mut last = format!("{} resolved to no address", url.redacted());
-    for addr in addrs {
-        match TcpStream::connect_timeout(addr, timeout).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = format!("{} ({addr}): {e}", url.redacted()),
-        }
-    }
-    Err(err(last))
-}
-
 impl Inner {
     fn enqueue(&self, args: &[&[u8]]) -> Result<Rc<Slot>, RedisError> {
         let mut st = self.st.borrow_mut();
@@ -384,10 +358,12 @@ impl Inner {
         for slot in fifo {
             slot.complete(Err(cause.with_sent(slot.seq < sent_seq)));
         }
-        // SAFETY: plain syscall on an fd still owned by the reader task (see `fd`); it wakes
-        // a reader blocked in recv and a writer blocked in send.
-        unsafe {
-            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        if self.fd_open.get() {
+            // SAFETY: plain syscall on an fd the reader task still owns (`fd_open`); it wakes
+            // a reader blocked in recv and a writer blocked in send.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
         }
         self.writer_wake.notify();
         self.sweeper_wake.notify();
@@ -396,7 +372,19 @@ impl Inner {
     }
 }
 
-async fn reader(inner: Rc<Inner>, mut stream: TcpStream, max_reply: usize) {
+/// Marks the reader's fd closed when the reader task ends or is dropped.
+struct FdGuard(Rc<Inner>);
+
+impl Drop for FdGuard {
+    fn drop(&mut self) {
+        self.0.fd_open.set(false);
+    }
+}
+
+async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
+    // Declared before `stream`'s new binding, so it drops after the stream is closed.
+    let _guard = FdGuard(inner.clone());
+    let mut stream = stream;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scratch = vec![0u8; READ_CHUNK];
     let mut dec = Decoder::new(max_reply);

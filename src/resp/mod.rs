@@ -5,9 +5,10 @@
 //! - [`conn`]: one pipelined connection (reader, writer and timeout tasks).
 //! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
 //! - [`error`]: the error type and its bounded `kind()` labels.
-//! - `stats`: cached metric handles; `sync`: single-threaded wake-ups.
+//! - `dial`: resolve and connect; `stats`: cached metric handles; `sync`: single-threaded wake-ups.
 
 pub mod conn;
+mod dial;
 pub mod error;
 pub mod frame;
 pub mod pool;

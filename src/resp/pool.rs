@@ -329,6 +329,9 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                 or(conn.closed(), woken).await;
                 slot.conn.borrow_mut().take();
                 if !conn.is_closed() {
+                    if sh.closed.get() {
+                        break; // `Pool::close` drains it.
+                    }
                     // Cutover: the old connection drains in the background; reconnect now.
                     let deadline = Instant::now() + sh.cfg.command_timeout;
                     glommio::spawn_local(async move { conn.drain(deadline).await }).detach();

@@ -1,0 +1,1066 @@
+//! Integration-test harness: throwaway Redis and PostgreSQL servers and the application binary.
+//!
+//! Use it from a test file with `mod common;`. Every server gets its own free port and its own
+//! temporary directory, so tests share nothing and run in parallel. Requirements: `redis-server`
+//! and `redis-cli` on PATH, PostgreSQL server binaries under `/usr/lib/postgresql/<v>/bin` or on
+//! PATH (`bash .ci/services.sh install` provides both). When the tests run as root, PostgreSQL runs
+//! as the `postgres` system user (it refuses to run as root).
+//!
+//! PostgreSQL clusters are copied from a template (initdb + database `analytics`) that is built
+//! once and cached under `CARGO_TARGET_TMPDIR`, so starting one costs a copy and a start, not an
+//! initdb. `cargo clean` removes the cache.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+/// How long servers get to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many ports a server start tries before giving up (port races between parallel tests).
+const START_ATTEMPTS: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Ports, binaries, processes
+// ---------------------------------------------------------------------------------------------
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static RNG: AtomicU64 = AtomicU64::new(0);
+
+fn next_random() -> u64 {
+    let mut current = RNG.load(Ordering::Relaxed);
+    loop {
+        let mut x = if current != 0 {
+            current
+        } else {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            (nanos ^ ((std::process::id() as u64) << 32)) | 1
+        };
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        match RNG.compare_exchange(current, x, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return x.wrapping_mul(0x2545_F491_4F6C_DD1D),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that is free right now and was not handed out before in this process.
+///
+/// Ports come from 15000-31999, below Linux's ephemeral range (32768-60999), so they do not
+/// collide with the local ports of client connections. Another process may still grab the port
+/// before it is used: the server starters below retry on a new port when binding fails.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 15000 + (next_random() % 17000) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+            continue;
+        }
+        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("free_port: no free TCP port found on 127.0.0.1");
+}
+
+/// First executable NAME on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/bin", "/usr/bin", "/usr/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn redis_bin(name: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} not found on PATH: install Redis (bash .ci/services.sh install)")
+    })
+}
+
+/// Path of a PostgreSQL program: `/usr/lib/postgresql/<highest version>/bin/NAME`, else PATH.
+pub fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let candidate = entry.path().join("bin").join(name);
+            is_executable(&candidate).then_some((version, candidate))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, path)) = versions.pop() {
+        return path;
+    }
+    which(name).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL program {name} not found in /usr/lib/postgresql/*/bin or on PATH: \
+             install PostgreSQL (bash .ci/services.sh install)"
+        )
+    })
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a pid we spawned; errors (process gone) are ignored.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Wait for CHILD to exit for at most TIMEOUT.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+    }
+}
+
+/// Send SIG, wait up to GRACE, then SIGKILL and reap.
+fn shut_down(child: &mut Child, sig: libc::c_int, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    signal(child.id(), libc::SIGCONT); // a paused process cannot act on SIGTERM/SIGINT
+    signal(child.id(), sig);
+    if wait_timeout(child, grace).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Log file opened for appending, usable as stdout and stderr of a child.
+fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let err = file.try_clone().expect("clone log file handle");
+    (Stdio::from(file), Stdio::from(err))
+}
+
+fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::temp_dir())
+        .expect("create temporary directory")
+}
+
+enum StartError {
+    /// The port was taken: try another one.
+    AddrInUse(String),
+    Other(String),
+}
+
+fn looks_like_addr_in_use(log: &str) -> bool {
+    log.contains("Address already in use") || log.contains("could not create any TCP/IP sockets")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A private `redis-server` (no persistence) on a free port of 127.0.0.1.
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra `redis-server` arguments, e.g. `&["--requirepass", "pw"]`.
+    pub fn start_with(args: &[&str]) -> Self {
+        let extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let password = args
+            .windows(2)
+            .rev()
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
+        let mut server = RedisServer {
+            port: 0,
+            dir: temp_dir("ad-redis-"),
+            child: None,
+            extra_args,
+            password,
+        };
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(child) => {
+                    server.child = Some(child);
+                    return server;
+                }
+                Err(StartError::AddrInUse(log)) => last = log,
+                Err(StartError::Other(log)) => panic!("redis-server failed to start:\n{log}"),
+            }
+        }
+        panic!("redis-server: no usable port after {START_ATTEMPTS} attempts:\n{last}")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&self) -> Result<Child, StartError> {
+        let port = self.port.to_string();
+        let (out, err) = log_stdio(&self.log_path());
+        let mut child = Command::new(redis_bin("redis-server"))
+            .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn redis-server: {e}"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = format!("exit {status}\n{}", read_lossy(&self.log_path()));
+                return Err(if looks_like_addr_in_use(&log) {
+                    StartError::AddrInUse(log)
+                } else {
+                    StartError::Other(log)
+                });
+            }
+            if redis_answers(self.port) {
+                return Ok(child);
+            }
+            if Instant::now() >= deadline {
+                shut_down(&mut child, libc::SIGKILL, Duration::from_secs(5));
+                return Err(StartError::Other(format!(
+                    "not ready after {READY_TIMEOUT:?}\n{}",
+                    read_lossy(&self.log_path())
+                )));
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` (with the password when started with `--requirepass`).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Run `redis-cli -p PORT ARGS...` (authenticating when needed); trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(redis_bin("redis-cli"));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run redis-cli: {e}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log (all runs).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+
+    /// Kill the server (SIGKILL: no persistence anyway) and reap it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            shut_down(&mut child, libc::SIGKILL, Duration::from_secs(10));
+        }
+    }
+
+    /// Start again on the same port (empty: there is no persistence) and wait until ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(StartError::AddrInUse(_)) if Instant::now() < deadline => {
+                    sleep(Duration::from_millis(200))
+                }
+                Err(StartError::AddrInUse(log)) | Err(StartError::Other(log)) => {
+                    panic!("redis-server restart on port {} failed:\n{log}", self.port)
+                }
+            }
+        }
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// Thaw a paused server (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// True when something on PORT answers a RESP PING like Redis (PONG, or NOAUTH with a password).
+fn redis_answers(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) if n > 0 => {
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            reply.starts_with("+PONG") || reply.starts_with("-NOAUTH")
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// (uid, gid) of the `postgres` account when we run as root (PostgreSQL refuses root).
+fn pg_owner() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    static OWNER: OnceLock<(u32, u32)> = OnceLock::new();
+    Some(*OWNER.get_or_init(|| {
+        let name = std::ffi::CString::new("postgres").unwrap();
+        // SAFETY: getpwnam with a valid C string; the result is read before any other call.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if pw.is_null() {
+            panic!(
+                "running as root, but there is no `postgres` user to run PostgreSQL as: \
+                 install PostgreSQL (bash .ci/services.sh install) or create the user \
+                 (useradd --system postgres)"
+            );
+        }
+        // SAFETY: pw is non-null and points to a valid passwd record.
+        unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+    }))
+}
+
+/// Give PATH to the postgres account (when root).
+fn chown_to_pg(path: &Path) {
+    if let Some((uid, gid)) = pg_owner() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
+/// A PostgreSQL program run as the cluster owner.
+fn pg_command(name: &str, cwd: &Path) -> Command {
+    let mut cmd = Command::new(pg_bin(name));
+    cmd.current_dir(cwd).stdin(Stdio::null());
+    for var in [
+        "PGDATA",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGOPTIONS",
+    ] {
+        cmd.env_remove(var);
+    }
+    if let Some((uid, gid)) = pg_owner() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap_or_else(|e| panic!("run cp: {e}"));
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Start `postgres` on DATA/PORT and wait until it accepts connections.
+fn spawn_postgres(dir: &Path, data: &Path, port: u16) -> Result<Child, StartError> {
+    let sock = dir.join("s");
+    if !sock.exists() {
+        fs::create_dir(&sock).expect("create socket dir");
+        chown_to_pg(&sock);
+    }
+    let log = dir.join("postgres.log");
+    let (out, err) = log_stdio(&log);
+    let mut child = pg_command("postgres", dir)
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string()])
+        .arg("-k")
+        .arg(&sock)
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .args(["-c", "synchronous_commit=off"])
+        .args(["-c", "shared_buffers=64MB", "-c", "max_connections=100"])
+        .args(["-c", "logging_collector=off"])
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn postgres: {e}"));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = format!("exit {status}\n{}", read_lossy(&log));
+            return Err(if looks_like_addr_in_use(&text) {
+                StartError::AddrInUse(text)
+            } else {
+                StartError::Other(text)
+            });
+        }
+        let ready = Command::new(pg_bin("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-t", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ready {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            shut_down(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+            return Err(StartError::Other(format!(
+                "not ready after {READY_TIMEOUT:?}\n{}",
+                read_lossy(&log)
+            )));
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Start postgres on a free port (retrying on port races).
+fn spawn_postgres_anywhere(dir: &Path, data: &Path) -> (u16, Child) {
+    let mut last = String::new();
+    for _ in 0..START_ATTEMPTS {
+        let port = free_port();
+        match spawn_postgres(dir, data, port) {
+            Ok(child) => return (port, child),
+            Err(StartError::AddrInUse(log)) => last = log,
+            Err(StartError::Other(log)) => panic!("postgres failed to start:\n{log}"),
+        }
+    }
+    panic!("postgres: no usable port after {START_ATTEMPTS} attempts:\n{last}")
+}
+
+fn run_psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(pg_bin("psql"))
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "psql failed ({}) for: {sql}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Data directory of an initialised cluster with database `analytics`, built once and cached
+/// under CARGO_TARGET_TMPDIR (keyed by PostgreSQL version and user).
+fn pg_template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let version = Command::new(pg_bin("postgres"))
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let key: String = version
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let final_dir = cache.join(format!("pg-template-{}-uid{euid}", key.trim_matches('_')));
+        if final_dir.join("PG_VERSION").is_file() {
+            return final_dir;
+        }
+
+        // initdb in a directory the postgres account can reach, then copy into the cache.
+        let work = temp_dir("ad-pgtpl-");
+        chown_to_pg(work.path());
+        let data = work.path().join("data");
+        let out = pg_command("initdb", work.path())
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            ])
+            .arg("--no-sync")
+            .output()
+            .unwrap_or_else(|e| panic!("run initdb: {e}"));
+        assert!(
+            out.status.success(),
+            "initdb failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (port, mut child) = spawn_postgres_anywhere(work.path(), &data);
+        run_psql(port, "postgres", "create database analytics").unwrap_or_else(|e| panic!("{e}"));
+        shut_down(&mut child, libc::SIGINT, Duration::from_secs(60)); // clean (fast) shutdown
+        let _ = fs::remove_file(data.join("postmaster.opts"));
+
+        fs::create_dir_all(&cache).expect("create CARGO_TARGET_TMPDIR");
+        let staging = cache.join(format!(
+            ".pg-template-{}-{}.tmp",
+            std::process::id(),
+            next_random()
+        ));
+        cp_a(&data, &staging);
+        if fs::rename(&staging, &final_dir).is_err() {
+            // Another test process won the race: use its template.
+            let _ = fs::remove_dir_all(&staging);
+            assert!(
+                final_dir.join("PG_VERSION").is_file(),
+                "could not install the PostgreSQL template at {}",
+                final_dir.display()
+            );
+        }
+        final_dir
+    })
+}
+
+/// A private PostgreSQL cluster (trust auth, database `analytics`) on a free port of 127.0.0.1.
+/// Tuned for tests: fsync off.
+pub struct PgServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl PgServer {
+    pub fn start() -> Self {
+        let dir = temp_dir("ad-pg-");
+        chown_to_pg(dir.path());
+        let data = dir.path().join("data");
+        cp_a(pg_template(), &data);
+        let (port, child) = spawn_postgres_anywhere(dir.path(), &data);
+        PgServer {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/analytics`
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/analytics", self.port)
+    }
+
+    /// Run SQL with psql against `analytics`; trimmed unaligned output (`-At`). Panics with
+    /// psql's stderr on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        run_psql(self.port, "analytics", sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `psql` but returns the error text instead of panicking.
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        run_psql(self.port, "analytics", sql)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The server's log (all runs).
+    pub fn log(&self) -> String {
+        read_lossy(&self.dir.path().join("postgres.log"))
+    }
+
+    /// Clean ("fast") shutdown: committed data survives a later `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            shut_down(&mut child, libc::SIGINT, Duration::from_secs(60));
+        }
+    }
+
+    /// Crash-like ("immediate") shutdown, as `pg_ctl stop -m immediate`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            shut_down(&mut child, libc::SIGQUIT, Duration::from_secs(20));
+        }
+    }
+
+    /// Start again on the same port and data, wait until ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawn_postgres(self.dir.path(), &self.data(), self.port) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(StartError::AddrInUse(_)) if Instant::now() < deadline => {
+                    sleep(Duration::from_millis(200))
+                }
+                Err(StartError::AddrInUse(log)) | Err(StartError::Other(log)) => {
+                    panic!("postgres restart on port {} failed:\n{log}", self.port)
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.kill();
+        // The TempDir removes the data directory.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application
+// ---------------------------------------------------------------------------------------------
+
+/// Configuration variables of the contract: removed from the inherited environment so a test
+/// sees only what it passes.
+const APP_ENV_VARS: &[&str] = &[
+    "EVENTS_PER_SECOND",
+    "QUERIES_PER_SECOND",
+    "ORGANIZATIONS",
+    "USERS_PER_ORG",
+    "CACHE_HIT_TARGET",
+    "MAX_WORKERS",
+    "REDIS_POOL_SIZE",
+    "CACHE_TTL",
+    "WARMUP_INTERVAL",
+    "TIME_BUCKETS",
+    "REDIS_URL",
+    "DATABASE_URL",
+    "BIND_ADDRESS",
+    "SHARDS",
+    "DURATION",
+    "SEED",
+    "LOG_FORMAT",
+    "ADMIN_TOKEN",
+];
+
+/// The `analytics-demo` binary running as a child process.
+pub struct App {
+    pub child: Child,
+    /// Where its HTTP server is reached (127.0.0.1 when bound to 0.0.0.0).
+    pub http: SocketAddr,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl App {
+    /// Run the binary with ARGS and ENV (on top of a cleaned environment). BIND_ADDRESS defaults
+    /// to 127.0.0.1:<free port>. stdout and stderr go to a log file (`log()`).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> App {
+        let dir = temp_dir("ad-app-");
+        let log_path = dir.path().join("app.log");
+        let bind = env
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "BIND_ADDRESS")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let mut http: SocketAddr = bind
+            .parse()
+            .unwrap_or_else(|e| panic!("BIND_ADDRESS {bind:?} is not host:port: {e}"));
+        if http.ip().is_unspecified() {
+            http.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let (out, err) = log_stdio(&log_path);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_analytics-demo"));
+        for var in APP_ENV_VARS {
+            cmd.env_remove(var);
+        }
+        let child = cmd
+            .env("BIND_ADDRESS", &bind)
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn analytics-demo: {e}"));
+        App {
+            child,
+            http,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// `spawn` and wait until /health answers 200; when the app died because its (free) port was
+    /// taken meanwhile, try again on another port. Panics with the log when it never gets healthy.
+    pub fn spawn_healthy(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> App {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let app = App::spawn(args, env);
+            if app.wait_healthy(timeout) {
+                return app;
+            }
+            last_log = app.log();
+            let port_race = !app.alive()
+                && !env.iter().any(|(k, _)| *k == "BIND_ADDRESS")
+                && last_log
+                    .to_ascii_lowercase()
+                    .contains("address already in use");
+            if !port_race {
+                break;
+            }
+        }
+        panic!("analytics-demo did not become healthy within {timeout:?}:\n{last_log}")
+    }
+
+    /// Run the binary to completion (for subcommands such as `verify`): exit status and log.
+    pub fn run(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> (ExitStatus, String) {
+        let mut app = App::spawn(args, env);
+        let status = app.wait(timeout).unwrap_or_else(|| {
+            let _ = app.child.kill();
+            panic!(
+                "analytics-demo {args:?} did not finish within {timeout:?}:\n{}",
+                app.log()
+            )
+        });
+        (status, app.log())
+    }
+
+    /// Poll GET /health until it answers 200 (false on timeout or when the process exited).
+    pub fn wait_healthy(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.alive() {
+                return false;
+            }
+            if self.get("/health").0 == 200 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// True while the process has not exited (a zombie counts as exited).
+    pub fn alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            // Field 3, after "pid (comm)", is the state; Z = zombie, X = dead.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        }
+    }
+
+    /// GET PATH: (status, body). Status 0 (and the error text as body) when no HTTP answer.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_request(self.http, "GET", path, &[], "")
+    }
+
+    /// POST BODY to PATH with extra HEADERS: (status, body).
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        http_request(self.http, "POST", path, headers, body)
+    }
+
+    /// SIGTERM, then wait (60 s at most, then SIGKILL).
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        signal(self.child.id(), libc::SIGTERM);
+        match self.wait(Duration::from_secs(60)) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                self.child.wait().expect("reap analytics-demo")
+            }
+        }
+    }
+
+    /// Send a signal (e.g. `libc::SIGINT`).
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(self.child.id(), sig);
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_timeout(&mut self.child, timeout)
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimal HTTP/1.1 client (std only)
+// ---------------------------------------------------------------------------------------------
+
+/// One HTTP/1.1 request with `Connection: close`: (status, body). Handles Content-Length,
+/// chunked and read-to-close bodies. Status 0 with the error text when there is no answer.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    match try_http_request(addr, method, path, headers, body) {
+        Ok(reply) => reply,
+        Err(e) => (0, e),
+    }
+}
+
+/// GET PATH from ADDR: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "")
+}
+
+fn try_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut head_end = None;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut status = 0u16;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            // A reset after the full response (server closed early) is not an error for us.
+            Err(e) if head_end.is_some() && e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(format!("read from {addr}: {e}")),
+        };
+        raw.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            if let Some(pos) = find(&raw, b"\r\n\r\n") {
+                head_end = Some(pos + 4);
+                let head = String::from_utf8_lossy(&raw[..pos]).into_owned();
+                let mut lines = head.split("\r\n");
+                status = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("bad HTTP status line from {addr}: {head:?}"))?;
+                for line in lines {
+                    if let Some((name, value)) = line.split_once(':') {
+                        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+                        if name == "content-length" {
+                            content_length = value.parse::<usize>().ok();
+                        } else if name == "transfer-encoding"
+                            && value.to_ascii_lowercase().contains("chunked")
+                        {
+                            chunked = true;
+                        }
+                    }
+                }
+                if method == "HEAD" || status == 204 || status == 304 {
+                    content_length = Some(0);
+                }
+            }
+        }
+        if let Some(start) = head_end {
+            let body = &raw[start..];
+            if let Some(len) = content_length.filter(|_| !chunked) {
+                if body.len() >= len {
+                    return Ok((status, String::from_utf8_lossy(&body[..len]).into_owned()));
+                }
+            } else if chunked {
+                if let Some(decoded) = dechunk(body) {
+                    return Ok((status, String::from_utf8_lossy(&decoded).into_owned()));
+                }
+            }
+        }
+        if n == 0 {
+            return match head_end {
+                Some(start) if content_length.is_none() && !chunked => {
+                    Ok((status, String::from_utf8_lossy(&raw[start..]).into_owned()))
+                }
+                _ => Err(format!(
+                    "connection to {addr} closed mid-response: {:?}",
+                    String::from_utf8_lossy(&raw)
+                )),
+            };
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decode a complete chunked body; None while incomplete.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim().to_string();
+        let size = usize::from_str_radix(&size_text, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out); // trailers, if any, are ignored
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Write TEXT to a fresh file in DIR (helper for tests that need config files).
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    File::create(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
