@@ -22,7 +22,13 @@ pub fn usable_cpus() -> Vec<usize> {
 }
 
 /// Organizations owned by shard `index` of `shards` in instance `instance` of `instances`.
-pub fn shard_orgs(organizations: u32, instance: u32, instances: u32, index: usize, shards: usize) -> Vec<u32> {
+pub fn shard_orgs(
+    organizations: u32,
+    instance: u32,
+    instances: u32,
+    index: usize,
+    shards: usize,
+) -> Vec<u32> {
     let parts = u64::from(instances.max(1)) * shards.max(1) as u64;
     let part = u64::from(instance) * shards as u64 + index as u64;
     (1..=organizations)
@@ -118,7 +124,13 @@ pub fn run(cfg: Config) -> i32 {
             shards,
             events_per_second: split_rate(cfg.events_per_second, shards, i),
             queries_per_second: split_rate(cfg.queries_per_second, shards, i),
-            orgs: shard_orgs(cfg.organizations, cfg.instance_index, cfg.instance_count, i, shards),
+            orgs: shard_orgs(
+                cfg.organizations,
+                cfg.instance_index,
+                cfg.instance_count,
+                i,
+                shards,
+            ),
             users_per_org: cfg.users_per_org,
             zipf_exponent: match cfg.distribution {
                 Distribution::Zipf => Some(cfg.zipf_exponent),
@@ -161,7 +173,9 @@ pub fn run(cfg: Config) -> i32 {
             Ok(h) => shard_handles.push(h),
             Err(e) => {
                 eprintln!("error: cannot start shard {i} executor: {e}");
-                flags.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                flags
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 return 1;
             }
@@ -208,7 +222,9 @@ pub fn run(cfg: Config) -> i32 {
             1
         }
     };
-    flags.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    flags
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     for h in shard_handles {
         let _ = h.join();
@@ -251,4 +267,3 @@ mod tests {
         assert_eq!(all, (1..=100).collect::<Vec<_>>());
     }
 }
-

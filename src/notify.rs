@@ -34,7 +34,10 @@ impl Notify {
 }
 
 /// Waits for `fut` or until `deadline`, whichever comes first (None on deadline).
-pub async fn until<T>(deadline: std::time::Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+pub async fn until<T>(
+    deadline: std::time::Instant,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     let sleep = async {
         let now = std::time::Instant::now();
         if deadline > now {

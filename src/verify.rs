@@ -200,7 +200,9 @@ pub async fn run(url: RedisUrl, pg: tokio_postgres::Config) -> Result<Verdict, S
         backoff_max: Duration::from_secs(1),
         shard: 0,
     };
-    let redis = Connection::connect(&url, &cfg).await.map_err(|e| e.to_string())?;
+    let redis = Connection::connect(&url, &cfg)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut v = compare(&redis, &truths).await?;
     v.retention_hours = tb;
     let known: HashSet<&[u8]> = truths.iter().map(|t| t.key.as_slice()).collect();
@@ -234,7 +236,12 @@ pub async fn compare(redis: &Rc<Connection>, truths: &[Truth]) -> Result<Verdict
                     std::str::from_utf8(&b)
                         .ok()
                         .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| format!("counter {} is not a number", String::from_utf8_lossy(&t.key)))?,
+                        .ok_or_else(|| {
+                            format!(
+                                "counter {} is not a number",
+                                String::from_utf8_lossy(&t.key)
+                            )
+                        })?,
                 ),
                 Ok(other) => {
                     return Err(format!(
@@ -256,7 +263,14 @@ pub async fn scan(redis: &Rc<Connection>, pattern: &str) -> Result<Vec<Vec<u8>>,
     let mut out = Vec::new();
     loop {
         let reply = redis
-            .cmd(&[b"SCAN", &cursor, b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"])
+            .cmd(&[
+                b"SCAN",
+                &cursor,
+                b"MATCH",
+                pattern.as_bytes(),
+                b"COUNT",
+                b"1000",
+            ])
             .await
             .map_err(|e| e.to_string())?;
         let Reply::Array(parts) = reply else {

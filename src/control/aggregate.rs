@@ -39,10 +39,20 @@ impl Default for Window {
 
 impl Window {
     pub fn add(&mut self, r: &ShardReport) {
-        for (a, b) in self.events.iter_mut().flatten().zip(r.events.iter().flatten()) {
+        for (a, b) in self
+            .events
+            .iter_mut()
+            .flatten()
+            .zip(r.events.iter().flatten())
+        {
             *a += b;
         }
-        for (a, b) in self.queries.iter_mut().flatten().zip(r.queries.iter().flatten()) {
+        for (a, b) in self
+            .queries
+            .iter_mut()
+            .flatten()
+            .zip(r.queries.iter().flatten())
+        {
             *a += b;
         }
         for (a, b) in self.skipped.iter_mut().zip(&r.skipped) {
@@ -58,10 +68,20 @@ impl Window {
     }
 
     pub fn add_counts(&mut self, other: &Window) {
-        for (a, b) in self.events.iter_mut().flatten().zip(other.events.iter().flatten()) {
+        for (a, b) in self
+            .events
+            .iter_mut()
+            .flatten()
+            .zip(other.events.iter().flatten())
+        {
             *a += b;
         }
-        for (a, b) in self.queries.iter_mut().flatten().zip(other.queries.iter().flatten()) {
+        for (a, b) in self
+            .queries
+            .iter_mut()
+            .flatten()
+            .zip(other.queries.iter().flatten())
+        {
             *a += b;
         }
     }
@@ -84,8 +104,16 @@ impl Window {
 
     /// Hits / (hits + misses) of cacheable queries; None before any lookup.
     pub fn hit_ratio(&self) -> Option<f64> {
-        let hits: u64 = self.queries.iter().map(|q| q[CacheOutcome::Hit as usize]).sum();
-        let misses: u64 = self.queries.iter().map(|q| q[CacheOutcome::Miss as usize]).sum();
+        let hits: u64 = self
+            .queries
+            .iter()
+            .map(|q| q[CacheOutcome::Hit as usize])
+            .sum();
+        let misses: u64 = self
+            .queries
+            .iter()
+            .map(|q| q[CacheOutcome::Miss as usize])
+            .sum();
         (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
     }
 
@@ -332,14 +360,23 @@ impl Summary {
                 p.p50, p.p90, p.p99, p.p999, p.max
             )
         };
-        s.push_str(&format!("=== analytics-demo summary (run {}) ===\n", self.run_id));
-        s.push_str(&format!("elapsed            {:.1} s\n", self.elapsed_seconds));
+        s.push_str(&format!(
+            "=== analytics-demo summary (run {}) ===\n",
+            self.run_id
+        ));
+        s.push_str(&format!(
+            "elapsed            {:.1} s\n",
+            self.elapsed_seconds
+        ));
         s.push_str(&format!(
             "events             {} ({:.1}/s, target {}/s)\n",
             self.events, self.events_per_second, self.events_target_per_second
         ));
         s.push_str(&format!("  by type          {:?}\n", self.events_by_type));
-        s.push_str(&format!("  by outcome       {:?}\n", self.events_by_outcome));
+        s.push_str(&format!(
+            "  by outcome       {:?}\n",
+            self.events_by_outcome
+        ));
         s.push_str(&format!(
             "queries            {} ({:.1}/s, target {}/s)\n",
             self.queries, self.queries_per_second, self.queries_target_per_second
@@ -347,9 +384,18 @@ impl Summary {
         for (qt, m) in &self.queries_by_type {
             s.push_str(&format!("  {qt:<16} {m:?}\n"));
         }
-        s.push_str(&format!("query latency      {} (from schedule)\n", lat(&self.query_latency_ms)));
-        s.push_str(&format!("  uncorrected      {}\n", lat(&self.query_latency_uncorrected_ms)));
-        s.push_str(&format!("event latency      {}\n", lat(&self.event_latency_ms)));
+        s.push_str(&format!(
+            "query latency      {} (from schedule)\n",
+            lat(&self.query_latency_ms)
+        ));
+        s.push_str(&format!(
+            "  uncorrected      {}\n",
+            lat(&self.query_latency_uncorrected_ms)
+        ));
+        s.push_str(&format!(
+            "event latency      {}\n",
+            lat(&self.event_latency_ms)
+        ));
         s.push_str(&format!(
             "cache hit ratio    {} (target {:.2}%)\n",
             pct(self.cache_hit_ratio),

@@ -48,7 +48,10 @@ pub async fn redis_loop(
     loop {
         let url = target();
         let started = Instant::now();
-        if conn.as_ref().is_some_and(|(u, c)| *u != url || c.is_closed()) {
+        if conn
+            .as_ref()
+            .is_some_and(|(u, c)| *u != url || c.is_closed())
+        {
             conn = None;
         }
         let result = match &conn {
@@ -102,9 +105,9 @@ pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: tokio_postgres::Con
             }
             let c = client.as_ref().ok_or("not connected")?;
             let q = async {
-                c.simple_query("SELECT 1")
-                    .await
-                    .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(crate::pg::describe(&e))))
+                c.simple_query("SELECT 1").await.map_err(|e| {
+                    glommio::GlommioError::IoError(std::io::Error::other(crate::pg::describe(&e)))
+                })
             };
             glommio::timer::timeout(CHECK_TIMEOUT, q)
                 .await

@@ -107,7 +107,10 @@ pub async fn run(
             },
             state.p.redis_cfg.clone(),
         )),
-        glommio::spawn_local(health::postgres_loop(state.health.clone(), state.p.pg.clone())),
+        glommio::spawn_local(health::postgres_loop(
+            state.health.clone(),
+            state.p.pg.clone(),
+        )),
     ];
     static_gauges(&state.p);
 
@@ -121,7 +124,7 @@ pub async fn run(
             Ok(()) => break,
             Err(e) => {
                 attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(error = %e, attempt, "postgres not ready; retrying");
                 }
                 glommio::timer::sleep(Duration::from_millis(500)).await;
@@ -211,7 +214,10 @@ pub async fn run(
 }
 
 /// Bind failed: let the shards stop cleanly and discard what they send.
-async fn drain_without_writer(rows: Vec<SharedReceiver<RowBatch>>, reports: Vec<SharedReceiver<ShardReport>>) {
+async fn drain_without_writer(
+    rows: Vec<SharedReceiver<RowBatch>>,
+    reports: Vec<SharedReceiver<ShardReport>>,
+) {
     let mut tasks = Vec::new();
     for rx in rows {
         tasks.push(glommio::spawn_local(async move {
@@ -280,12 +286,18 @@ fn progress(st: &State) {
     let (w, d) = st.agg.borrow_mut().take_interval();
     let secs = d.as_secs_f64().max(1e-9);
     let p = percentiles(&w.query_latency);
-    let hit = w.hit_ratio().map_or("n/a".to_string(), |h| format!("{:.1}%", h * 100.0));
+    let hit = w
+        .hit_ratio()
+        .map_or("n/a".to_string(), |h| format!("{:.1}%", h * 100.0));
     let pending: u64 = st.backlogs.iter().map(|b| b.pending()).sum();
     let writer = st.writer.borrow();
     let agg = st.agg.borrow();
     let redis_up: usize = agg.shards.iter().map(|s| s.redis_connected).sum();
-    let redis_size: usize = agg.shards.iter().map(|s| s.redis_connected.max(s.redis_pool_size)).sum();
+    let redis_size: usize = agg
+        .shards
+        .iter()
+        .map(|s| s.redis_connected.max(s.redis_pool_size))
+        .sum();
     let errors: Vec<String> = w.errors.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     tracing::info!(
         events_per_s = format!("{:.1}/{}", w.events_total() as f64 / secs, st.p.targets.0),

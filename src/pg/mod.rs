@@ -37,7 +37,11 @@ pub fn redacted(cfg: &Config) -> String {
 
 async fn resolve(host: String, port: u16) -> std::io::Result<SocketAddr> {
     let found = glommio::executor()
-        .spawn_blocking(move || (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()))
+        .spawn_blocking(move || {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+        })
         .await?;
     found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
 }

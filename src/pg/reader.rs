@@ -43,7 +43,10 @@ impl Reader {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.conn.borrow().as_ref().is_some_and(|c| !c.client.is_closed())
+        self.conn
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| !c.client.is_closed())
     }
 
     /// Opens the connection now (at shard start), so the first queries do not fail fast.

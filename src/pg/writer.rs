@@ -209,7 +209,8 @@ impl Writer {
                         self.client = None;
                     }
                     if stopping.load(Ordering::Relaxed) {
-                        let limit = *give_up_at.get_or_insert(Instant::now() + self.cfg.shutdown_grace);
+                        let limit =
+                            *give_up_at.get_or_insert(Instant::now() + self.cfg.shutdown_grace);
                         if Instant::now() >= limit {
                             self.dropped(batch);
                             batch.clear();
@@ -261,7 +262,12 @@ impl Writer {
         );
     }
 
-    async fn write_once(&mut self, batch: &[EventRow], seq: i64, retry: bool) -> Result<(), String> {
+    async fn write_once(
+        &mut self,
+        batch: &[EventRow],
+        seq: i64,
+        retry: bool,
+    ) -> Result<(), String> {
         let run_id = self.cfg.run_id;
         let client = self.client.as_mut().ok_or("not connected")?;
         let d = |e: tokio_postgres::Error| super::describe(&e);
@@ -337,7 +343,8 @@ impl Writer {
         .await
         .map_err(d)?;
         tx.commit().await.map_err(d)?;
-        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "copy").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "copy")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -349,7 +356,8 @@ impl Writer {
             return;
         };
         let hours = f64::from(self.cfg.retention_hours + 1);
-        let cutoff_bucket = time::bucket_hours_ago(time::unix_now() as i64, self.cfg.retention_hours + 1);
+        let cutoff_bucket =
+            time::bucket_hours_ago(time::unix_now() as i64, self.cfg.retention_hours + 1);
         let started = Instant::now();
         let r = async {
             let ev = client
@@ -370,7 +378,8 @@ impl Writer {
             Ok::<u64, tokio_postgres::Error>(ev)
         }
         .await;
-        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "retention").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::DB_QUERY_DURATION, "op" => "retention")
+            .record(started.elapsed().as_secs_f64());
         match r {
             Ok(n) if n > 0 => tracing::info!(rows = n, "retention removed old events"),
             Ok(_) => {}

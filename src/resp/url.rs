@@ -143,7 +143,13 @@ mod tests {
 
     #[test]
     fn should_reject_bad_urls() {
-        for bad in ["http://h", "redis://", "redis://h/x", "nonsense", "redis://h:0"] {
+        for bad in [
+            "http://h",
+            "redis://",
+            "redis://h/x",
+            "nonsense",
+            "redis://h:0",
+        ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
     }

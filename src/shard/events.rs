@@ -83,7 +83,8 @@ async fn run(s: &Shard, due: Instant) {
     if first_in_bucket {
         // The counter was just created: make it (and the hour's HLL) expire
         // `TIME_BUCKETS` hours after its hour ends.
-        let expire_at = time::bucket_start(bucket).unwrap_or(unix) + 3600 * (i64::from(s.p.time_buckets) + 1);
+        let expire_at =
+            time::bucket_start(bucket).unwrap_or(unix) + 3600 * (i64::from(s.p.time_buckets) + 1);
         let at = expire_at.to_string();
         let _ = s
             .pool
@@ -115,7 +116,8 @@ async fn run(s: &Shard, due: Instant) {
     if let Some(seen) = st.org_last_seen.get_mut(org_rank) {
         *seen = unix as u32;
     }
-    st.users_now.insert((u64::from(org) << 32) | u64::from(user));
+    st.users_now
+        .insert((u64::from(org) << 32) | u64::from(user));
 }
 
 /// The event-type label of a code, for reports.

@@ -130,14 +130,14 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         let (s, stop) = (shard.clone(), stopping.clone());
         tasks.push(glommio::spawn_local(async move {
             let rate = s.p.events_per_second;
-            pace(&s, &stop, start, rate, |s, due| events::start(s, due)).await
+            pace(&s, &stop, start, rate, events::start).await
         }));
     }
     if shard.p.queries_per_second > 0 {
         let (s, stop) = (shard.clone(), stopping.clone());
         tasks.push(glommio::spawn_local(async move {
             let rate = s.p.queries_per_second;
-            pace(&s, &stop, start, rate, |s, due| queries::start(s, due)).await
+            pace(&s, &stop, start, rate, queries::start).await
         }));
     }
     let warmup = {
@@ -181,7 +181,11 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if shard.inflight.get() > 0 {
-        tracing::warn!(shard = shard.p.index, inflight = shard.inflight.get(), "operations still in flight at shutdown");
+        tracing::warn!(
+            shard = shard.p.index,
+            inflight = shard.inflight.get(),
+            "operations still in flight at shutdown"
+        );
     }
     warmup.cancel().await;
     flusher.await;

@@ -88,7 +88,9 @@ async fn run(s: &Shard, due: Instant) {
         .query(qt, cache, corrected.as_secs_f64(), service.as_secs_f64());
     let mut st = s.stats.borrow_mut();
     st.queries[qt as usize][cache as usize] += 1;
-    let _ = st.query_latency.record((corrected.as_micros() as u64).max(1));
+    let _ = st
+        .query_latency
+        .record((corrected.as_micros() as u64).max(1));
     let _ = st.query_service.record((service.as_micros() as u64).max(1));
 }
 
@@ -123,18 +125,30 @@ async fn dashboard_value(s: &Shard, org: u32) -> Result<String, Failure> {
         .dashboard(org as i32, from)
         .await
         .map_err(|_| Failure::Db)?;
-    let mut v = format!("{{\"org\":{org},\"hours\":{},\"computed_at\":{now}", s.p.time_buckets);
+    let mut v = format!(
+        "{{\"org\":{org},\"hours\":{},\"computed_at\":{now}",
+        s.p.time_buckets
+    );
     for ty in EventType::ALL {
         let _ = write!(v, ",\"{}\":{}", ty.as_str(), totals[ty as usize]);
     }
     let views = totals[EventType::PageView as usize];
     let conv = totals[EventType::Conversion as usize];
-    let rate = if views > 0 { conv as f64 / views as f64 } else { 0.0 };
+    let rate = if views > 0 {
+        conv as f64 / views as f64
+    } else {
+        0.0
+    };
     let _ = write!(v, ",\"conversion_rate\":{rate:.4}}}");
     Ok(v)
 }
 
-async fn filtered_value(s: &Shard, org: u32, ty: EventType, window: u32) -> Result<String, Failure> {
+async fn filtered_value(
+    s: &Shard,
+    org: u32,
+    ty: EventType,
+    window: u32,
+) -> Result<String, Failure> {
     let now = time::unix_now() as i64;
     let from = time::bucket_hours_ago(now, window.saturating_sub(1));
     let n = s
@@ -162,10 +176,7 @@ async fn realtime(s: &Shard, org: u32) -> Result<(), Failure> {
     let mget: Vec<&[u8]> = std::iter::once(&b"MGET"[..])
         .chain(counters.iter().map(|k| k.as_slice()))
         .collect();
-    let replies = s
-        .pool
-        .pipeline(&[&mget, &[b"PFCOUNT", &uniques]])
-        .await;
+    let replies = s.pool.pipeline(&[&mget, &[b"PFCOUNT", &uniques]]).await;
     for r in replies {
         r?;
     }
@@ -178,12 +189,11 @@ async fn realtime(s: &Shard, org: u32) -> Result<(), Failure> {
 /// does not see them expire; on-demand entries use `CACHE_TTL`.
 pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
     const PARALLEL: usize = 16;
-    let ttl = s
-        .p
-        .cache_ttl
-        .max(s.p.warmup_interval + Duration::from_secs(30))
-        .as_secs()
-        .to_string();
+    let ttl =
+        s.p.cache_ttl
+            .max(s.p.warmup_interval + Duration::from_secs(30))
+            .as_secs()
+            .to_string();
     let windows = windows(s.p.time_buckets);
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -245,7 +255,12 @@ pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
             }
         }
         s.stats.borrow_mut().warmups += refreshed;
-        tracing::debug!(shard = s.p.index, refreshed, secs = started.elapsed().as_secs_f64(), "cache warmup done");
+        tracing::debug!(
+            shard = s.p.index,
+            refreshed,
+            secs = started.elapsed().as_secs_f64(),
+            "cache warmup done"
+        );
     }
 }
 

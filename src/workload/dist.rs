@@ -140,12 +140,19 @@ mod tests {
         for _ in 0..100_000 {
             counts[w.sample(&mut rng) as usize] += 1;
         }
-        let shares: Vec<f64> = EVENT_TYPES.iter().map(|&(_, w)| w as f64 / 1000.0).collect();
+        let shares: Vec<f64> = EVENT_TYPES
+            .iter()
+            .map(|&(_, w)| w as f64 / 1000.0)
+            .collect();
         // 4 degrees of freedom: 18.47 is the 0.999 quantile.
         assert!(chi_square(&counts, &shares) < 18.47, "{counts:?}");
         for (i, &(_, w)) in EVENT_TYPES.iter().enumerate() {
             let share = counts[i] as f64 / 1000.0; // percent of 100k
-            assert!((share - w as f64 / 10.0).abs() < 1.0, "{:?}", EventType::ALL[i]);
+            assert!(
+                (share - w as f64 / 10.0).abs() < 1.0,
+                "{:?}",
+                EventType::ALL[i]
+            );
         }
     }
 

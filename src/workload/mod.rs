@@ -73,7 +73,11 @@ pub enum QueryType {
 }
 
 impl QueryType {
-    pub const ALL: [QueryType; 3] = [QueryType::Dashboard, QueryType::Filtered, QueryType::Realtime];
+    pub const ALL: [QueryType; 3] = [
+        QueryType::Dashboard,
+        QueryType::Filtered,
+        QueryType::Realtime,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
