@@ -20,6 +20,8 @@ pub struct Window {
     pub query_service: Histogram<u64>,
     pub event_latency: Histogram<u64>,
     pub warmups: u64,
+    /// Unix time at which this window was closed (one-second windows only).
+    pub at_unix: f64,
 }
 
 impl Default for Window {
@@ -33,57 +35,50 @@ impl Default for Window {
             query_service: new_histogram(),
             event_latency: new_histogram(),
             warmups: 0,
+            at_unix: 0.0,
         }
     }
 }
 
 impl Window {
-    pub fn add(&mut self, r: &ShardReport) {
-        for (a, b) in self
-            .events
-            .iter_mut()
-            .flatten()
-            .zip(r.events.iter().flatten())
-        {
-            *a += b;
+    /// A shard report's counts as a window.
+    pub fn from_report(r: &ShardReport) -> Window {
+        Window {
+            events: r.events,
+            queries: r.queries,
+            skipped: r.skipped,
+            errors: r.errors.iter().copied().collect(),
+            query_latency: r.query_latency.clone(),
+            query_service: r.query_service.clone(),
+            event_latency: r.event_latency.clone(),
+            warmups: r.warmups,
+            at_unix: 0.0,
         }
-        for (a, b) in self
-            .queries
-            .iter_mut()
-            .flatten()
-            .zip(r.queries.iter().flatten())
-        {
-            *a += b;
-        }
-        for (a, b) in self.skipped.iter_mut().zip(&r.skipped) {
-            *a += b;
-        }
-        for &(k, n) in &r.errors {
-            *self.errors.entry(k).or_default() += n;
-        }
-        let _ = self.query_latency.add(&r.query_latency);
-        let _ = self.query_service.add(&r.query_service);
-        let _ = self.event_latency.add(&r.event_latency);
-        self.warmups += r.warmups;
     }
 
-    pub fn add_counts(&mut self, other: &Window) {
-        for (a, b) in self
+    /// Adds another window (counts, errors and histograms).
+    pub fn merge(&mut self, other: &Window) {
+        let pairs = self
             .events
             .iter_mut()
             .flatten()
-            .zip(other.events.iter().flatten())
-        {
-            *a += b;
-        }
-        for (a, b) in self
+            .zip(other.events.iter().flatten());
+        pairs.for_each(|(a, b)| *a += b);
+        let pairs = self
             .queries
             .iter_mut()
             .flatten()
-            .zip(other.queries.iter().flatten())
-        {
-            *a += b;
+            .zip(other.queries.iter().flatten());
+        pairs.for_each(|(a, b)| *a += b);
+        let pairs = self.skipped.iter_mut().zip(&other.skipped);
+        pairs.for_each(|(a, b)| *a += b);
+        for (k, n) in &other.errors {
+            *self.errors.entry(k).or_default() += n;
         }
+        let _ = self.query_latency.add(&other.query_latency);
+        let _ = self.query_service.add(&other.query_service);
+        let _ = self.event_latency.add(&other.event_latency);
+        self.warmups += other.warmups;
     }
 
     pub fn events_total(&self) -> u64 {
@@ -191,9 +186,10 @@ impl Aggregate {
     }
 
     pub fn add(&mut self, r: &ShardReport) {
-        self.total.add(r);
-        self.interval.add(r);
-        self.current.add(r);
+        let w = Window::from_report(r);
+        self.total.merge(&w);
+        self.interval.merge(&w);
+        self.current.merge(&w);
         if let Some(t) = self.interval_secs.get_mut(r.shard) {
             *t += r.interval.as_secs_f64();
         }
@@ -217,18 +213,19 @@ impl Aggregate {
 
     /// Closes the current one-second window (called once a second).
     pub fn tick(&mut self) {
-        let w = std::mem::take(&mut self.current);
+        let mut w = std::mem::take(&mut self.current);
+        w.at_unix = crate::workload::time::unix_now();
         self.recent.push_back(w);
         while self.recent.len() > 60 {
             self.recent.pop_front();
         }
     }
 
-    /// Counts over the last `secs` one-second windows.
-    pub fn recent_counts(&self, secs: usize) -> Window {
+    /// Everything over the last `secs` one-second windows.
+    pub fn recent(&self, secs: usize) -> Window {
         let mut w = Window::default();
         for r in self.recent.iter().rev().take(secs) {
-            w.add_counts(r);
+            w.merge(r);
         }
         w
     }

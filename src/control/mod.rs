@@ -205,6 +205,9 @@ pub async fn run(
         rows_dropped = summary.db_rows_dropped,
         "run finished"
     );
+    if let Ok(j) = serde_json::to_string(&summary) {
+        tracing::info!(summary = %j, "summary");
+    }
     println!("{}", summary.render());
     drop(server);
     for c in checks {
@@ -268,11 +271,11 @@ fn static_gauges(p: &ControlParams) {
 fn tick(st: &State) {
     let mut agg = st.agg.borrow_mut();
     agg.tick();
-    let recent = agg.recent_counts(10);
+    let recent = agg.recent(10);
     if let Some(h) = recent.hit_ratio() {
         metrics::gauge!(m::CACHE_HIT_RATIO).set(h);
     }
-    if let Some(c) = agg.recent_counts(60).conversion_rate() {
+    if let Some(c) = agg.recent(60).conversion_rate() {
         metrics::gauge!(m::CONVERSION_RATE).set(c);
     }
     let pending: u64 = st.backlogs.iter().map(|b| b.pending()).sum();
@@ -340,11 +343,12 @@ fn route(st: &State, req: Req) -> Resp {
             let body = json!({ "run": s, "redis_target": st.p.redis_url.redacted(), "switches": [] });
             Resp::json(200, body.to_string())
         }
+        (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
         (&Method::GET, "/") => Resp::text(
             200,
             "analytics-demo\n\nGET /metrics  Prometheus metrics\nGET /health   dependency status (JSON)\nGET /report   run report (JSON)\n",
         ),
-        (_, "/metrics" | "/health" | "/report" | "/") => Resp::text(405, "method not allowed\n"),
+        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/") => Resp::text(405, "method not allowed\n"),
         _ => Resp::text(404, "not found\n"),
     }
 }
@@ -385,4 +389,69 @@ fn health_response(st: &State) -> Resp {
         },
     });
     Resp::json(if up { 200 } else { 503 }, body.to_string())
+}
+
+/// Live state for the built-in dashboard: recent rates and latency against targets, the
+/// last minute second by second, errors, writer and Redis state.
+fn status_json(st: &State) -> serde_json::Value {
+    let agg = st.agg.borrow();
+    let last5 = agg.recent(5);
+    let last10 = agg.recent(10);
+    let secs5 = agg.recent.len().clamp(1, 5) as f64;
+    let h = st.health.borrow();
+    let writer = st.writer.borrow();
+    let history: Vec<_> = agg
+        .recent
+        .iter()
+        .map(|w| {
+            json!({
+                "t": w.at_unix,
+                "events": w.events_total(),
+                "queries": w.queries_total(),
+                "hit_ratio": w.hit_ratio(),
+                "p50_ms": percentiles(&w.query_latency).p50,
+                "p99_ms": percentiles(&w.query_latency).p99,
+                "errors": w.errors_total(),
+                "skipped": w.skipped_total(),
+            })
+        })
+        .collect();
+    json!({
+        "run_id": st.p.run_id,
+        "uptime_seconds": agg.started.elapsed().as_secs_f64(),
+        "targets": {
+            "events_per_second": st.p.targets.0,
+            "queries_per_second": st.p.targets.1,
+            "cache_hit_ratio": st.p.hit_target,
+        },
+        "rates": {
+            "events_per_second": last5.events_total() as f64 / secs5,
+            "queries_per_second": last5.queries_total() as f64 / secs5,
+        },
+        "query_latency_ms": percentiles(&last10.query_latency),
+        "query_latency_uncorrected_ms": percentiles(&last10.query_service),
+        "event_latency_ms": percentiles(&last10.event_latency),
+        "cache_hit_ratio": last10.hit_ratio(),
+        "errors_last_10s": last10.errors,
+        "errors_total": agg.total.errors,
+        "skipped_total": crate::shard::stats::Skip::ALL.iter().map(|s| (s.as_str(), agg.total.skipped[*s as usize])).collect::<std::collections::BTreeMap<_, _>>(),
+        "totals": { "events": agg.total.events_total(), "queries": agg.total.queries_total() },
+        "writer": {
+            "connected": writer.connected,
+            "rows_written": writer.rows_written,
+            "pending_rows": st.backlogs.iter().map(|b| b.pending()).sum::<u64>(),
+            "lag_seconds": writer.lag_seconds,
+            "write_errors": writer.errors,
+            "rows_dropped": writer.rows_dropped,
+        },
+        "redis": {
+            "target": st.p.redis_url.redacted(),
+            "connections_up": agg.shards.iter().map(|s| s.redis_connected).sum::<usize>(),
+            "pool_size": agg.shards.iter().map(|s| s.redis_pool_size).sum::<usize>(),
+            "status": h.redis.status,
+        },
+        "postgres": { "status": h.postgres.status },
+        "migration": { "switches": [] },
+        "history": history,
+    })
 }

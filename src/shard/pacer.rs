@@ -121,10 +121,10 @@ mod tests {
         let mut s = Schedule::new(t0, 1000);
         let d = s.take_due(t0, Duration::from_secs(1));
         assert_eq!((d.late, d.from, d.to), (0, 0, 1));
-        // A 5 s stall: ops due before t=4 s are late, 4 s..5 s start now.
+        // A 5 s stall: ops due up to t=4 s are late, those after 4 s up to 5 s start now.
         let d = s.take_due(t0 + Duration::from_secs(5), Duration::from_secs(1));
-        assert_eq!(d.late, 3999);
-        assert_eq!(d.to - d.from, 1001);
+        assert_eq!(d.late, 4000);
+        assert_eq!(d.to - d.from, 1000);
         assert_eq!(d.late + (d.to - d.from) + 1, 5001);
         assert_eq!(s.next_at(), t0 + Duration::from_micros(5_001_000));
     }
