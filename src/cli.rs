@@ -24,10 +24,8 @@ pub fn main() -> i32 {
             init_logging(LogFormat::Text);
             crate::verify::main(args)
         }
-        Command::Report(_) | Command::Switch(_) => {
-            eprintln!("error: this subcommand is not available yet");
-            2
-        }
+        Command::Report(args) => report(args),
+        Command::Switch(args) => switch(args),
     }
 }
 
@@ -43,4 +41,74 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// `analytics-demo report`: the migration report of a running instance.
+fn report(args: config::ReportArgs) -> i32 {
+    let base = args.admin_url.clone();
+    let got = crate::http::block_on(move || async move {
+        crate::http::request(&base, hyper::Method::GET, "/report", None, None).await
+    });
+    match got {
+        Ok(Ok((200, body))) => {
+            if args.json {
+                println!("{body}");
+                return 0;
+            }
+            match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(v) => {
+                    print!("{}", crate::control::migration::render(&v));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: the report is not JSON: {e}");
+                    1
+                }
+            }
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!("error: {} answered {status}: {}", args.admin_url, body.trim());
+            1
+        }
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("error: cannot reach {}: {e}", args.admin_url);
+            2
+        }
+    }
+}
+
+/// `analytics-demo switch --to URL`: asks a running instance to switch Redis.
+fn switch(args: config::SwitchArgs) -> i32 {
+    let base = args.admin_url.clone();
+    let token = args.admin_token.clone();
+    // The only place the full URL (with its password) leaves this process: the request body.
+    let body = serde_json::json!({ "url": args.to.to_full_string() }).to_string();
+    let got = crate::http::block_on(move || async move {
+        crate::http::request(
+            &base,
+            hyper::Method::POST,
+            "/admin/redis-target",
+            token.as_deref(),
+            Some(body),
+        )
+        .await
+    });
+    match got {
+        Ok(Ok((200, body))) => {
+            println!("{}", body.trim());
+            0
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!("error: switch refused ({status}): {}", body.trim());
+            if status == 400 {
+                2
+            } else {
+                1
+            }
+        }
+        Ok(Err(e)) | Err(e) => {
+            eprintln!("error: cannot reach {}: {e}", args.admin_url);
+            2
+        }
+    }
 }

@@ -111,11 +111,14 @@ pub fn run(cfg: Config) -> i32 {
     let mut row_rx = Vec::new();
     let mut report_rx = Vec::new();
     let mut backlogs = Vec::new();
+    let mut command_tx = Vec::new();
     let mut shard_handles = Vec::new();
     for i in 0..shards {
         let (rows_tx, rows_rx) = shared_channel::new_bounded(64);
         let (rep_tx, rep_rx) = shared_channel::new_bounded(16);
         let backlog = Arc::new(Backlog::default());
+        let (cmd_tx, cmd_rx) = shared_channel::new_bounded(8);
+        command_tx.push(cmd_tx);
         row_rx.push(rows_rx);
         report_rx.push(rep_rx);
         backlogs.push(backlog.clone());
@@ -154,6 +157,7 @@ pub fn run(cfg: Config) -> i32 {
             report_every: Duration::from_secs(1),
         };
         let links = ShardLinks {
+            commands: cmd_rx,
             rows: rows_tx,
             reports: rep_tx,
             backlog,
@@ -198,6 +202,8 @@ pub fn run(cfg: Config) -> i32 {
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix: crate::workload::time::unix_now(),
+        admin_token: cfg.admin_token.clone(),
+        admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
     };
     let placement = if cfg.pin {
         Placement::Fixed(control_cpu)
@@ -208,7 +214,15 @@ pub fn run(cfg: Config) -> i32 {
     let control = LocalExecutorBuilder::new(placement)
         .name("control")
         .io_memory(64 << 10)
-        .spawn(move || control::run(params, prom, row_rx, report_rx, backlogs, control_flags));
+        .spawn(move || control::run(
+            params,
+            prom,
+            row_rx,
+            report_rx,
+            backlogs,
+            command_tx,
+            control_flags,
+        ));
     let code = match control {
         Ok(h) => match h.join() {
             Ok(code) => code,

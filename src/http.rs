@@ -25,6 +25,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 /// A request as handlers see it.
 pub struct Req {
+    /// The client's address (for the loopback-only admin option).
+    pub peer: Option<SocketAddr>,
     pub method: hyper::Method,
     pub path: String,
     pub query: Option<String>,
@@ -80,12 +82,13 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
             continue;
         }
         open.set(open.get() + 1);
+        let peer = stream.peer_addr().ok();
         let (handler, open) = (handler.clone(), open.clone());
         glommio::spawn_local(async move {
             let io = Io(stream);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&handler, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&handler, peer, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(16 * 1024)
@@ -100,13 +103,18 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
     }
 }
 
-async fn respond(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    handler: &Handler,
+    peer: Option<SocketAddr>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return build(Resp::text(413, "request body too large\n")),
     };
     let r = Req {
+        peer,
         method: parts.method,
         path: parts.uri.path().to_string(),
         query: parts.uri.query().map(str::to_string),
@@ -162,4 +170,81 @@ impl hyper::rt::Write for Io {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_close(cx)
     }
+}
+
+/// A one-shot HTTP/1.1 request from the current glommio executor (for `switch` and
+/// `report`). `base` is like `http://127.0.0.1:3000`; returns (status, body).
+pub async fn request(
+    base: &str,
+    method: hyper::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<String>,
+) -> Result<(u16, String), String> {
+    let u = url::Url::parse(base).map_err(|e| format!("invalid admin URL: {e}"))?;
+    if u.scheme() != "http" {
+        return Err("only http:// admin URLs are supported".into());
+    }
+    let host = u.host_str().ok_or("admin URL has no host")?.to_string();
+    let port = u.port_or_known_default().unwrap_or(80);
+    let lookup = host.clone();
+    let addr = glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            (lookup.as_str(), port).to_socket_addrs().map(|mut a| a.next())
+        })
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .ok_or_else(|| format!("resolving {host}: no address"))?;
+    let stream = glommio::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(Io(stream))
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let driver = glommio::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"));
+    if let Some(token) = bearer {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let has_body = body.is_some();
+    if has_body {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("http: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("http: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), 64 << 20)
+        .collect()
+        .await
+        .map_err(|e| format!("http body: {e}"))?
+        .to_bytes();
+    drop(driver);
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Runs the future `make` builds on a fresh (unpinned) glommio executor and waits for it:
+/// for the one-shot subcommands.
+pub fn block_on<T, F, Fut>(make: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 << 10)
+        .spawn(make)
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|e| e.to_string())
 }

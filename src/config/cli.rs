@@ -227,6 +227,8 @@ option_table! { $
     switches {
         /// do not pin threads to CPUs (env accepts 1/0/true/false/yes/no) [env: NO_PIN] [default: false]
         no_pin,
+        /// allow admin endpoints without ADMIN_TOKEN for clients on the loopback interface (env accepts 1/0/true/false/yes/no) [env: ADMIN_ALLOW_UNAUTHENTICATED_LOOPBACK] [default: false]
+        admin_allow_unauthenticated_loopback,
     }
 }
 
@@ -240,6 +242,7 @@ cli_struct! {
         database_url, bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         progress_interval, no_pin, instance_index, instance_count,
+        admin_allow_unauthenticated_loopback,
     ] {
         #[argh(subcommand)]
         pub command: Option<SubCli>,

@@ -97,6 +97,8 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Pin threads to CPUs (`--no-pin` turns it off).
     pub pin: bool,
+    /// Admin endpoints without a token for loopback clients (off by default).
+    pub admin_allow_unauthenticated_loopback: bool,
     pub instance_index: u32,
     pub instance_count: u32,
 }
@@ -304,6 +306,10 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         db_buffer_rows: r.uint(&opt::db_buffer_rows, c.db_buffer_rows, 1, USIZE)? as usize,
         progress_interval: r.seconds(&opt::progress_interval, c.progress_interval, 1, 3600)?,
         pin: !r.switch(&opt::no_pin, c.no_pin)?,
+        admin_allow_unauthenticated_loopback: r.switch(
+            &opt::admin_allow_unauthenticated_loopback,
+            c.admin_allow_unauthenticated_loopback,
+        )?,
         instance_index: r.uint(&opt::instance_index, c.instance_index, 0, U32)? as u32,
         instance_count: r.uint(&opt::instance_count, c.instance_count, 1, U32)? as u32,
     };

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod health;
+pub mod migration;
 pub mod process;
 
 use std::cell::RefCell;
@@ -20,6 +21,8 @@ use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig, WriterStatus};
 use crate::resp::{PoolConfig, RedisUrl};
 use crate::shard::stats::ShardReport;
+use crate::shard::ShardCommand;
+use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 use aggregate::{percentiles, Aggregate, Summary};
 use health::Health;
 
@@ -40,6 +43,10 @@ pub struct ControlParams {
     pub config_json: serde_json::Value,
     pub shards: usize,
     pub start_unix: f64,
+    /// Bearer token of the admin endpoints (None: refused, see below).
+    pub admin_token: Option<String>,
+    /// Without a token, accept admin requests from loopback clients.
+    pub admin_allow_loopback: bool,
 }
 
 /// Shared flags between the process's threads.
@@ -60,6 +67,10 @@ struct State {
     agg: Rc<RefCell<Aggregate>>,
     writer: Rc<RefCell<WriterStatus>>,
     backlogs: Vec<Arc<Backlog>>,
+    target: Rc<RefCell<RedisUrl>>,
+    migration: RefCell<migration::Migration>,
+    /// Filled in by a task as shards connect (connecting waits for the peer).
+    commands: RefCell<Vec<ConnectedSender<ShardCommand>>>,
 }
 
 /// Runs the control core to the end of the run; returns the process exit code.
@@ -69,6 +80,7 @@ pub async fn run(
     rows: Vec<SharedReceiver<RowBatch>>,
     reports: Vec<SharedReceiver<ShardReport>>,
     backlogs: Vec<Arc<Backlog>>,
+    commands: Vec<SharedSender<ShardCommand>>,
     flags: Flags,
 ) -> i32 {
     let listener = match http::bind(p.bind) {
@@ -82,6 +94,9 @@ pub async fn run(
         }
     };
     let state = Rc::new(State {
+        target: Rc::new(RefCell::new(p.redis_url.clone())),
+        migration: RefCell::default(),
+        commands: RefCell::default(),
         health: Rc::default(),
         agg: Rc::new(RefCell::new(Aggregate::new(p.shards))),
         writer: Rc::default(),
@@ -90,6 +105,16 @@ pub async fn run(
         p,
     });
     tracing::info!(address = %state.p.bind, "http listening: /metrics /health /report");
+    {
+        let st = state.clone();
+        glommio::spawn_local(async move {
+            for c in commands {
+                let c = crate::notify::awake(c.connect()).await;
+                st.commands.borrow_mut().push(c);
+            }
+        })
+        .detach();
+    }
     let server = {
         let st = state.clone();
         let handler: http::Handler = Rc::new(move |req: Req| {
@@ -102,8 +127,8 @@ pub async fn run(
         glommio::spawn_local(health::redis_loop(
             state.health.clone(),
             {
-                let url = state.p.redis_url.clone();
-                move || url.clone()
+                let target = state.target.clone();
+                move || target.borrow().clone()
             },
             state.p.redis_cfg.clone(),
         )),
@@ -151,11 +176,12 @@ pub async fn run(
     ));
     let open_reports = Rc::new(std::cell::Cell::new(reports.len()));
     for rx in reports {
-        let (agg, open) = (state.agg.clone(), open_reports.clone());
+        let (st, open) = (state.clone(), open_reports.clone());
         glommio::spawn_local(async move {
-            let rx = rx.connect().await;
+            let rx = crate::notify::awake(rx.connect()).await;
             while let Some(r) = rx.recv().await {
-                agg.borrow_mut().add(&r);
+                st.agg.borrow_mut().add(&r);
+                st.migration.borrow_mut().on_report(&r);
             }
             open.set(open.get() - 1);
         })
@@ -224,13 +250,13 @@ async fn drain_without_writer(
     let mut tasks = Vec::new();
     for rx in rows {
         tasks.push(glommio::spawn_local(async move {
-            let rx = rx.connect().await;
+            let rx = crate::notify::awake(rx.connect()).await;
             while rx.recv().await.is_some() {}
         }));
     }
     for rx in reports {
         tasks.push(glommio::spawn_local(async move {
-            let rx = rx.connect().await;
+            let rx = crate::notify::awake(rx.connect()).await;
             while rx.recv().await.is_some() {}
         }));
     }
@@ -271,6 +297,9 @@ fn static_gauges(p: &ControlParams) {
 fn tick(st: &State) {
     let mut agg = st.agg.borrow_mut();
     agg.tick();
+    if let Some(w) = agg.recent.back() {
+        st.migration.borrow_mut().on_window(w);
+    }
     let recent = agg.recent(10);
     if let Some(h) = recent.hit_ratio() {
         metrics::gauge!(m::CACHE_HIT_RATIO).set(h);
@@ -340,15 +369,20 @@ fn route(st: &State, req: Req) -> Resp {
                 st.p.hit_target,
                 &st.writer.borrow(),
             );
-            let body = json!({ "run": s, "redis_target": st.p.redis_url.redacted(), "switches": [] });
+            let body = json!({
+                "run": s,
+                "redis_target": st.target.borrow().redacted(),
+                "migration": st.migration.borrow().to_json(st.p.hit_target),
+            });
             Resp::json(200, body.to_string())
         }
+        (&Method::POST, "/admin/redis-target") => switch_target(st, &req),
         (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
         (&Method::GET, "/") => Resp::text(
             200,
             "analytics-demo\n\nGET /metrics  Prometheus metrics\nGET /health   dependency status (JSON)\nGET /report   run report (JSON)\n",
         ),
-        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/") => Resp::text(405, "method not allowed\n"),
+        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/" | "/admin/redis-target") => Resp::text(405, "method not allowed\n"),
         _ => Resp::text(404, "not found\n"),
     }
 }
@@ -445,13 +479,118 @@ fn status_json(st: &State) -> serde_json::Value {
             "rows_dropped": writer.rows_dropped,
         },
         "redis": {
-            "target": st.p.redis_url.redacted(),
+            "target": st.target.borrow().redacted(),
             "connections_up": agg.shards.iter().map(|s| s.redis_connected).sum::<usize>(),
             "pool_size": agg.shards.iter().map(|s| s.redis_pool_size).sum::<usize>(),
             "status": h.redis.status,
         },
         "postgres": { "status": h.postgres.status },
-        "migration": { "switches": [] },
+        "migration": {
+            "switches": st.migration.borrow().switches.iter().map(|s| json!({
+                "seq": s.seq, "at_unix": s.at_unix, "from": s.from, "to": s.to,
+                "error_window_seconds": match (s.first_failure, s.last_failure) { (Some(a), Some(b)) => Some(b - a), _ => None },
+                "failed_operations": s.during.errors_total() + s.after.errors_total(),
+                "longest_unavailability_ms": s.outages.iter().map(|o| o.duration_ms).fold(0.0, f64::max),
+            })).collect::<Vec<_>>(),
+        },
         "history": history,
     })
+}
+
+fn shard_count(st: &State) -> usize {
+    st.p.shards
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Admin authorization: a bearer token when `ADMIN_TOKEN` is set; without one, refused
+/// unless `--admin-allow-unauthenticated-loopback` and the client is on loopback.
+fn authorize(st: &State, req: &Req) -> Result<(), Resp> {
+    let given = req
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match (&st.p.admin_token, given) {
+        (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()) => Ok(()),
+        (Some(_), Some(_)) => Err(Resp::json(403, json!({"error": "invalid admin token"}).to_string())),
+        (Some(_), None) => Err(Resp::json(
+            401,
+            json!({"error": "missing bearer token (Authorization: Bearer <ADMIN_TOKEN>)"}).to_string(),
+        )),
+        (None, _) if st.p.admin_allow_loopback && req.peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+        (None, _) => Err(Resp::json(
+            403,
+            json!({"error": "admin endpoints are disabled: set ADMIN_TOKEN (or --admin-allow-unauthenticated-loopback for local use)"}).to_string(),
+        )),
+    }
+}
+
+/// `POST /admin/redis-target {"url": "redis://..."}`: switches every shard to a new Redis.
+fn switch_target(st: &State, req: &Req) -> Resp {
+    if let Err(r) = authorize(st, req) {
+        return r;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        url: String,
+    }
+    let body: Body = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(_) => {
+            return Resp::json(400, json!({"error": "body must be JSON: {\"url\": \"redis://host:port\"}"}).to_string())
+        }
+    };
+    let url = match RedisUrl::parse(&body.url) {
+        Ok(u) => u,
+        Err(e) => return Resp::json(400, json!({"error": format!("invalid url: {e}")}).to_string()),
+    };
+    let from = st.target.borrow().redacted();
+    let to = url.redacted();
+    let commands = st.commands.borrow();
+    if commands.len() < shard_count(st) {
+        return Resp::json(503, json!({"error": "shards are still starting; retry"}).to_string());
+    }
+    for (i, tx) in commands.iter().enumerate() {
+        if tx.try_send(ShardCommand::SetTarget(url.clone())).is_err() {
+            tracing::error!(shard = i, "shard command queue full or closed; switch not delivered");
+            return Resp::json(503, json!({"error": format!("shard {i} did not take the switch")}).to_string());
+        }
+    }
+    let at = crate::workload::time::unix_now();
+    *st.target.borrow_mut() = url;
+    st.migration
+        .borrow_mut()
+        .switched(at, from.clone(), to.clone(), &st.agg.borrow().recent);
+    metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => from.clone()).set(0.0);
+    metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => to.clone()).set(1.0);
+    metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).increment(1);
+    metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(at);
+    let seq = st.migration.borrow().switches.len();
+    tracing::warn!(from = %from, to = %to, seq, "redis target switched");
+    Resp::json(200, json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn should_compare_tokens_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
 }

@@ -97,7 +97,7 @@ pub async fn run(
     for rx in receivers {
         let (queue, bell, open) = (queue.clone(), bell.clone(), open.clone());
         glommio::spawn_local(async move {
-            let rx = rx.connect().await;
+            let rx = crate::notify::awake(rx.connect()).await;
             while let Some(rows) = rx.recv().await {
                 queue.borrow_mut().push_back(rows);
                 bell.ring();

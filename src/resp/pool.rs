@@ -157,16 +157,17 @@ impl Pool {
         }
     }
 
-    /// Live cutover: new commands go to `url` (old connections stop taking commands at
-    /// once), in-flight ones on the old endpoint finish or fail, every slot reconnects.
+    /// Live cutover: every slot connects to `url`; each keeps serving on its old connection
+    /// until the new one is up (make before break), then the old one stops taking commands
+    /// and its in-flight ones finish or fail. If the new target cannot be reached, the old
+    /// connection is retired at the first failed attempt and the slot keeps retrying.
     pub fn set_target(&self, url: RedisUrl) {
         tracing::info!(from = %self.sh.target.borrow(), to = %url, "redis target switch");
         *self.sh.target.borrow_mut() = url;
         self.sh.generation.set(self.sh.generation.get() + 1);
+        // Make before break: each slot keeps serving on its old connection until its
+        // connection to the new target is up (or failed), then retires the old one.
         for s in &self.sh.slots {
-            if let Some(c) = s.conn.borrow().as_ref() {
-                c.stop_taking_commands();
-            }
             s.wake.notify();
         }
     }
@@ -287,10 +288,20 @@ impl Shared {
     }
 }
 
+/// Stops routing to `conn` and lets its in-flight commands finish in the background.
+fn retire(sh: &Shared, conn: Rc<Connection>) {
+    conn.stop_taking_commands();
+    let deadline = Instant::now() + sh.cfg.command_timeout;
+    glommio::spawn_local(async move { conn.drain(deadline).await }).detach();
+}
+
 async fn supervise(sh: Rc<Shared>, i: usize) {
     let slot = &sh.slots[i];
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
+    // During a cutover: the previous target's connection, still in the slot and serving
+    // until the new one is up.
+    let mut previous: Option<Rc<Connection>> = None;
     while !sh.closed.get() {
         if attempts > 0 {
             sh.stats.reconnects.increment(1);
@@ -298,7 +309,9 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
         attempts += 1;
         let url = sh.target.borrow().clone();
         let generation = sh.generation.get();
-        sh.set_state(i, Some(ConnState::Connecting));
+        if previous.is_none() {
+            sh.set_state(i, Some(ConnState::Connecting));
+        }
         let open = async { Some(Connection::open(&url, &sh.cfg, sh.stats.clone()).await) };
         let cancelled = async {
             loop {
@@ -317,6 +330,9 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                 }
                 failures = 0;
                 *slot.conn.borrow_mut() = Some(conn.clone());
+                if let Some(old) = previous.take() {
+                    retire(&sh, old);
+                }
                 sh.set_state(i, Some(ConnState::Connected));
                 let woken = async {
                     loop {
@@ -327,20 +343,24 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                     }
                 };
                 or(conn.closed(), woken).await;
-                slot.conn.borrow_mut().take();
                 if !conn.is_closed() {
                     if sh.closed.get() {
+                        slot.conn.borrow_mut().take();
                         break; // `Pool::close` drains it.
                     }
-                    // Cutover: the old connection drains in the background; reconnect now.
-                    let deadline = Instant::now() + sh.cfg.command_timeout;
-                    glommio::spawn_local(async move { conn.drain(deadline).await }).detach();
+                    // Cutover: keep serving on this connection while the new one connects.
+                    previous = Some(conn);
                     continue;
                 }
+                slot.conn.borrow_mut().take();
                 sh.set_state(i, Some(ConnState::Disconnected));
                 failures = 1;
             }
             Some(Err(e)) => {
+                if let Some(old) = previous.take() {
+                    slot.conn.borrow_mut().take();
+                    retire(&sh, old);
+                }
                 sh.set_state(i, Some(ConnState::Disconnected));
                 if failures == 0 {
                     tracing::warn!(url = %url, kind = e.kind(), error = %e, "redis connect failed");

@@ -78,6 +78,24 @@ impl RedisUrl {
         self.password.as_deref()
     }
 
+    /// The URL with its password, for handing to another process (never for display).
+    pub fn to_full_string(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            (None, Some(p)) => format!(":{}@", enc(p)),
+            (None, None) => String::new(),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{auth}{host}:{}/{}", self.port, self.db)
+    }
+
     /// `redis://user:***@host:port/db`: safe for logs, labels and reports.
     pub fn redacted(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
@@ -139,6 +157,12 @@ mod tests {
         let u = RedisUrl::parse("rediss://:hunter2@h:1/3").unwrap();
         assert_eq!(u.redacted(), "rediss://:***@h:1/3");
         assert!(!format!("{u} {u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn should_round_trip_full_string() {
+        let u = RedisUrl::parse("redis://al%20ice:p%40ss%3Aw@h:7/3").unwrap();
+        assert_eq!(RedisUrl::parse(&u.to_full_string()).unwrap(), u);
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn run(s: &Shard, due: Instant) {
     keys::uniques(&mut uniques, org, bucket);
     let _ = write!(user_buf, "{user}");
 
+    let started = Instant::now();
     let replies = s
         .pool
         .pipeline(&[&[b"INCR", &counter], &[b"PFADD", &uniques, &user_buf]])
@@ -63,10 +64,11 @@ async fn run(s: &Shard, due: Instant) {
     let outcome = match replies.first() {
         Some(Ok(reply)) => {
             first_in_bucket = matches!(reply, Reply::Int(1));
+            s.stats.borrow_mut().redis_ok(s.p.index, started);
             Outcome::Acked
         }
         Some(Err(e)) => {
-            *s.stats.borrow_mut().errors.entry(e.kind()).or_default() += 1;
+            s.stats.borrow_mut().redis_failed(started, e.kind());
             if e.outcome_unknown() {
                 Outcome::Unknown
             } else {

@@ -47,8 +47,16 @@ pub struct ShardParams {
     pub report_every: Duration,
 }
 
+/// What the control core can ask of a shard.
+#[derive(Clone, Debug)]
+pub enum ShardCommand {
+    /// Live cutover to another Redis.
+    SetTarget(RedisUrl),
+}
+
 /// The channels and shared flags a shard is started with.
 pub struct ShardLinks {
+    pub commands: glommio::channels::shared_channel::SharedReceiver<ShardCommand>,
     pub rows: SharedSender<RowBatch>,
     pub reports: SharedSender<ShardReport>,
     pub backlog: Arc<Backlog>,
@@ -86,8 +94,8 @@ const ROW_MESSAGE_MAX: usize = 512;
 /// Runs a shard until `stopping` is set, then drains it: no new operations, in-flight
 /// ones finish, every row goes to the writer, a final report goes to the control core.
 pub async fn run(p: ShardParams, links: ShardLinks) {
-    let rows_tx = links.rows.connect().await;
-    let reports_tx = links.reports.connect().await;
+    let rows_tx = crate::notify::awake(links.rows.connect()).await;
+    let reports_tx = crate::notify::awake(links.reports.connect()).await;
     let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
     let reader = Reader::new(p.pg.clone(), p.pool.connect_timeout, p.index);
     let org_pick = match p.zipf_exponent {
@@ -116,6 +124,17 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         backlog: links.backlog,
         p,
     });
+    let commands = {
+        let (s, rx) = (shard.clone(), links.commands);
+        glommio::spawn_local(async move {
+            let rx = crate::notify::awake(rx.connect()).await;
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    ShardCommand::SetTarget(url) => s.pool.set_target(url),
+                }
+            }
+        })
+    };
     let stopping = links.stopping;
     while !links.ready.load(Ordering::Relaxed) && !stopping.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -193,6 +212,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let (reports_tx, last) = reporter.await;
     let report = stats::take_report(&shard, last.elapsed(), true);
     let _ = reports_tx.send(report).await;
+    commands.cancel().await;
     shard.pool.close().await;
     drop(rows_tx);
 }

@@ -71,13 +71,16 @@ async fn run(s: &Shard, due: Instant) {
         }
     };
     let cache = match result {
-        Ok(c) => c,
-        Err(f) => {
-            let kind = match f {
-                Failure::Redis(k) => k,
-                Failure::Db => "postgres",
-            };
-            *s.stats.borrow_mut().errors.entry(kind).or_default() += 1;
+        Ok(c) => {
+            s.stats.borrow_mut().redis_ok(s.p.index, started);
+            c
+        }
+        Err(Failure::Redis(kind)) => {
+            s.stats.borrow_mut().redis_failed(started, kind);
+            CacheOutcome::Error
+        }
+        Err(Failure::Db) => {
+            *s.stats.borrow_mut().errors.entry("postgres").or_default() += 1;
             CacheOutcome::Error
         }
     };

@@ -65,8 +65,27 @@ impl CacheOutcome {
 }
 
 pub fn new_histogram() -> Histogram<u64> {
-    // 1 µs .. 1 h, 3 significant digits. Bounds are constants: creation cannot fail.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+    // 1 µs .. 10 min at 2 significant digits (1% resolution): ~25 KiB, so the control
+    // core can keep a minute of one-second windows cheaply. Constant bounds cannot fail.
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+/// A span during which a shard's Redis operations failed: from the start of the first
+/// failed operation to the completion of the first later-started one that succeeded.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outage {
+    pub shard: usize,
+    pub start_unix: f64,
+    pub duration_ms: f64,
+    pub failed_operations: u64,
+}
+
+/// An outage in progress.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOutage {
+    pub since: std::time::Instant,
+    pub since_unix: f64,
+    pub failed: u64,
 }
 
 /// Counts since the last report (reset on every report).
@@ -89,6 +108,49 @@ pub struct ShardStats {
     pub users_now: std::collections::HashSet<u64>,
     pub users_prev: usize,
     pub users_window_start: u64,
+    pub outage: Option<OpenOutage>,
+    pub outages: Vec<Outage>,
+    pub first_failure_unix: Option<f64>,
+    pub last_failure_unix: Option<f64>,
+}
+
+impl ShardStats {
+    /// A Redis operation that started at `started` failed.
+    pub fn redis_failed(&mut self, started: std::time::Instant, kind: &'static str) {
+        *self.errors.entry(kind).or_default() += 1;
+        let now = crate::workload::time::unix_now();
+        let started_unix = now - started.elapsed().as_secs_f64();
+        self.first_failure_unix.get_or_insert(started_unix);
+        self.last_failure_unix = Some(now);
+        match &mut self.outage {
+            Some(o) => o.failed += 1,
+            None => {
+                self.outage = Some(OpenOutage {
+                    since: started,
+                    since_unix: started_unix,
+                    failed: 1,
+                })
+            }
+        }
+    }
+
+    /// A Redis operation that started at `started` succeeded: closes an outage that began
+    /// before it started.
+    pub fn redis_ok(&mut self, shard: usize, started: std::time::Instant) {
+        if let Some(o) = self.outage {
+            if started >= o.since {
+                self.outage = None;
+                if self.outages.len() < 10_000 {
+                    self.outages.push(Outage {
+                        shard,
+                        start_unix: o.since_unix,
+                        duration_ms: o.since.elapsed().as_secs_f64() * 1000.0,
+                        failed_operations: o.failed,
+                    });
+                }
+            }
+        }
+    }
 }
 
 impl ShardStats {
@@ -108,6 +170,10 @@ impl ShardStats {
             users_now: Default::default(),
             users_prev: 0,
             users_window_start: 0,
+            outage: None,
+            outages: Vec::new(),
+            first_failure_unix: None,
+            last_failure_unix: None,
         }
     }
 }
@@ -135,6 +201,13 @@ pub struct ShardReport {
     pub inflight_ops: usize,
     pub adhoc_fraction: f64,
     pub db_pending: u64,
+    /// Outages that ended in this interval.
+    pub outages: Vec<Outage>,
+    /// An outage still going on at report time: (start, milliseconds so far).
+    pub open_outage: Option<(f64, f64)>,
+    pub first_failure_unix: Option<f64>,
+    pub last_failure_unix: Option<f64>,
+    pub redis_target: String,
 }
 
 /// Builds the report for the last `interval` and resets the interval counters.
@@ -176,6 +249,13 @@ pub fn take_report(s: &Shard, interval: Duration, last: bool) -> ShardReport {
         inflight_ops: s.inflight.get(),
         adhoc_fraction: s.adhoc_fraction.get(),
         db_pending: s.backlog.pending(),
+        outages: std::mem::take(&mut st.outages),
+        open_outage: st
+            .outage
+            .map(|o| (o.since_unix, o.since.elapsed().as_secs_f64() * 1000.0)),
+        first_failure_unix: st.first_failure_unix.take(),
+        last_failure_unix: st.last_failure_unix.take(),
+        redis_target: s.pool.target().redacted(),
     };
     st.events = [[0; 3]; 5];
     st.queries = [[0; 4]; 3];

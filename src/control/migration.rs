@@ -1,0 +1,319 @@
+//! The migration record: every Redis target switch, and what the load saw around it.
+//!
+//! Per switch at time T: query latency before (T-70 s .. T-10 s), during (T±10 s) and after
+//! (T+10 s .. T+70 s); the error window (first to last failed Redis operation from T-10 s
+//! until the next switch); each shard's longest unavailability (outages as the shards
+//! measured them, see `shard::stats::Outage`); failures by kind; the cache-hit dip and the
+//! time to recover within 2 points of the target; when p99 came back to its baseline.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::aggregate::{percentiles, Window};
+use crate::shard::stats::{Outage, ShardReport};
+
+const DURING: f64 = 10.0;
+const SPAN: f64 = 60.0;
+/// Seconds of per-second series kept per switch.
+const SERIES_SECONDS: f64 = 600.0;
+
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct Point {
+    pub t: f64,
+    pub hit_ratio: Option<f64>,
+    pub p99_ms: f64,
+    pub queries: u64,
+    pub errors: u64,
+}
+
+pub struct Switch {
+    pub seq: u64,
+    pub at_unix: f64,
+    pub from: String,
+    pub to: String,
+    pub before: Window,
+    pub during: Window,
+    pub after: Window,
+    pub first_failure: Option<f64>,
+    pub last_failure: Option<f64>,
+    pub series: Vec<Point>,
+    pub outages: Vec<Outage>,
+}
+
+#[derive(Default)]
+pub struct Migration {
+    pub switches: Vec<Switch>,
+    /// Failure spans reported in the last minute (for the error window of a new switch).
+    recent_failures: VecDeque<(f64, f64)>,
+    recent_outages: VecDeque<Outage>,
+    /// Per shard: an outage still open at its last report (start, ms so far).
+    pub open_outages: BTreeMap<usize, (f64, f64)>,
+}
+
+fn min_opt(a: Option<f64>, b: f64) -> Option<f64> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn max_opt(a: Option<f64>, b: f64) -> Option<f64> {
+    Some(a.map_or(b, |a| a.max(b)))
+}
+
+impl Migration {
+    /// Records a switch at `at_unix`; `recent` are the last minute's one-second windows.
+    pub fn switched(&mut self, at_unix: f64, from: String, to: String, recent: &VecDeque<Window>) {
+        let mut sw = Switch {
+            seq: self.switches.len() as u64 + 1,
+            at_unix,
+            from,
+            to,
+            before: Window::default(),
+            during: Window::default(),
+            after: Window::default(),
+            first_failure: None,
+            last_failure: None,
+            series: Vec::new(),
+            outages: Vec::new(),
+        };
+        for w in recent {
+            let t = w.at_unix - at_unix;
+            if t < -DURING {
+                sw.before.merge(w);
+            } else {
+                sw.during.merge(w);
+                sw.series.push(point(w, t));
+            }
+        }
+        for &(first, last) in &self.recent_failures {
+            if last >= at_unix - DURING {
+                sw.first_failure = min_opt(sw.first_failure, first.max(at_unix - DURING));
+                sw.last_failure = max_opt(sw.last_failure, last);
+            }
+        }
+        for o in &self.recent_outages {
+            if o.start_unix + o.duration_ms / 1000.0 >= at_unix - DURING {
+                sw.outages.push(o.clone());
+            }
+        }
+        self.switches.push(sw);
+    }
+
+    /// Takes in a shard report's failure marks and outages.
+    pub fn on_report(&mut self, r: &ShardReport) {
+        let now = crate::workload::time::unix_now();
+        if let (Some(first), Some(last)) = (r.first_failure_unix, r.last_failure_unix) {
+            self.recent_failures.push_back((first, last));
+            if let Some(sw) = self.switches.last_mut() {
+                if last >= sw.at_unix - DURING {
+                    sw.first_failure = min_opt(sw.first_failure, first.max(sw.at_unix - DURING));
+                    sw.last_failure = max_opt(sw.last_failure, last);
+                }
+            }
+        }
+        while self.recent_failures.front().is_some_and(|f| f.1 < now - SPAN) {
+            self.recent_failures.pop_front();
+        }
+        for o in &r.outages {
+            self.recent_outages.push_back(o.clone());
+            if let Some(sw) = self.switches.last_mut() {
+                if o.start_unix + o.duration_ms / 1000.0 >= sw.at_unix - DURING && sw.outages.len() < 10_000 {
+                    sw.outages.push(o.clone());
+                }
+            }
+        }
+        while self
+            .recent_outages
+            .front()
+            .is_some_and(|o| o.start_unix < now - SPAN)
+        {
+            self.recent_outages.pop_front();
+        }
+        match r.open_outage {
+            Some(o) => self.open_outages.insert(r.shard, o),
+            None => self.open_outages.remove(&r.shard),
+        };
+    }
+
+    /// Takes in a closed one-second window.
+    pub fn on_window(&mut self, w: &Window) {
+        let n = self.switches.len();
+        for (i, sw) in self.switches.iter_mut().enumerate() {
+            let t = w.at_unix - sw.at_unix;
+            let is_last = i + 1 == n;
+            if t <= DURING {
+                sw.during.merge(w);
+            } else if t <= DURING + SPAN && is_last {
+                sw.after.merge(w);
+            }
+            if t <= SERIES_SECONDS && (is_last || t <= DURING) {
+                sw.series.push(point(w, t));
+            }
+        }
+    }
+
+    pub fn to_json(&self, hit_target: f64) -> Value {
+        let switches: Vec<Value> = self.switches.iter().map(|s| s.to_json(hit_target)).collect();
+        json!({
+            "switches": switches,
+            "open_outages": self.open_outages.iter().map(|(shard, (start, ms))| json!({
+                "shard": shard, "start_unix": start, "duration_ms_so_far": ms
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn point(w: &Window, t: f64) -> Point {
+    Point {
+        t,
+        hit_ratio: w.hit_ratio(),
+        p99_ms: percentiles(&w.query_latency).p99,
+        queries: w.queries_total(),
+        errors: w.errors_total(),
+    }
+}
+
+/// The first `t >= 0` from which `ok` holds for `hold` consecutive points.
+fn settled_after(series: &[Point], hold: usize, ok: impl Fn(&Point) -> bool) -> Option<f64> {
+    let after: Vec<&Point> = series.iter().filter(|p| p.t >= 0.0).collect();
+    (0..after.len()).find_map(|i| {
+        let run = &after[i..(i + hold).min(after.len())];
+        (run.len() == hold && run.iter().all(|p| ok(p))).then(|| after[i].t)
+    })
+}
+
+impl Switch {
+    pub fn to_json(&self, hit_target: f64) -> Value {
+        let lat = |w: &Window| {
+            let p = percentiles(&w.query_latency);
+            json!({ "p50": p.p50, "p99": p.p99, "queries": w.queries_total() })
+        };
+        let mut by_shard: BTreeMap<usize, f64> = BTreeMap::new();
+        for o in &self.outages {
+            let e = by_shard.entry(o.shard).or_default();
+            *e = e.max(o.duration_ms);
+        }
+        let longest = by_shard.values().copied().fold(0.0, f64::max);
+        let mut failures = self.during.errors.clone();
+        for (k, n) in &self.after.errors {
+            *failures.entry(k).or_default() += n;
+        }
+        let baseline_p99 = percentiles(&self.before.query_latency).p99;
+        let p99_back = (self.before.queries_total() > 0)
+            .then(|| settled_after(&self.series, 3, |p| p.queries == 0 || p.p99_ms <= baseline_p99 * 1.2 + 0.2))
+            .flatten();
+        let hit_before = self.before.hit_ratio();
+        let min_hit = self
+            .series
+            .iter()
+            .filter(|p| p.t >= 0.0)
+            .filter_map(|p| p.hit_ratio)
+            .fold(None, |m: Option<f64>, h| Some(m.map_or(h, |m| m.min(h))));
+        let min_at = self
+            .series
+            .iter()
+            .filter(|p| p.t >= 0.0 && p.hit_ratio.is_some() && p.hit_ratio == min_hit)
+            .map(|p| p.t)
+            .next()
+            .unwrap_or(0.0);
+        let recovered = settled_after(
+            &self.series.iter().filter(|p| p.t >= min_at).copied().collect::<Vec<_>>(),
+            3,
+            |p| p.hit_ratio.is_some_and(|h| h >= hit_target - 0.02),
+        );
+        json!({
+            "seq": self.seq,
+            "at_unix": self.at_unix,
+            "from": self.from,
+            "to": self.to,
+            "error_window": match (self.first_failure, self.last_failure) {
+                (Some(a), Some(b)) => json!({"first_failure_unix": a, "last_failure_unix": b, "seconds": (b - a).max(0.0)}),
+                _ => Value::Null,
+            },
+            "failed_operations": failures.values().sum::<u64>(),
+            "failures_by_kind": failures,
+            "unavailability_ms_by_shard": by_shard,
+            "longest_unavailability_ms": longest,
+            "query_latency_ms": {
+                "before": lat(&self.before),
+                "during": lat(&self.during),
+                "after": lat(&self.after),
+            },
+            "p99_back_to_baseline_after_seconds": p99_back,
+            "cache_hit": {
+                "target": hit_target,
+                "before": hit_before,
+                "min_after_switch": min_hit,
+                "dip_points": match (hit_before, min_hit) { (Some(b), Some(m)) => Some(((b - m) * 100.0).max(0.0)), _ => None },
+                "recovered_within_2_points_after_seconds": recovered,
+            },
+            "series": self.series,
+        })
+    }
+}
+
+/// The readable form of a `/report` document (for `analytics-demo report`).
+pub fn render(report: &Value) -> String {
+    let mut s = String::new();
+    let f = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
+    let pct = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0));
+    if let Some(run) = report.get("run") {
+        s.push_str(&format!(
+            "run {}: {} events ({} /s), {} queries ({} /s), hit ratio {}\n",
+            run["run_id"], run["events"], f(&run["events_per_second"]), run["queries"],
+            f(&run["queries_per_second"]), pct(&run["cache_hit_ratio"])
+        ));
+    }
+    s.push_str(&format!("current redis target: {}\n", report["redis_target"].as_str().unwrap_or("?")));
+    let switches = report["migration"]["switches"].as_array().cloned().unwrap_or_default();
+    if switches.is_empty() {
+        s.push_str("no switches yet\n");
+    }
+    for sw in switches {
+        s.push_str(&format!(
+            "\nswitch #{} at {} : {} -> {}\n",
+            sw["seq"], f(&sw["at_unix"]), sw["from"].as_str().unwrap_or("?"), sw["to"].as_str().unwrap_or("?")
+        ));
+        match sw["error_window"].as_object() {
+            Some(w) => s.push_str(&format!("  error window        {} s\n", f(&w["seconds"]))),
+            None => s.push_str("  error window        none (no failed operation)\n"),
+        }
+        s.push_str(&format!("  failed operations   {} {}\n", sw["failed_operations"], sw["failures_by_kind"]));
+        s.push_str(&format!(
+            "  unavailability      longest {} ms; by shard {}\n",
+            f(&sw["longest_unavailability_ms"]), sw["unavailability_ms_by_shard"]
+        ));
+        let l = &sw["query_latency_ms"];
+        for phase in ["before", "during", "after"] {
+            s.push_str(&format!(
+                "  query p50/p99 {:<6} {} / {} ms ({} queries)\n",
+                phase, f(&l[phase]["p50"]), f(&l[phase]["p99"]), l[phase]["queries"]
+            ));
+        }
+        s.push_str(&format!("  p99 back to baseline after {} s\n", f(&sw["p99_back_to_baseline_after_seconds"])));
+        let c = &sw["cache_hit"];
+        s.push_str(&format!(
+            "  cache hit           before {}, min {}, dip {} points, recovered after {} s\n",
+            pct(&c["before"]), pct(&c["min_after_switch"]), f(&c["dip_points"]),
+            f(&c["recovered_within_2_points_after_seconds"])
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: f64, hit: f64, p99: f64) -> Point {
+        Point { t, hit_ratio: Some(hit), p99_ms: p99, queries: 10, errors: 0 }
+    }
+
+    #[test]
+    fn should_find_when_a_series_settles() {
+        let s = [p(-1.0, 0.9, 1.0), p(0.0, 0.2, 9.0), p(1.0, 0.5, 5.0), p(2.0, 0.95, 1.0), p(3.0, 0.95, 1.0), p(4.0, 0.96, 1.0)];
+        assert_eq!(settled_after(&s, 3, |x| x.p99_ms <= 1.5), Some(2.0));
+        assert_eq!(settled_after(&s, 3, |x| x.hit_ratio.unwrap_or(0.0) >= 0.93), Some(2.0));
+        assert_eq!(settled_after(&s, 3, |x| x.p99_ms <= 0.5), None);
+    }
+}
