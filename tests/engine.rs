@@ -247,7 +247,11 @@ fn assert_reconciled(redis: &RedisServer, pg: &PgServer, summary: &Value) {
         rows,
         "db_rows_written: {summary}"
     );
-    assert_eq!(u(summary, &["db_rows_dropped"]), 0, "rows dropped: {summary}");
+    assert_eq!(
+        u(summary, &["db_rows_dropped"]),
+        0,
+        "rows dropped: {summary}"
+    );
     assert_eq!(
         int(pg, "SELECT count(DISTINCT event_id) FROM events") as u64,
         rows,
@@ -305,10 +309,25 @@ fn should_run_for_duration_and_reconcile() {
     );
 
     // No faults: every event acknowledged, in the summary and in the table.
-    assert_eq!(u(&summary, &["events_by_outcome", "acked"]), events, "{summary}");
-    assert_eq!(u(&summary, &["events_by_outcome", "failed"]), 0, "{summary}");
-    assert_eq!(u(&summary, &["events_by_outcome", "unknown"]), 0, "{summary}");
-    assert_eq!(int(&pg, "SELECT count(*) FROM events WHERE outcome <> 0"), 0);
+    assert_eq!(
+        u(&summary, &["events_by_outcome", "acked"]),
+        events,
+        "{summary}"
+    );
+    assert_eq!(
+        u(&summary, &["events_by_outcome", "failed"]),
+        0,
+        "{summary}"
+    );
+    assert_eq!(
+        u(&summary, &["events_by_outcome", "unknown"]),
+        0,
+        "{summary}"
+    );
+    assert_eq!(
+        int(&pg, "SELECT count(*) FROM events WHERE outcome <> 0"),
+        0
+    );
 
     // Per-type counts of the summary match the table.
     let by_type: BTreeMap<usize, u64> = pg
@@ -520,9 +539,8 @@ fn should_report_unhealthy_while_redis_is_down() {
         app.get("/health"),
         app.log()
     );
-    let acked_after = format!(
-        "SELECT count(*) FROM events WHERE outcome = 0 AND ts > to_timestamp({back})"
-    );
+    let acked_after =
+        format!("SELECT count(*) FROM events WHERE outcome = 0 AND ts > to_timestamp({back})");
     assert!(
         wait_until(Duration::from_secs(30), || int(&pg, &acked_after) > 0),
         "no acked rows after redis came back:\n{}",
@@ -539,8 +557,8 @@ fn should_report_unhealthy_while_redis_is_down() {
     let rows = int(&pg, "SELECT count(*) FROM events") as u64;
     assert_eq!(u(&summary, &["events"]), rows, "{summary}");
     assert_eq!(u(&summary, &["db_rows_dropped"]), 0, "{summary}");
-    let not_acked =
-        u(&summary, &["events_by_outcome", "failed"]) + u(&summary, &["events_by_outcome", "unknown"]);
+    let not_acked = u(&summary, &["events_by_outcome", "failed"])
+        + u(&summary, &["events_by_outcome", "unknown"]);
     assert!(not_acked > 0, "{summary}");
     assert_eq!(
         int(&pg, "SELECT count(*) FROM events WHERE outcome IN (1, 2)") as u64,
@@ -786,7 +804,9 @@ fn should_not_leak_the_redis_password() {
     let mut app = spawn_running(&refs(&a));
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     assert!(
-        wait_until(Duration::from_secs(30), || events_with_outcome(&app, "acked") > 0.0),
+        wait_until(Duration::from_secs(30), || events_with_outcome(
+            &app, "acked"
+        ) > 0.0),
         "no acked events with a password-protected redis:\n{}",
         app.log()
     );
@@ -802,7 +822,10 @@ fn should_not_leak_the_redis_password() {
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
     let log = app.log();
     assert!(!log.contains(PW), "the logs leak the password:\n{log}");
-    assert!(u(&summary, &["events_by_outcome", "acked"]) > 0, "{summary}");
+    assert!(
+        u(&summary, &["events_by_outcome", "acked"]) > 0,
+        "{summary}"
+    );
     assert_eq!(
         u(&summary, &["events_by_outcome", "acked"]),
         u(&summary, &["events"]),
@@ -876,7 +899,8 @@ fn should_start_the_load_on_every_start() {
                 }
                 Some(status) => {
                     let events = summary_from_log(&app.log()).map(|s| s["events"].clone());
-                    if !status.success() || events.as_ref().and_then(Value::as_u64).unwrap_or(0) == 0
+                    if !status.success()
+                        || events.as_ref().and_then(Value::as_u64).unwrap_or(0) == 0
                     {
                         failures.push(format!(
                             "round {round} app {i}: exit {status}, summary events {events:?}"

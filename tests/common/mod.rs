@@ -1161,6 +1161,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// `"message":"summary"`, whose `summary` field holds the summary as a JSON string.
 pub fn summary_from_log(log: &str) -> Option<serde_json::Value> {
     log.lines()
+        .rev()
         .filter(|l| l.trim_start().starts_with('{'))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v.get("message").and_then(|m| m.as_str()) == Some("summary"))
@@ -1168,7 +1169,7 @@ pub fn summary_from_log(log: &str) -> Option<serde_json::Value> {
             let s = v.get("summary")?.as_str()?.to_string();
             serde_json::from_str(&s).ok()
         })
-        .last()
+        .next()
 }
 
 /// Labels of one Prometheus sample line `name{a="x",b="y"} value`; None if NAME differs.
