@@ -860,7 +860,7 @@ fn should_not_leak_the_redis_password() {
 /// io_uring_enter (io_cqring_wait) and the control thread busy. See the report for the cause.
 #[test]
 #[ignore = "bug: the shard can sleep forever in its shared-channel connect at start-up \
-            (src/shard/mod.rs:91-92, SharedSender::connect before the control core connects \
+            (src/shard/mod.rs:89-90, SharedSender::connect before the control core connects \
             its receivers); the run produces no load and a --duration run never exits"]
 fn should_start_the_load_on_every_start() {
     let redis = RedisServer::start();
