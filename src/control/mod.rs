@@ -344,10 +344,7 @@ fn route(st: &State, req: Req) -> Resp {
             Resp::json(200, body.to_string())
         }
         (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
-        (&Method::GET, "/") => Resp::text(
-            200,
-            "analytics-demo\n\nGET /metrics  Prometheus metrics\nGET /health   dependency status (JSON)\nGET /report   run report (JSON)\n",
-        ),
+        (&Method::GET, "/") => crate::dashboard::index(),
         (_, "/metrics" | "/health" | "/report" | "/api/status" | "/") => Resp::text(405, "method not allowed\n"),
         _ => Resp::text(404, "not found\n"),
     }
