@@ -12,7 +12,7 @@ PROFILE="$(mktemp -d)"
 trap 'rm -rf "$PROFILE"' EXIT
 FLAGS=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run
     --disable-background-networking --disable-component-update --disable-sync
-    --disable-dev-shm-usage --user-data-dir="$PROFILE" --window-size=1400,1000
+    --disable-dev-shm-usage --user-data-dir="$PROFILE" "--window-size=1400,1000"
     --virtual-time-budget=5000)
 
 timeout 90 "$CHROME" "${FLAGS[@]}" --screenshot="$SCREENSHOT" "$URL" >/dev/null 2>&1 \

@@ -85,7 +85,7 @@ bash "$ROOT/docker/check.sh"
 say "services and app"
 "${SVC[@]}" install >/dev/null
 "${SVC[@]}" start
-# shellcheck disable=SC1091
+# shellcheck source=/dev/null
 source <("${SVC[@]}" env)
 if [ -z "${NO_BUILD:-}" ]; then cargo build --release; fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or set CARGO_TARGET_DIR)"

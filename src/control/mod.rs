@@ -340,12 +340,15 @@ fn route(st: &State, req: Req) -> Resp {
                 st.p.hit_target,
                 &st.writer.borrow(),
             );
-            let body = json!({ "run": s, "redis_target": st.p.redis_url.redacted(), "switches": [] });
+            let body =
+                json!({ "run": s, "redis_target": st.p.redis_url.redacted(), "switches": [] });
             Resp::json(200, body.to_string())
         }
         (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
         (&Method::GET, "/") => crate::dashboard::index(),
-        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/") => Resp::text(405, "method not allowed\n"),
+        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/") => {
+            Resp::text(405, "method not allowed\n")
+        }
         _ => Resp::text(404, "not found\n"),
     }
 }
