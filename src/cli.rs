@@ -67,7 +67,11 @@ fn report(args: config::ReportArgs) -> i32 {
             }
         }
         Ok(Ok((status, body))) => {
-            eprintln!("error: {} answered {status}: {}", args.admin_url, body.trim());
+            eprintln!(
+                "error: {} answered {status}: {}",
+                args.admin_url,
+                body.trim()
+            );
             1
         }
         Ok(Err(e)) | Err(e) => {

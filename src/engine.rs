@@ -214,15 +214,17 @@ pub fn run(cfg: Config) -> i32 {
     let control = LocalExecutorBuilder::new(placement)
         .name("control")
         .io_memory(64 << 10)
-        .spawn(move || control::run(
-            params,
-            prom,
-            row_rx,
-            report_rx,
-            backlogs,
-            command_tx,
-            control_flags,
-        ));
+        .spawn(move || {
+            control::run(
+                params,
+                prom,
+                row_rx,
+                report_rx,
+                backlogs,
+                command_tx,
+                control_flags,
+            )
+        });
     let code = match control {
         Ok(h) => match h.join() {
             Ok(code) => code,

@@ -191,7 +191,9 @@ pub async fn request(
     let addr = glommio::executor()
         .spawn_blocking(move || {
             use std::net::ToSocketAddrs;
-            (lookup.as_str(), port).to_socket_addrs().map(|mut a| a.next())
+            (lookup.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
         })
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?

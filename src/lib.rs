@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -111,13 +111,19 @@ impl Migration {
                 }
             }
         }
-        while self.recent_failures.front().is_some_and(|f| f.1 < now - SPAN) {
+        while self
+            .recent_failures
+            .front()
+            .is_some_and(|f| f.1 < now - SPAN)
+        {
             self.recent_failures.pop_front();
         }
         for o in &r.outages {
             self.recent_outages.push_back(o.clone());
             if let Some(sw) = self.switches.last_mut() {
-                if o.start_unix + o.duration_ms / 1000.0 >= sw.at_unix - DURING && sw.outages.len() < 10_000 {
+                if o.start_unix + o.duration_ms / 1000.0 >= sw.at_unix - DURING
+                    && sw.outages.len() < 10_000
+                {
                     sw.outages.push(o.clone());
                 }
             }
@@ -153,7 +159,11 @@ impl Migration {
     }
 
     pub fn to_json(&self, hit_target: f64) -> Value {
-        let switches: Vec<Value> = self.switches.iter().map(|s| s.to_json(hit_target)).collect();
+        let switches: Vec<Value> = self
+            .switches
+            .iter()
+            .map(|s| s.to_json(hit_target))
+            .collect();
         json!({
             "switches": switches,
             "open_outages": self.open_outages.iter().map(|(shard, (start, ms))| json!({
@@ -200,7 +210,11 @@ impl Switch {
         }
         let baseline_p99 = percentiles(&self.before.query_latency).p99;
         let p99_back = (self.before.queries_total() > 0)
-            .then(|| settled_after(&self.series, 3, |p| p.queries == 0 || p.p99_ms <= baseline_p99 * 1.2 + 0.2))
+            .then(|| {
+                settled_after(&self.series, 3, |p| {
+                    p.queries == 0 || p.p99_ms <= baseline_p99 * 1.2 + 0.2
+                })
+            })
             .flatten();
         let hit_before = self.before.hit_ratio();
         let min_hit = self
@@ -217,7 +231,12 @@ impl Switch {
             .next()
             .unwrap_or(0.0);
         let recovered = settled_after(
-            &self.series.iter().filter(|p| p.t >= min_at).copied().collect::<Vec<_>>(),
+            &self
+                .series
+                .iter()
+                .filter(|p| p.t >= min_at)
+                .copied()
+                .collect::<Vec<_>>(),
             3,
             |p| p.hit_ratio.is_some_and(|h| h >= hit_target - 0.02),
         );
@@ -256,45 +275,73 @@ impl Switch {
 pub fn render(report: &Value) -> String {
     let mut s = String::new();
     let f = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
-    let pct = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0));
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0))
+    };
     if let Some(run) = report.get("run") {
         s.push_str(&format!(
             "run {}: {} events ({} /s), {} queries ({} /s), hit ratio {}\n",
-            run["run_id"], run["events"], f(&run["events_per_second"]), run["queries"],
-            f(&run["queries_per_second"]), pct(&run["cache_hit_ratio"])
+            run["run_id"],
+            run["events"],
+            f(&run["events_per_second"]),
+            run["queries"],
+            f(&run["queries_per_second"]),
+            pct(&run["cache_hit_ratio"])
         ));
     }
-    s.push_str(&format!("current redis target: {}\n", report["redis_target"].as_str().unwrap_or("?")));
-    let switches = report["migration"]["switches"].as_array().cloned().unwrap_or_default();
+    s.push_str(&format!(
+        "current redis target: {}\n",
+        report["redis_target"].as_str().unwrap_or("?")
+    ));
+    let switches = report["migration"]["switches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if switches.is_empty() {
         s.push_str("no switches yet\n");
     }
     for sw in switches {
         s.push_str(&format!(
             "\nswitch #{} at {} : {} -> {}\n",
-            sw["seq"], f(&sw["at_unix"]), sw["from"].as_str().unwrap_or("?"), sw["to"].as_str().unwrap_or("?")
+            sw["seq"],
+            f(&sw["at_unix"]),
+            sw["from"].as_str().unwrap_or("?"),
+            sw["to"].as_str().unwrap_or("?")
         ));
         match sw["error_window"].as_object() {
             Some(w) => s.push_str(&format!("  error window        {} s\n", f(&w["seconds"]))),
             None => s.push_str("  error window        none (no failed operation)\n"),
         }
-        s.push_str(&format!("  failed operations   {} {}\n", sw["failed_operations"], sw["failures_by_kind"]));
+        s.push_str(&format!(
+            "  failed operations   {} {}\n",
+            sw["failed_operations"], sw["failures_by_kind"]
+        ));
         s.push_str(&format!(
             "  unavailability      longest {} ms; by shard {}\n",
-            f(&sw["longest_unavailability_ms"]), sw["unavailability_ms_by_shard"]
+            f(&sw["longest_unavailability_ms"]),
+            sw["unavailability_ms_by_shard"]
         ));
         let l = &sw["query_latency_ms"];
         for phase in ["before", "during", "after"] {
             s.push_str(&format!(
                 "  query p50/p99 {:<6} {} / {} ms ({} queries)\n",
-                phase, f(&l[phase]["p50"]), f(&l[phase]["p99"]), l[phase]["queries"]
+                phase,
+                f(&l[phase]["p50"]),
+                f(&l[phase]["p99"]),
+                l[phase]["queries"]
             ));
         }
-        s.push_str(&format!("  p99 back to baseline after {} s\n", f(&sw["p99_back_to_baseline_after_seconds"])));
+        s.push_str(&format!(
+            "  p99 back to baseline after {} s\n",
+            f(&sw["p99_back_to_baseline_after_seconds"])
+        ));
         let c = &sw["cache_hit"];
         s.push_str(&format!(
             "  cache hit           before {}, min {}, dip {} points, recovered after {} s\n",
-            pct(&c["before"]), pct(&c["min_after_switch"]), f(&c["dip_points"]),
+            pct(&c["before"]),
+            pct(&c["min_after_switch"]),
+            f(&c["dip_points"]),
             f(&c["recovered_within_2_points_after_seconds"])
         ));
     }
@@ -306,14 +353,30 @@ mod tests {
     use super::*;
 
     fn p(t: f64, hit: f64, p99: f64) -> Point {
-        Point { t, hit_ratio: Some(hit), p99_ms: p99, queries: 10, errors: 0 }
+        Point {
+            t,
+            hit_ratio: Some(hit),
+            p99_ms: p99,
+            queries: 10,
+            errors: 0,
+        }
     }
 
     #[test]
     fn should_find_when_a_series_settles() {
-        let s = [p(-1.0, 0.9, 1.0), p(0.0, 0.2, 9.0), p(1.0, 0.5, 5.0), p(2.0, 0.95, 1.0), p(3.0, 0.95, 1.0), p(4.0, 0.96, 1.0)];
+        let s = [
+            p(-1.0, 0.9, 1.0),
+            p(0.0, 0.2, 9.0),
+            p(1.0, 0.5, 5.0),
+            p(2.0, 0.95, 1.0),
+            p(3.0, 0.95, 1.0),
+            p(4.0, 0.96, 1.0),
+        ];
         assert_eq!(settled_after(&s, 3, |x| x.p99_ms <= 1.5), Some(2.0));
-        assert_eq!(settled_after(&s, 3, |x| x.hit_ratio.unwrap_or(0.0) >= 0.93), Some(2.0));
+        assert_eq!(
+            settled_after(&s, 3, |x| x.hit_ratio.unwrap_or(0.0) >= 0.93),
+            Some(2.0)
+        );
         assert_eq!(settled_after(&s, 3, |x| x.p99_ms <= 0.5), None);
     }
 }

@@ -22,8 +22,8 @@ use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig, WriterStatus};
 use crate::resp::{PoolConfig, RedisUrl};
 use crate::shard::stats::ShardReport;
 use crate::shard::ShardCommand;
-use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 use aggregate::{percentiles, Aggregate, Summary};
+use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 use health::Health;
 
 /// What the control core is started with.
@@ -378,11 +378,14 @@ fn route(st: &State, req: Req) -> Resp {
         }
         (&Method::POST, "/admin/redis-target") => switch_target(st, &req),
         (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
-        (&Method::GET, "/") => Resp::text(
-            200,
-            "analytics-demo\n\nGET /metrics  Prometheus metrics\nGET /health   dependency status (JSON)\nGET /report   run report (JSON)\n",
-        ),
-        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/" | "/admin/redis-target") => Resp::text(405, "method not allowed\n"),
+        (&Method::GET, "/") => crate::dashboard::index(),
+        (_, "/metrics" | "/health" | "/report" | "/api/status" | "/" | "/admin/redis-target") => {
+            Resp::text(
+                405,
+                "method not allowed
+",
+            )
+        }
         _ => Resp::text(404, "not found\n"),
     }
 }
@@ -548,23 +551,40 @@ fn switch_target(st: &State, req: &Req) -> Resp {
     let body: Body = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
         Err(_) => {
-            return Resp::json(400, json!({"error": "body must be JSON: {\"url\": \"redis://host:port\"}"}).to_string())
+            return Resp::json(
+                400,
+                json!({"error": "body must be JSON: {\"url\": \"redis://host:port\"}"}).to_string(),
+            )
         }
     };
     let url = match RedisUrl::parse(&body.url) {
         Ok(u) => u,
-        Err(e) => return Resp::json(400, json!({"error": format!("invalid url: {e}")}).to_string()),
+        Err(e) => {
+            return Resp::json(
+                400,
+                json!({"error": format!("invalid url: {e}")}).to_string(),
+            )
+        }
     };
     let from = st.target.borrow().redacted();
     let to = url.redacted();
     let commands = st.commands.borrow();
     if commands.len() < shard_count(st) {
-        return Resp::json(503, json!({"error": "shards are still starting; retry"}).to_string());
+        return Resp::json(
+            503,
+            json!({"error": "shards are still starting; retry"}).to_string(),
+        );
     }
     for (i, tx) in commands.iter().enumerate() {
         if tx.try_send(ShardCommand::SetTarget(url.clone())).is_err() {
-            tracing::error!(shard = i, "shard command queue full or closed; switch not delivered");
-            return Resp::json(503, json!({"error": format!("shard {i} did not take the switch")}).to_string());
+            tracing::error!(
+                shard = i,
+                "shard command queue full or closed; switch not delivered"
+            );
+            return Resp::json(
+                503,
+                json!({"error": format!("shard {i} did not take the switch")}).to_string(),
+            );
         }
     }
     let at = crate::workload::time::unix_now();
@@ -578,7 +598,11 @@ fn switch_target(st: &State, req: &Req) -> Resp {
     metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(at);
     let seq = st.migration.borrow().switches.len();
     tracing::warn!(from = %from, to = %to, seq, "redis target switched");
-    Resp::json(200, json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at}).to_string())
+    Resp::json(
+        200,
+        json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at})
+            .to_string(),
+    )
 }
 
 #[cfg(test)]

@@ -583,6 +583,7 @@ fn pg_template() -> &'static Path {
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let final_dir = cache.join(format!("pg-template-{}-uid{euid}", key.trim_matches('_')));
         if final_dir.join("PG_VERSION").is_file() {
+            fix_template_owner(&final_dir);
             return final_dir;
         }
 
@@ -632,6 +633,30 @@ fn pg_template() -> &'static Path {
         }
         final_dir
     })
+}
+
+/// A cached template copied without its owner (e.g. a target directory copied by root) makes
+/// every cluster fail with "Permission denied": give it back to the postgres account.
+fn fix_template_owner(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = pg_owner() else {
+        return;
+    };
+    let owned = fs::metadata(dir.join("PG_VERSION")).is_ok_and(|m| m.uid() == uid);
+    if !owned {
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run chown: {e}"));
+        assert!(
+            out.status.success(),
+            "chown -R {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A private PostgreSQL cluster (trust auth, database `analytics`) on a free port of 127.0.0.1.
@@ -1063,4 +1088,124 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for engine tests: one-shot runs with stdout/stderr apart, polling, log and metric parsing
+// ---------------------------------------------------------------------------------------------
+
+/// What a run of the binary to completion printed, stdout and stderr apart.
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    /// The exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Run the binary with ARGS and ENV (on top of the cleaned environment, like `App::spawn`) to
+/// completion, keeping stdout and stderr apart. Panics when it does not finish within TIMEOUT.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> RunOutput {
+    let dir = temp_dir("ad-run-");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let out = File::create(&out_path).expect("create stdout file");
+    let err = File::create(&err_path).expect("create stderr file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_analytics-demo"));
+    for var in APP_ENV_VARS {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn analytics-demo: {e}"));
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "analytics-demo {args:?} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            read_lossy(&out_path),
+            read_lossy(&err_path)
+        )
+    });
+    RunOutput {
+        status,
+        stdout: read_lossy(&out_path),
+        stderr: read_lossy(&err_path),
+    }
+}
+
+/// Poll COND every 100 ms until it is true (true) or TIMEOUT passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// The run summary from a `--log-format json` log: the JSON log line with
+/// `"message":"summary"`, whose `summary` field holds the summary as a JSON string.
+pub fn summary_from_log(log: &str) -> Option<serde_json::Value> {
+    log.lines()
+        .rev()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("message").and_then(|m| m.as_str()) == Some("summary"))
+        .filter_map(|v| {
+            let s = v.get("summary")?.as_str()?.to_string();
+            serde_json::from_str(&s).ok()
+        })
+        .next()
+}
+
+/// Labels of one Prometheus sample line `name{a="x",b="y"} value`; None if NAME differs.
+fn prom_sample<'a>(line: &'a str, name: &str) -> Option<(Vec<(&'a str, &'a str)>, f64)> {
+    let rest = line.strip_prefix(name)?;
+    let (labels, value) = if let Some(inner) = rest.strip_prefix('{') {
+        let (labels, value) = inner.split_once('}')?;
+        (labels, value)
+    } else if rest.starts_with(' ') {
+        ("", rest)
+    } else {
+        return None;
+    };
+    let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+    let labels = labels
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.trim(), v.trim().trim_matches('"')))
+        })
+        .collect();
+    Some((labels, value))
+}
+
+/// Sum of the samples of metric NAME (exact name) whose labels include all of LABELS.
+/// None when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((have, value)) = prom_sample(line, name) else {
+            continue;
+        };
+        if labels.iter().all(|want| have.contains(want)) {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
 }
