@@ -54,14 +54,97 @@ pub const BATCH_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
 ];
 
+/// HELP text of every family (Prometheus tooling flags families without one).
+fn describe() {
+    metrics::describe_gauge!(
+        CACHE_HIT_RATIO,
+        "Cache hit ratio over the last 10 s: hit / (hit + miss)"
+    );
+    metrics::describe_gauge!(CACHE_HIT_TARGET_RATIO, "CACHE_HIT_TARGET as a ratio");
+    metrics::describe_counter!(DB_ROWS_WRITTEN_TOTAL, "Event rows committed to PostgreSQL");
+    metrics::describe_histogram!(DB_BATCH_ROWS, "Rows per COPY batch");
+    metrics::describe_gauge!(
+        DB_WRITER_QUEUE_DEPTH,
+        "Rows waiting for the writer (all shards)"
+    );
+    metrics::describe_gauge!(DB_WRITER_LAG, "Age of the oldest row not yet written");
+    metrics::describe_counter!(DB_WRITE_ERRORS_TOTAL, "Failed batch writes (retried)");
+    metrics::describe_counter!(
+        DB_ROWS_DROPPED_TOTAL,
+        "Rows given up on (the Postgres truth misses them: verification is weaker)"
+    );
+    metrics::describe_gauge!(
+        CONVERSION_RATE,
+        "Conversions / page views over the last minute"
+    );
+    metrics::describe_counter!(
+        REDIS_TARGET_SWITCHES_TOTAL,
+        "Run-time switches of the Redis target"
+    );
+    metrics::describe_gauge!(
+        REDIS_TARGET_SWITCH_TIMESTAMP,
+        "Unix time of the last switch (0 = never)"
+    );
+    metrics::describe_counter!(EVENTS_TOTAL, "Events generated. type: page_view, click, conversion, signup, purchase. outcome of the Redis counter write: acked (reply received), failed (known not applied), unknown (sent, no reply: the connection died)");
+    metrics::describe_counter!(QUERIES_TOTAL, "Queries run. query_type: dashboard, filtered, realtime. cache: hit, miss (Postgres read, then SET), none (never cached: realtime), error");
+    metrics::describe_histogram!(QUERY_DURATION, "Query latency measured from the *scheduled* start (coordinated omission corrected: includes time spent waiting behind a slow Redis)");
+    metrics::describe_histogram!(QUERY_DURATION_UNCORRECTED, "Query latency from the actual start (uncorrected service time). A growing gap to the corrected figure means operations start late");
+    metrics::describe_histogram!(
+        EVENT_DURATION,
+        "Event path latency (counter INCR + unique-user record), from the scheduled start"
+    );
+    metrics::describe_histogram!(REDIS_COMMAND_DURATION, "Round trip of each Redis command (GET, SET, INCR, MGET, PFADD, PFCOUNT, EXPIREAT, PING, ..., other)");
+    metrics::describe_counter!(REDIS_COMMANDS_TOTAL, "Redis commands sent");
+    metrics::describe_counter!(REDIS_ERRORS_TOTAL, "Redis errors by kind: connect, io, timeout, closed, not_connected, protocol, err, wrongtype, oom, readonly, loading, busy, masterdown, noauth, auth, redirect, reply_too_large, server_other");
+    metrics::describe_gauge!(
+        REDIS_CONNECTIONS,
+        "Pool connections by state: connected, connecting, disconnected"
+    );
+    metrics::describe_gauge!(
+        REDIS_POOL_SIZE,
+        "Configured pool size (REDIS_POOL_SIZE, split over shards)"
+    );
+    metrics::describe_gauge!(REDIS_INFLIGHT, "Redis commands sent and not answered yet");
+    metrics::describe_counter!(
+        REDIS_RECONNECTS_TOTAL,
+        "Connections re-established after a failure"
+    );
+    metrics::describe_counter!(
+        WARMUP_REFRESHES_TOTAL,
+        "Dashboard cache entries refreshed by the warmup scheduler (WARMUP_INTERVAL)"
+    );
+    metrics::describe_histogram!(DB_QUERY_DURATION, "PostgreSQL latency per operation: copy (writer batch), dashboard / filtered (cache-miss reads)");
+    metrics::describe_counter!(
+        DB_READ_ERRORS_TOTAL,
+        "Failed cache-miss reads (appears after the first error)"
+    );
+    metrics::describe_counter!(SKIPPED_OPERATIONS_TOTAL, "Operations not run: late (too far behind schedule), max_workers (MAX_WORKERS in flight), db_backlog (writer queue full)");
+    metrics::describe_gauge!(INFLIGHT_OPERATIONS, "Events + queries in progress");
+    metrics::describe_gauge!(
+        TARGET_RATE,
+        "Configured rate: events (EVENTS_PER_SECOND), queries (QUERIES_PER_SECOND)"
+    );
+    metrics::describe_gauge!(
+        ACTIVE_ORGANIZATIONS,
+        "Organizations with activity in the recent window"
+    );
+    metrics::describe_gauge!(ACTIVE_USERS, "Distinct active users (engagement)");
+    metrics::describe_gauge!(
+        REDIS_TARGET_INFO,
+        "1 for the Redis endpoint currently in use (credentials removed)"
+    );
+}
+
 /// Installs the global recorder (no listener of its own: our HTTP server renders it).
 ///
 /// Must run before any handle is created: handles made earlier are silent no-ops.
 pub fn install() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), LATENCY_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DB_BATCH_ROWS.into()), BATCH_BUCKETS))
         .map_err(|e| format!("metrics buckets: {e}"))?
         .install_recorder()
-        .map_err(|e| format!("metrics recorder: {e}"))
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
 }

@@ -852,16 +852,11 @@ fn should_not_leak_the_redis_password() {
     assert!(!out.stdout.contains(PW) && !out.stderr.contains(PW));
 }
 
-/// Every start must start the load. Reproduces a start-up hang: now and then (several times in
-/// ten starts when a few instances start at once on a busy 2-core machine) the shard executor
-/// never starts its load: no Redis connection, no event, no shard report (the progress lines
-/// say `redis_conns":"0/0"`), while /health is 200; a `--duration` run then never exits (the
-/// control core waits for the shard forever). gdb shows the shard thread asleep in
-/// io_uring_enter (io_cqring_wait) and the control thread busy. See the report for the cause.
+/// Every start must start the load, even with several instances starting at once on a
+/// busy machine. Guards against a start-up hang seen early on: glommio's shared-channel
+/// connect only completes when the connecting executor polls its reactor, so an idle shard
+/// could sleep forever in it (fixed by `notify::awake`).
 #[test]
-#[ignore = "bug: the shard can sleep forever in its shared-channel connect at start-up \
-            (src/shard/mod.rs:89-90, SharedSender::connect before the control core connects \
-            its receivers); the run produces no load and a --duration run never exits"]
 fn should_start_the_load_on_every_start() {
     let redis = RedisServer::start();
     let pg = PgServer::start();

@@ -70,6 +70,7 @@ fn should_use_defaults_when_nothing_is_set() {
         db_buffer_rows: 500_000,
         progress_interval: Duration::from_secs(5),
         pin: true,
+        admin_allow_unauthenticated_loopback: false,
         instance_index: 0,
         instance_count: 1,
     };

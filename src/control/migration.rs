@@ -223,23 +223,10 @@ impl Switch {
             .filter(|p| p.t >= 0.0)
             .filter_map(|p| p.hit_ratio)
             .fold(None, |m: Option<f64>, h| Some(m.map_or(h, |m| m.min(h))));
-        let min_at = self
-            .series
-            .iter()
-            .filter(|p| p.t >= 0.0 && p.hit_ratio.is_some() && p.hit_ratio == min_hit)
-            .map(|p| p.t)
-            .next()
-            .unwrap_or(0.0);
-        let recovered = settled_after(
-            &self
-                .series
-                .iter()
-                .filter(|p| p.t >= min_at)
-                .copied()
-                .collect::<Vec<_>>(),
-            3,
-            |p| p.hit_ratio.is_some_and(|h| h >= hit_target - 0.02),
-        );
+        // Measured from the switch: 0 when the ratio never left the band.
+        let recovered = settled_after(&self.series, 3, |p| {
+            p.hit_ratio.is_some_and(|h| h >= hit_target - 0.02)
+        });
         json!({
             "seq": self.seq,
             "at_unix": self.at_unix,
