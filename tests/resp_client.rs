@@ -240,7 +240,16 @@ fn should_move_new_commands_on_set_target() {
         pool.cmd(&[b"SET", b"before", b"1"]).await.unwrap();
         pool.set_target(ub.clone());
         assert_eq!(pool.target(), ub);
-        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        // Make before break: commands keep succeeding (on A) while the slots move to B.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while pool.connected_to_target() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slots did not move to B"
+            );
+            pool.cmd(&[b"INCR", b"during"]).await.unwrap();
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
         for _ in 0..100 {
             pool.cmd(&[b"INCR", b"after"]).await.unwrap();
         }

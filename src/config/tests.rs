@@ -356,7 +356,12 @@ fn should_reject_every_invalid_value_by_flag_and_by_env() {
 fn should_have_an_invalid_case_for_every_option() {
     for def in opt::ALL {
         let covered = INVALID.iter().any(|(flag, ..)| *flag == def.flag())
-            || ["admin_url", "no_pin"].contains(&def.name);
+            || [
+                "admin_url",
+                "no_pin",
+                "admin_allow_unauthenticated_loopback",
+            ]
+            .contains(&def.name);
         assert!(covered, "no invalid-value test for {}", def.flag());
     }
 }
@@ -373,6 +378,17 @@ fn should_reject_the_remaining_invalid_values() {
         "error: invalid value 'maybe' for --no-pin (NO_PIN): expected 1, 0, true, false, yes or no"
     );
     assert!(error(&["--no-pin=yes"], &[]).contains("Unrecognized argument: --no-pin="));
+    let out = error(&[], &[("ADMIN_ALLOW_UNAUTHENTICATED_LOOPBACK", "perhaps")]);
+    assert_eq!(
+        out,
+        "error: invalid value 'perhaps' for --admin-allow-unauthenticated-loopback \
+         (ADMIN_ALLOW_UNAUTHENTICATED_LOOPBACK): expected 1, 0, true, false, yes or no"
+    );
+    assert!(
+        config(&["--admin-allow-unauthenticated-loopback"], &[])
+            .admin_allow_unauthenticated_loopback
+    );
+    assert!(!config(&[], &[]).admin_allow_unauthenticated_loopback);
     // ADMIN_URL (report and switch).
     let out = error(&["report", "--admin-url", "ftp://h"], &[]);
     assert!(

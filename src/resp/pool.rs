@@ -69,6 +69,8 @@ struct Shared {
 
 struct Slot {
     conn: RefCell<Option<Rc<Connection>>>,
+    /// Target generation of `conn` (it can still be the previous one during a cutover).
+    conn_generation: Cell<u64>,
     state: Cell<Option<ConnState>>,
     /// Wakes the supervisor for a cutover or shutdown.
     wake: Notify,
@@ -91,6 +93,7 @@ impl Pool {
             slots: (0..size)
                 .map(|_| Slot {
                     conn: RefCell::new(None),
+                    conn_generation: Cell::new(0),
                     state: Cell::new(None),
                     wake: Notify::default(),
                 })
@@ -181,6 +184,17 @@ impl Pool {
         self.sh
             .slots
             .iter()
+            .filter(|s| s.conn.borrow().as_ref().is_some_and(|c| c.is_usable()))
+            .count()
+    }
+
+    /// Connections up on the current target (after a cutover, the slots already moved).
+    pub fn connected_to_target(&self) -> usize {
+        let generation = self.sh.generation.get();
+        self.sh
+            .slots
+            .iter()
+            .filter(|s| s.conn_generation.get() == generation)
             .filter(|s| s.conn.borrow().as_ref().is_some_and(|c| c.is_usable()))
             .count()
     }
@@ -330,6 +344,7 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                 }
                 failures = 0;
                 *slot.conn.borrow_mut() = Some(conn.clone());
+                slot.conn_generation.set(generation);
                 if let Some(old) = previous.take() {
                     retire(&sh, old);
                 }
