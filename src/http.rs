@@ -63,6 +63,9 @@ pub type Handler = Rc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp>>>>;
 /// Binds `addr` (error if taken) and serves connections on the current executor until
 /// the returned task is dropped.
 pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
+    // glommio sets SO_REUSEPORT on every listener, so a second instance on the same port
+    // would silently share it. A plain bind first makes a taken port an error.
+    drop(std::net::TcpListener::bind(addr)?);
     glommio::net::TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))
 }
 
