@@ -16,7 +16,9 @@
 # seconds of load before the cutover and again after it), APP_PORT (a free port), APP_BIN
 # (target/release/analytics-demo; NO_BUILD=1 skips cargo build), MIGRATE_DB
 # (analytics_migrate_<mode>), FAILOVER_DETECT_SECONDS (1: how long the dead source goes
-# unnoticed), LAG_WINDOW_SECONDS (1: what async replication may lose on a failover, see below).
+# unnoticed), LAG_WINDOW_SECONDS (1: what async replication may lose on a failover, see below),
+# FAILOVER_REPLICA_LAG_SECONDS (0: freeze the replica that long before the kill, so the source
+# acknowledges writes the replica never receives and verify shows the loss).
 #
 # Exit status: 0 when the verdict is the one the mode expects, 1 otherwise, 2 on setup errors.
 set -euo pipefail
@@ -34,6 +36,10 @@ QUERIES_PER_SECOND="${QUERIES_PER_SECOND:-150}"
 MIGRATE_SECONDS="${MIGRATE_SECONDS:-10}"
 FAILOVER_DETECT_SECONDS="${FAILOVER_DETECT_SECONDS:-1}"
 LAG_WINDOW_SECONDS="${LAG_WINDOW_SECONDS:-1}"
+REPLICA_LAG_SECONDS="${FAILOVER_REPLICA_LAG_SECONDS:-0}"
+# What async replication may lose: the replica's lag (normally well under a second; longer
+# when the replica is frozen on purpose) plus LAG_WINDOW_SECONDS of margin.
+WINDOW_SECONDS=$(( LAG_WINDOW_SECONDS + REPLICA_LAG_SECONDS ))
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 APP_BIN="${APP_BIN:-$TARGET_DIR/release/analytics-demo}"
 DB_NAME="${MIGRATE_DB:-analytics_migrate_$MODE}"
@@ -191,8 +197,14 @@ done
 say "load running on the source"
 
 switch_to_target() {
-    "$APP_BIN" switch --to "$TARGET_URL" --admin-url "$APP_URL" >"$WORK/switch.json" \
-        || die "analytics-demo switch failed"
+    local i
+    for i in $(seq 1 100); do # 503 "shards are still starting" right after start-up: retry
+        if "$APP_BIN" switch --to "$TARGET_URL" --admin-url "$APP_URL" >"$WORK/switch.json" 2>"$WORK/switch.err"; then
+            break
+        fi
+        grep -q "still starting" "$WORK/switch.err" || { cat "$WORK/switch.err" >&2; die "analytics-demo switch failed"; }
+        sleep 0.1
+    done
     say "switched: $(cat "$WORK/switch.json")"
 }
 
@@ -231,14 +243,24 @@ case "$MODE" in
         rcli "$TARGET_PORT" replicaof 127.0.0.1 "$SOURCE_PORT" >/dev/null
         wait_in_sync
         sleep "$MIGRATE_SECONDS"
+        # The replica's offset as the source knows it.
+        repl="$(rcli "$SOURCE_PORT" info replication | tr -d '\r')"
+        replica_off="$(sed -n 's/^slave0:.*offset=\([0-9]*\).*/\1/p' <<<"$repl")"
+        if [ "$REPLICA_LAG_SECONDS" != 0 ]; then
+            # A partition: freeze the replica and drop its link, so nothing more reaches it.
+            kill -STOP "$TARGET_PID"
+            rcli "$SOURCE_PORT" client kill type replica >/dev/null
+            say "replica cut off (SIGSTOP + CLIENT KILL TYPE replica) for ${REPLICA_LAG_SECONDS}s: the source acks writes the replica never gets"
+            sleep "$REPLICA_LAG_SECONDS"
+        fi
         master_off="$(info_field "$SOURCE_PORT" master_repl_offset)"
-        replica_off="$(info_field "$TARGET_PORT" slave_repl_offset)"
         LAG_BYTES=$(( ${master_off:-0} - ${replica_off:-0} ))
         KILL_TS="$(date +%s.%N)"
         kill -KILL "$SOURCE_PID"
         wait "$SOURCE_PID" 2>/dev/null || true
         SOURCE_PID=""
-        say "source KILLED (kill -9); replica was $LAG_BYTES bytes behind just before"
+        [ "$REPLICA_LAG_SECONDS" = 0 ] || kill -CONT "$TARGET_PID"
+        say "source KILLED (kill -9); the replica was $LAG_BYTES bytes behind"
         sleep "$FAILOVER_DETECT_SECONDS"
         rcli "$TARGET_PORT" replicaof no one >/dev/null
         say "replica promoted (REPLICAOF NO ONE)"
@@ -294,8 +316,8 @@ case "$MODE" in
         # Asynchronous replication acknowledges a write before the replica has it: what the
         # source acked in its last moments may be gone. Bound: acked events of the last
         # LAG_WINDOW_SECONDS before the kill (the replica was LAG_BYTES behind just before).
-        WINDOW_ACKED="$(psql_db "SELECT count(*) FROM events WHERE outcome = 0 AND ts BETWEEN to_timestamp($KILL_TS - $LAG_WINDOW_SECONDS) AND to_timestamp($KILL_TS)")"
-        EXPECTED="verify exit 0, or exit 1 with loss <= $WINDOW_ACKED (acked in the last ${LAG_WINDOW_SECONDS}s before the kill) and no phantom"
+        WINDOW_ACKED="$(psql_db "SELECT count(*) FROM events WHERE outcome = 0 AND ts BETWEEN to_timestamp($KILL_TS - $WINDOW_SECONDS) AND to_timestamp($KILL_TS)")"
+        EXPECTED="verify exit 0, or exit 1 with loss <= $WINDOW_ACKED (acked in the last ${WINDOW_SECONDS}s before the kill) and no phantom"
         if [ "$verify_rc" = 0 ]; then
             pass=1
         elif [ "$PHANTOMS" = 0 ] && [ "$LOST" -le "$WINDOW_ACKED" ]; then
@@ -327,7 +349,7 @@ printf '  %-26s %s\n' \
     "unknown budget" "$BUDGET ($LANDED landed)"
 if [ "$MODE" = failover ]; then
     printf '  %-26s %s\n' "replica lag before kill" "$LAG_BYTES bytes" \
-        "acked in last ${LAG_WINDOW_SECONDS}s" "$WINDOW_ACKED (what async replication could lose)"
+        "acked in last ${WINDOW_SECONDS}s" "$WINDOW_ACKED (what async replication could lose)"
 fi
 printf '  %-26s %s\n' "expected" "$EXPECTED" "files" "$WORK/"
 if [ "$pass" = 1 ]; then

@@ -90,11 +90,21 @@ fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
     panic!("the load never started:\n{last}")
 }
 
-/// `analytics-demo switch --to URL` against APP with TOKEN (from the environment).
+/// `analytics-demo switch --to URL` against APP with TOKEN (from the environment). Retries
+/// while the app answers 503 "shards are still starting" (its command channels connect a
+/// moment after /health turns 200).
 fn switch(app: &App, to: &str, token: Option<&str>) -> RunOutput {
     let admin = format!("http://{}", app.http);
     let env: Vec<(&str, &str)> = token.map(|t| ("ADMIN_TOKEN", t)).into_iter().collect();
-    run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG)
+    let mut out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+    for _ in 0..600 {
+        if !out.stderr.contains("still starting") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+    }
+    out
 }
 
 fn switch_ok(app: &App, to: &str) -> Value {
@@ -472,6 +482,7 @@ fn should_exit_2_when_verify_cannot_reach_redis_or_postgres() {
 // Admin endpoint
 // ---------------------------------------------------------------------------------------------
 
+/// POST /admin/redis-target; retries while the app answers 503 "still starting".
 fn post_switch(app: &App, auth: Option<&str>, body: &str) -> (u16, String) {
     let header = auth.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = header
@@ -480,7 +491,15 @@ fn post_switch(app: &App, auth: Option<&str>, body: &str) -> (u16, String) {
         .into_iter()
         .chain([("Content-Type", "application/json")])
         .collect();
-    app.post("/admin/redis-target", &headers, body)
+    let mut reply = app.post("/admin/redis-target", &headers, body);
+    for _ in 0..600 {
+        if !(reply.0 == 503 && reply.1.contains("still starting")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        reply = app.post("/admin/redis-target", &headers, body);
+    }
+    reply
 }
 
 fn quiet_app(redis: &RedisServer, pg: &PgServer, extra: &[&str], env: &[(&str, &str)]) -> App {
