@@ -293,3 +293,23 @@ test-dashboards: services-install ## Evaluate every Grafana panel query against 
 
 dashboard-screenshot: ## Screenshot the built-in dashboard of a running app (SCREENSHOT=/tmp/analytics-dashboard.png)
 	@SCREENSHOT=$${SCREENSHOT:-/tmp/analytics-dashboard.png} bash grafana/browser-test.sh $(APP_URL)/
+
+# ---------------------------------------------------------------------------------------------
+# Migration rehearsals (.ci/migrate-demo.sh): source + target redis-server on free ports, the app
+# at demo load, a live cutover, then `verify` on the target. Each target succeeds when the
+# verdict is the expected one. Overrides: EVENTS_PER_SECOND, QUERIES_PER_SECOND, MIGRATE_SECONDS.
+# ---------------------------------------------------------------------------------------------
+.PHONY: migrate-demo migrate-demo-lossy migrate-demo-failover
+
+MIGRATE_ENV = EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),50) \
+	QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),150) \
+	MIGRATE_SECONDS=$${MIGRATE_SECONDS:-10} APP_BIN='$(APP_BIN)' NO_BUILD='$(NO_BUILD)'
+
+migrate-demo: services-install ## Rehearse a cutover: target replicates the source, switch, promote; expects verify CLEAN
+	@$(MIGRATE_ENV) bash .ci/migrate-demo.sh replicated
+
+migrate-demo-lossy: services-install ## Cutover to an empty target that never replicated; expects verify to find the loss
+	@$(MIGRATE_ENV) bash .ci/migrate-demo.sh lossy
+
+migrate-demo-failover: services-install ## Replicated source killed -9, replica promoted and switched to; shows what async replication may lose
+	@$(MIGRATE_ENV) bash .ci/migrate-demo.sh failover

@@ -1,0 +1,804 @@
+//! The migration toolkit end to end: live switches between real redis-server processes
+//! (replicated, unpromoted replica, fake servers answering LOADING / MASTERDOWN), the admin
+//! endpoint's authorization, and `verify`'s exact counts and exit codes.
+//!
+//! Like tests/engine.rs: the real binary, private servers per test, no assertion on speed,
+//! generous timeouts (the machine may be small and busy).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    free_port, metric_sum, run_binary, wait_until, App, PgServer, RedisServer, RunOutput,
+};
+use serde_json::Value;
+
+const TOKEN: &str = "mig-test-token-5f1c9e2a7b";
+/// Event type names by their `event_type` code.
+const TYPE_NAMES: [&str; 5] = ["page_view", "click", "conversion", "signup", "purchase"];
+const LONG: Duration = Duration::from_secs(60);
+
+fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--redis-url",
+        redis_url,
+        "--database-url",
+        pg_url,
+        "--shards",
+        "1",
+        "--no-pin",
+        "--log-format",
+        "json",
+        "--progress-interval",
+        "1",
+        "--seed",
+        "11",
+        "--organizations",
+        "20",
+        "--users-per-org",
+        "50",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn metrics(app: &App) -> String {
+    let (status, body) = app.get("/metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    body
+}
+
+fn metric(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&metrics(app), name, labels).unwrap_or(0.0)
+}
+
+fn events(app: &App, outcome: &str) -> f64 {
+    metric(app, "analytics_events_total", &[("outcome", outcome)])
+}
+
+fn redis_errors(app: &App, kind: &str) -> f64 {
+    metric(app, "analytics_redis_errors_total", &[("kind", kind)])
+}
+
+/// Spawn the app and wait until its load runs (events counted); retried like tests/engine.rs
+/// does, in case of the start-up hang that test guards against.
+fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let app = App::spawn(args, env);
+        let running = || {
+            let (status, body) = app.get("/metrics");
+            status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
+        };
+        if wait_until(LONG, || !app.alive() || running()) && app.alive() {
+            return app;
+        }
+        last = app.log();
+    }
+    panic!("the load never started:\n{last}")
+}
+
+/// `analytics-demo switch --to URL` against APP with TOKEN (from the environment). Retries
+/// while the app answers 503 "shards are still starting" (its command channels connect a
+/// moment after /health turns 200).
+fn switch(app: &App, to: &str, token: Option<&str>) -> RunOutput {
+    let admin = format!("http://{}", app.http);
+    let env: Vec<(&str, &str)> = token.map(|t| ("ADMIN_TOKEN", t)).into_iter().collect();
+    let mut out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+    for _ in 0..600 {
+        if !out.stderr.contains("still starting") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+    }
+    out
+}
+
+fn switch_ok(app: &App, to: &str) -> Value {
+    let out = switch(app, to, Some(TOKEN));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "switch to {to}:\nstdout {}\nstderr {}\napp log:\n{}",
+        out.stdout,
+        out.stderr,
+        app.log()
+    );
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// `analytics-demo verify --json` against REDIS_URL: exit code and verdict (Null when none).
+fn verify(redis_url: &str, pg_url: &str) -> (i32, Value, String) {
+    let out = run_binary(
+        &[
+            "verify",
+            "--redis-url",
+            redis_url,
+            "--database-url",
+            pg_url,
+            "--json",
+        ],
+        &[],
+        LONG,
+    );
+    let code = out.code().expect("verify killed by a signal");
+    let v = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+    (code, v, out.stderr)
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not an unsigned integer in {v}"))
+}
+
+/// Sum of every counter value in REDIS (a Lua script: one consistent snapshot).
+fn counter_sum(redis: &RedisServer) -> u64 {
+    let out = redis.cli(&[
+        "EVAL",
+        "local s = 0 for _, k in ipairs(redis.call('KEYS', 'a:{*}:ev:*')) do \
+         s = s + tonumber(redis.call('GET', k)) end return s",
+        "0",
+    ]);
+    out.parse()
+        .unwrap_or_else(|e| panic!("counter sum {out:?}: {e}"))
+}
+
+/// Make REPLICA replicate PRIMARY and wait for the initial sync.
+fn replicate(replica: &RedisServer, primary: &RedisServer) {
+    assert_eq!(
+        replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]),
+        "OK"
+    );
+    assert!(
+        wait_until(LONG, || replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")),
+        "the replica never synced:\n{}",
+        replica.cli(&["INFO", "replication"])
+    );
+}
+
+/// Client connections of the app (normal clients other than the redis-cli asking).
+fn app_clients(redis: &RedisServer) -> usize {
+    redis
+        .cli(&["CLIENT", "LIST", "TYPE", "normal"])
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains("cmd=client|list"))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switch under load
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let pg = PgServer::start();
+    let argv = args(
+        &a.url(),
+        &pg.url(),
+        &["--events-per-second", "500", "--queries-per-second", "1000"],
+    );
+    let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    replicate(&b, &a);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let reply = switch_ok(&app, &b.url());
+    assert_eq!(reply["switched"], Value::Bool(true), "{reply}");
+    assert_eq!(reply["seq"], 1, "{reply}");
+    assert_eq!(reply["endpoint"], b.url(), "{reply}");
+    assert_eq!(reply["from"], a.url(), "{reply}");
+    // Make before break: once no app connection is left on A, promote B.
+    assert!(
+        wait_until(LONG, || app_clients(&a) == 0),
+        "app connections still on A: {}",
+        a.cli(&["CLIENT", "LIST", "TYPE", "normal"])
+    );
+    assert_eq!(b.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    let on_a = counter_sum(&a);
+    let at_promotion = counter_sum(&b);
+    let acked_at_promotion = events(&app, "acked");
+    assert!(
+        wait_until(LONG, || events(&app, "acked") >= acked_at_promotion + 200.0),
+        "acked events did not resume after the promotion:\n{}",
+        app.log()
+    );
+    let grown = counter_sum(&b);
+    assert!(
+        grown > at_promotion,
+        "B's counters did not grow after the switch: {at_promotion} -> {grown}"
+    );
+    assert_eq!(counter_sum(&a), on_a, "A was written to after the switch");
+
+    // /metrics: one switch, B is the current target.
+    let m = metrics(&app);
+    assert_eq!(
+        metric_sum(&m, "analytics_redis_target_switches_total", &[]),
+        Some(1.0),
+        "switches_total"
+    );
+    let b_endpoint = format!("redis://127.0.0.1:{}", b.port);
+    let a_endpoint = format!("redis://127.0.0.1:{}", a.port);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "analytics_redis_target_info",
+            &[("endpoint", &b_endpoint)]
+        ),
+        Some(1.0),
+        "target info of B"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "analytics_redis_target_info",
+            &[("endpoint", &a_endpoint)]
+        ),
+        Some(0.0),
+        "target info of A"
+    );
+    assert!(metric_sum(&m, "analytics_redis_target_switch_timestamp_seconds", &[]) > Some(0.0));
+
+    // The report, through the `report` subcommand, before the app stops.
+    let admin = format!("http://{}", app.http);
+    let out = run_binary(&["report", "--admin-url", &admin, "--json"], &[], LONG);
+    assert_eq!(out.code(), Some(0), "report: {}", out.stderr);
+    let report: Value = serde_json::from_str(out.stdout.trim()).expect("report JSON");
+    let switches = report["migration"]["switches"]
+        .as_array()
+        .expect("switches");
+    assert_eq!(switches.len(), 1, "{report}");
+    assert_eq!(switches[0]["to"], b_endpoint, "{report}");
+    assert_eq!(switches[0]["from"], a_endpoint, "{report}");
+    assert_eq!(report["redis_target"], b_endpoint, "{report}");
+    assert!(
+        switches[0]["longest_unavailability_ms"].is_number(),
+        "{report}"
+    );
+    let text = run_binary(&["report", "--admin-url", &admin], &[], LONG);
+    assert_eq!(text.code(), Some(0));
+    assert!(
+        text.stdout.contains("switch #1 at ") && text.stdout.contains(&b_endpoint),
+        "{}",
+        text.stdout
+    );
+
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+    let (code, v, err) = verify(&b.url(), &pg.url());
+    assert_eq!(code, 0, "verify against B: {v} {err}");
+    assert_eq!(u(&v, "lost_acknowledged_increments"), 0, "{v}");
+    assert_eq!(u(&v, "phantom_increments"), 0, "{v}");
+    assert!(u(&v, "acked_total") > 0, "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify: exact counts against real data
+// ---------------------------------------------------------------------------------------------
+
+/// One counter's truth from Postgres.
+#[derive(Debug, Clone)]
+struct Truth {
+    key: String,
+    acked: u64,
+    unknown: u64,
+}
+
+/// A short run without faults; returns the servers and every counter's truth from
+/// `event_rollups` (what `verify` reads), checked against `events`.
+fn populated() -> (RedisServer, PgServer, Vec<Truth>) {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let argv = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--duration",
+            "4",
+            "--events-per-second",
+            "200",
+            "--queries-per-second",
+            "100",
+        ],
+    );
+    let mut app = spawn_running(&refs(&argv), &[]);
+    let status = app
+        .wait(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the run did not end:\n{}", app.log()));
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+    let rows = |sql: &str| -> Vec<Truth> {
+        pg.psql(sql)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                Truth {
+                    key: format!(
+                        "a:{{{}}}:ev:{}:{}",
+                        f[0],
+                        TYPE_NAMES[f[2].parse::<usize>().unwrap()],
+                        f[1]
+                    ),
+                    acked: f[3].parse().unwrap(),
+                    unknown: f[4].parse().unwrap(),
+                }
+            })
+            .collect()
+    };
+    let truths = rows(
+        "SELECT org_id, bucket, event_type, acked, unknown FROM event_rollups ORDER BY 1, 2, 3",
+    );
+    let from_events = rows(
+        "SELECT org_id, bucket, event_type, count(*) FILTER (WHERE outcome = 0), \
+         count(*) FILTER (WHERE outcome = 2) FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    );
+    assert_eq!(
+        format!("{truths:?}"),
+        format!("{from_events:?}"),
+        "rollups and events disagree"
+    );
+    assert!(truths.len() >= 3, "need 3 counter keys: {truths:?}");
+    assert!(
+        truths.iter().all(|t| t.unknown == 0),
+        "a fault-free run had unknown outcomes"
+    );
+    (redis, pg, truths)
+}
+
+fn by_acked_desc(truths: &[Truth]) -> Vec<Truth> {
+    let mut t = truths.to_vec();
+    t.sort_by_key(|t| std::cmp::Reverse(t.acked));
+    t
+}
+
+#[test]
+fn should_verify_clean_data_with_exact_counts() {
+    let (redis, pg, truths) = populated();
+    let (code, v, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["clean"], Value::Bool(true), "{v}");
+    let n = truths.len() as u64;
+    assert_eq!(u(&v, "keys_checked"), n, "{v}");
+    assert_eq!(u(&v, "keys_matching"), n, "{v}");
+    assert_eq!(
+        u(&v, "acked_total"),
+        truths.iter().map(|t| t.acked).sum::<u64>(),
+        "{v}"
+    );
+    for key in [
+        "lost_acknowledged_increments",
+        "keys_with_loss",
+        "missing_keys",
+        "phantom_increments",
+        "keys_with_phantoms",
+        "unknown_budget",
+        "unknown_applied",
+        "unexpected_keys",
+    ] {
+        assert_eq!(u(&v, key), 0, "{key}: {v}");
+    }
+    assert_eq!(counter_sum(&redis), u(&v, "acked_total"));
+}
+
+#[test]
+fn should_verify_lost_increments_with_exact_counts() {
+    let (redis, pg, truths) = populated();
+    let t = by_acked_desc(&truths);
+    let (d1, d2, dec) = (&t[0], &t[1], &t[2]);
+    assert!(dec.acked >= 3, "{dec:?}");
+    assert_eq!(redis.cli(&["DEL", &d1.key, &d2.key]), "2");
+    assert_eq!(
+        redis.cli(&["DECRBY", &dec.key, "3"]),
+        (dec.acked - 3).to_string()
+    );
+    let (code, v, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(v["clean"], Value::Bool(false), "{v}");
+    let n = truths.len() as u64;
+    assert_eq!(u(&v, "keys_checked"), n, "{v}");
+    assert_eq!(u(&v, "keys_matching"), n - 3, "{v}");
+    assert_eq!(
+        u(&v, "lost_acknowledged_increments"),
+        d1.acked + d2.acked + 3,
+        "{v}"
+    );
+    assert_eq!(u(&v, "keys_with_loss"), 3, "{v}");
+    assert_eq!(u(&v, "missing_keys"), 2, "{v}");
+    assert_eq!(u(&v, "phantom_increments"), 0, "{v}");
+    assert_eq!(u(&v, "keys_with_phantoms"), 0, "{v}");
+}
+
+#[test]
+fn should_verify_phantom_increments_with_exact_counts() {
+    let (redis, pg, truths) = populated();
+    let t = by_acked_desc(&truths);
+    assert_eq!(
+        redis.cli(&["INCRBY", &t[0].key, "7"]),
+        (t[0].acked + 7).to_string()
+    );
+    assert_eq!(
+        redis.cli(&["INCRBY", &t[1].key, "1"]),
+        (t[1].acked + 1).to_string()
+    );
+    // A counter Postgres knows nothing about is reported apart.
+    let bucket = t[0].key.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        redis.cli(&["SET", &format!("a:{{999999}}:ev:click:{bucket}"), "4"]),
+        "OK"
+    );
+    let (code, v, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(v["clean"], Value::Bool(false), "{v}");
+    let n = truths.len() as u64;
+    assert_eq!(u(&v, "keys_checked"), n, "{v}");
+    assert_eq!(u(&v, "keys_matching"), n - 2, "{v}");
+    assert_eq!(u(&v, "phantom_increments"), 8, "{v}");
+    assert_eq!(u(&v, "keys_with_phantoms"), 2, "{v}");
+    assert_eq!(u(&v, "lost_acknowledged_increments"), 0, "{v}");
+    assert_eq!(u(&v, "unexpected_keys"), 1, "{v}");
+}
+
+#[test]
+fn should_exit_2_when_verify_cannot_reach_redis_or_postgres() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    // A schema and a run, so only the unreachable server can fail.
+    pg.psql(&std::fs::read_to_string("sql/001_schema.sql").expect("schema"));
+    pg.psql("INSERT INTO runs (run_id, config) VALUES (1, '{\"time_buckets\": 24}')");
+    let (code, _, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 0, "reachable servers, empty data: {err}");
+
+    let nobody = format!("redis://127.0.0.1:{}", free_port());
+    let (code, v, err) = verify(&nobody, &pg.url());
+    assert_eq!(code, 2, "unreachable Redis: {v} {err}");
+    assert!(err.contains("error"), "{err}");
+
+    let no_pg = format!("postgres://postgres@127.0.0.1:{}/analytics", free_port());
+    let (code, v, err) = verify(&redis.url(), &no_pg);
+    assert_eq!(code, 2, "unreachable Postgres: {v} {err}");
+    assert!(err.contains("error"), "{err}");
+
+    let (code, _, err) = verify(&redis.url(), "not a url");
+    assert_eq!(code, 2, "bad database url: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin endpoint
+// ---------------------------------------------------------------------------------------------
+
+/// POST /admin/redis-target; retries while the app answers 503 "still starting".
+fn post_switch(app: &App, auth: Option<&str>, body: &str) -> (u16, String) {
+    let header = auth.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = header
+        .as_deref()
+        .map(|h| ("Authorization", h))
+        .into_iter()
+        .chain([("Content-Type", "application/json")])
+        .collect();
+    let mut reply = app.post("/admin/redis-target", &headers, body);
+    for _ in 0..600 {
+        if !(reply.0 == 503 && reply.1.contains("still starting")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        reply = app.post("/admin/redis-target", &headers, body);
+    }
+    reply
+}
+
+fn quiet_app(redis: &RedisServer, pg: &PgServer, extra: &[&str], env: &[(&str, &str)]) -> App {
+    let argv = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            &["--events-per-second", "20", "--queries-per-second", "20"],
+            extra,
+        ]
+        .concat(),
+    );
+    App::spawn_healthy(&refs(&argv), env, LONG)
+}
+
+#[test]
+fn should_authorize_admin_requests() {
+    let r1 = RedisServer::start();
+    let r2 = RedisServer::start();
+    let pg = PgServer::start();
+    let body = format!("{{\"url\":\"{}\"}}", r2.url());
+
+    let app = quiet_app(&r1, &pg, &[], &[("ADMIN_TOKEN", TOKEN)]);
+    let (s, b) = post_switch(&app, None, &body);
+    assert_eq!(s, 401, "no token: {b}");
+    let (s, b) = post_switch(&app, Some("wrong-token"), &body);
+    assert_eq!(s, 403, "wrong token: {b}");
+    let (s, b) = post_switch(&app, Some(&format!("{TOKEN}x")), &body);
+    assert_eq!(s, 403, "token with a suffix: {b}");
+    let (s, b) = post_switch(&app, Some(TOKEN), "{\"url\":\"http://nope\"}");
+    assert_eq!(s, 400, "bad URL: {b}");
+    let (s, b) = post_switch(&app, Some(TOKEN), "not json");
+    assert_eq!(s, 400, "bad body: {b}");
+    assert_eq!(
+        metric(&app, "analytics_redis_target_switches_total", &[]),
+        0.0,
+        "a refused request switched"
+    );
+    let (s, b) = post_switch(&app, Some(TOKEN), &body);
+    assert_eq!(s, 200, "right token: {b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["switched"], Value::Bool(true), "{b}");
+    assert_eq!(v["endpoint"], r2.url(), "{b}");
+    // The CLI: wrong token exit 1, right token exit 0.
+    let out = switch(&app, &r1.url(), Some("wrong-token"));
+    assert_eq!(out.code(), Some(1), "{} {}", out.stdout, out.stderr);
+    let out = switch(&app, &r1.url(), Some(TOKEN));
+    assert_eq!(out.code(), Some(0), "{} {}", out.stdout, out.stderr);
+    assert_eq!(
+        metric(&app, "analytics_redis_target_switches_total", &[]),
+        2.0
+    );
+    // The token never shows.
+    for path in ["/metrics", "/report", "/health", "/api/status"] {
+        let (_, text) = app.get(path);
+        assert!(!text.contains(TOKEN), "{path} shows the admin token");
+    }
+    assert!(!app.log().contains(TOKEN), "the log shows the admin token");
+    drop(app);
+
+    // No ADMIN_TOKEN: refused, with or without a bearer token.
+    let app = quiet_app(&r1, &pg, &[], &[]);
+    let (s, b) = post_switch(&app, None, &body);
+    assert_eq!(s, 403, "no ADMIN_TOKEN: {b}");
+    let (s, b) = post_switch(&app, Some(TOKEN), &body);
+    assert_eq!(s, 403, "no ADMIN_TOKEN, some token: {b}");
+    drop(app);
+
+    // No ADMIN_TOKEN, loopback allowed: a client on 127.0.0.1 may switch.
+    let app = quiet_app(&r1, &pg, &["--admin-allow-unauthenticated-loopback"], &[]);
+    let (s, b) = post_switch(&app, None, &body);
+    assert_eq!(s, 200, "loopback allowed: {b}");
+    let (s, b) = post_switch(&app, None, "{\"url\":\"redis://\"}");
+    assert_eq!(s, 400, "loopback allowed, bad URL: {b}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server error replies during a cutover: READONLY, LOADING, MASTERDOWN
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn should_fail_writes_on_an_unpromoted_replica_and_resume_once_promoted() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let pg = PgServer::start();
+    let argv = args(
+        &a.url(),
+        &pg.url(),
+        &["--events-per-second", "200", "--queries-per-second", "200"],
+    );
+    let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    replicate(&b, &a);
+    switch_ok(&app, &b.url());
+    let failed_before = events(&app, "failed");
+    assert!(
+        wait_until(LONG, || redis_errors(&app, "readonly") > 0.0
+            && events(&app, "failed") >= failed_before + 20.0),
+        "no readonly failures on the replica:\n{}",
+        metrics(&app)
+    );
+    assert!(app.alive(), "the app died:\n{}", app.log());
+    assert_eq!(
+        app.get("/health").0,
+        200,
+        "the replica answers PING: healthy"
+    );
+    // While B is a replica no event is acknowledged.
+    let acked = events(&app, "acked");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        events(&app, "acked"),
+        acked,
+        "acked events on a read-only replica"
+    );
+
+    assert_eq!(b.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    assert!(
+        wait_until(LONG, || events(&app, "acked") >= acked + 50.0),
+        "acked events did not resume after the promotion:\n{}",
+        app.log()
+    );
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+    // Refused writes were recorded as failed, not as acknowledged: B holds every acked one.
+    let (code, v, err) = verify(&b.url(), &pg.url());
+    assert_eq!(code, 0, "{v} {err}");
+    let failed: u64 = pg
+        .psql("SELECT count(*) FROM events WHERE outcome = 1")
+        .parse()
+        .unwrap();
+    assert!(failed >= 20, "failed rows in Postgres: {failed}");
+}
+
+/// A Redis impostor: answers PING/AUTH/SELECT and rejects everything else with one error line.
+struct FakeRedis {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeRedis {
+    fn start(error_line: &'static str) -> FakeRedis {
+        let listener = loop {
+            if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port())) {
+                break l;
+            }
+        };
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = stream {
+                    let stop3 = stop2.clone();
+                    std::thread::spawn(move || serve_fake(s, error_line, stop3));
+                }
+            }
+        });
+        FakeRedis { port, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FakeRedis {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
+}
+
+/// Parses one command (RESP array of bulk strings, or an inline line) from BUF: the command
+/// name and the bytes used; None while incomplete.
+fn parse_command(buf: &[u8]) -> Option<(String, usize)> {
+    let line_end = |from: usize| {
+        buf[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| from + p)
+    };
+    let end = line_end(0)?;
+    if buf.first() != Some(&b'*') {
+        let line = String::from_utf8_lossy(&buf[..end]).to_string();
+        let name = line.split_whitespace().next().unwrap_or("").to_string();
+        return Some((name, end + 2));
+    }
+    let n: usize = std::str::from_utf8(&buf[1..end]).ok()?.parse().ok()?;
+    let mut pos = end + 2;
+    let mut name = String::new();
+    for i in 0..n {
+        let e = line_end(pos)?;
+        let len: usize = std::str::from_utf8(&buf[pos + 1..e]).ok()?.parse().ok()?;
+        let start = e + 2;
+        if buf.len() < start + len + 2 {
+            return None;
+        }
+        if i == 0 {
+            name = String::from_utf8_lossy(&buf[start..start + len]).to_string();
+        }
+        pos = start + len + 2;
+    }
+    Some((name, pos))
+}
+
+fn serve_fake(mut s: TcpStream, error_line: &str, stop: Arc<AtomicBool>) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        match s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        let mut out = Vec::new();
+        while let Some((name, used)) = parse_command(&buf) {
+            buf.drain(..used);
+            let reply = match name.to_ascii_uppercase().as_str() {
+                "PING" => "+PONG\r\n".to_string(),
+                "AUTH" | "SELECT" => "+OK\r\n".to_string(),
+                _ => format!("-{error_line}\r\n"),
+            };
+            out.extend_from_slice(reply.as_bytes());
+        }
+        if !out.is_empty() && s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// The app on a server that refuses every command with ERROR_LINE: it stays up, counts
+/// errors of KIND, records events as failed; a switch to a real Redis recovers.
+fn refused_then_recovered(error_line: &'static str, kind: &str) {
+    let fake = FakeRedis::start(error_line);
+    let real = RedisServer::start();
+    let pg = PgServer::start();
+    let argv = args(
+        &fake.url(),
+        &pg.url(),
+        &["--events-per-second", "100", "--queries-per-second", "100"],
+    );
+    let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    assert!(
+        wait_until(LONG, || redis_errors(&app, kind) > 0.0
+            && events(&app, "failed") >= 20.0),
+        "no {kind} errors:\n{}",
+        metrics(&app)
+    );
+    assert_eq!(
+        events(&app, "acked"),
+        0.0,
+        "acked on a server refusing everything"
+    );
+    assert_eq!(
+        events(&app, "unknown"),
+        0.0,
+        "an error reply is a known outcome"
+    );
+    assert!(app.alive(), "the app died:\n{}", app.log());
+    let other_kinds: f64 = ["readonly", "loading", "masterdown", "server_other"]
+        .iter()
+        .filter(|k| **k != kind)
+        .map(|k| redis_errors(&app, k))
+        .sum();
+    assert_eq!(other_kinds, 0.0, "misclassified errors:\n{}", metrics(&app));
+
+    switch_ok(&app, &real.url());
+    assert!(
+        wait_until(LONG, || events(&app, "acked") >= 50.0),
+        "no acked events after switching to a real Redis:\n{}",
+        app.log()
+    );
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+    let (code, v, err) = verify(&real.url(), &pg.url());
+    assert_eq!(code, 0, "{v} {err}");
+}
+
+#[test]
+fn should_survive_a_loading_server_and_recover_after_a_switch() {
+    refused_then_recovered("LOADING Redis is loading the dataset in memory", "loading");
+}
+
+#[test]
+fn should_survive_a_masterdown_server_and_recover_after_a_switch() {
+    refused_then_recovered(
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'",
+        "masterdown",
+    );
+}
