@@ -30,7 +30,8 @@ app=("$BIN" --duration "$SECS" --events-per-second "$EV" --queries-per-second "$
 
 # Hardware counters are often missing in VMs ("<not supported>"): fall back to the
 # cpu-clock software event, which samples on a timer and works everywhere.
-if perf stat -e cycles true 2>&1 | grep -q '<not supported>'; then hw=0; else hw=1; fi
+probe="$(perf stat -e cycles true 2>&1 || true)"
+if grep -q '<not supported>' <<<"$probe"; then hw=0; else hw=1; fi
 
 case "$MODE" in
 record)
@@ -47,13 +48,17 @@ record)
     perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf >"$OUT/stacks.folded"
     inferno-flamegraph --title "analytics-demo $EV ev/s $Q q/s (${event[1]})" \
         <"$OUT/stacks.folded" >"$OUT/flamegraph.svg"
-    perf report -i "$OUT/perf.data" --no-children --sort comm,symbol --stdio 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/top-self.txt"
-    perf report -i "$OUT/perf.data" --no-children --sort comm --stdio 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' | head -15 >"$OUT/top-threads.txt"
+    # (`head` closes the pipe early: not an error.)
+    { perf report -i "$OUT/perf.data" --no-children -g none --sort comm,symbol --stdio 2>/dev/null \
+        | grep -v -e '^#' -e '^$' | head -40 >"$OUT/top-self.txt"; } || true
+    { perf report -i "$OUT/perf.data" --no-children -g none --sort comm --stdio 2>/dev/null \
+        | grep -v -e '^#' -e '^$' | head -15 >"$OUT/top-threads.txt"; } || true
+    { perf report -i "$OUT/perf.data" --no-children -g none --sort dso --stdio 2>/dev/null \
+        | grep -v -e '^#' -e '^$' | head -10 >"$OUT/top-dso.txt"; } || true
     log "flamegraph: $OUT/flamegraph.svg; top frames (self time):"
-    head -25 "$OUT/top-self.txt"
+    head -25 "$OUT/top-self.txt" | sed 's/  *- *- *$//'
     log "by thread:"; cat "$OUT/top-threads.txt"
+    log "by binary (kernel vs ours):"; cat "$OUT/top-dso.txt"
     ;;
 stat)
     ev="task-clock,context-switches,cpu-migrations,page-faults"
