@@ -313,3 +313,23 @@ migrate-demo-lossy: services-install ## Cutover to an empty target that never re
 
 migrate-demo-failover: services-install ## Replicated source killed -9, replica promoted and switched to; shows what async replication may lose
 	@$(MIGRATE_ENV) bash .ci/migrate-demo.sh failover
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks and profiling (bench/, perf/)
+# ---------------------------------------------------------------------------------------------
+.PHONY: bench bench-quick bench-micro perf-record perf-stat
+
+bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
+	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
+
+bench-quick: ## Smoke run of make bench (short durations, 1 repetition)
+	@BENCH_QUICK=1 CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
+
+bench-micro: ## Criterion micro-benchmarks (RESP, keys, sampling, histograms), quick mode
+	$(CARGO) bench --bench resp --bench workload --bench histogram -- --quick
+
+perf-record: services-install ## Profile the ultra preset ~20 s (perf record -g) and render perf/out/flamegraph.svg
+	@CARGO_TARGET_DIR=$(TARGET_DIR) bash perf/profile.sh record
+
+perf-stat: services-install ## perf stat counters for one run of the ultra preset
+	@CARGO_TARGET_DIR=$(TARGET_DIR) bash perf/profile.sh stat

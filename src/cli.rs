@@ -26,6 +26,10 @@ pub fn main() -> i32 {
         }
         Command::Report(args) => report(args),
         Command::Switch(args) => switch(args),
+        Command::BenchRedis(args) => {
+            init_logging(LogFormat::Text);
+            crate::bench_redis::main(args)
+        }
     }
 }
 

@@ -11,9 +11,11 @@
 //! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
 //! - [`pg`]: Postgres connections on glommio, the batch writer, the shards' readers.
 //! - [`workload`]: event/query mixes, skewed tenants, the Redis key layout, hour buckets.
+//! - [`bench_redis`]: the `bench-redis` subcommand: raw SET/GET load on the same shards and pool.
 //! - [`verify`]: the `verify` subcommand: acknowledged increments against Redis.
 //! - [`metrics`]: every exported metric name; [`http`]: hyper on glommio.
 
+pub mod bench_redis;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -223,6 +223,20 @@ option_table! { $
         instance_count,
         /// admin URL of a running analytics-demo [env: ADMIN_URL] [default: http://127.0.0.1:3000]
         admin_url,
+        /// bench-redis: Redis connections, all shards together (at least one per shard; at most 100000) [env: BENCH_CONNECTIONS] [default: 50]
+        connections,
+        /// bench-redis: commands in flight per connection, like redis-benchmark -P (1..=10000) [env: BENCH_PIPELINE] [default: 1]
+        pipeline,
+        /// bench-redis: SET:GET command ratio, e.g. 1:10 [env: BENCH_RATIO] [default: 1:10]
+        ratio,
+        /// bench-redis: key space, keys key:000000000000 upwards (1..=1000000000000; zipf at most 10000000) [env: BENCH_KEYS] [default: 100000]
+        keys,
+        /// bench-redis: how keys are picked: uniform or zipf (skew: --zipf-exponent) [env: BENCH_KEY_PATTERN] [default: uniform]
+        key_pattern,
+        /// bench-redis: bytes per SET value (1..=67108864, below --max-reply-bytes) [env: BENCH_DATA_SIZE] [default: 32]
+        data_size,
+        /// bench-redis: commands per second, all shards together (0 = unlimited: closed loop) [env: BENCH_RATE] [default: 0]
+        rate,
     }
     switches {
         /// do not pin threads to CPUs (env accepts 1/0/true/false/yes/no) [env: NO_PIN] [default: false]
@@ -250,12 +264,15 @@ cli_struct! {
 }
 
 /// The subcommands.
+// Parsed once at start-up; argh cannot derive through a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(FromArgs)]
 #[argh(subcommand)]
 pub(crate) enum SubCli {
     Verify(VerifyCli),
     Report(ReportCli),
     Switch(SwitchCli),
+    BenchRedis(BenchRedisCli),
 }
 
 cli_struct! {
@@ -286,5 +303,20 @@ cli_struct! {
         /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss://
         #[argh(option)]
         pub to: String,
+    }
+}
+
+cli_struct! {
+    /// Raw Redis benchmark: a plain SET/GET mix on the workload's shards, Redis pool and
+    /// pacing, to compare our client with redis-benchmark. Prints ops/s, latency percentiles
+    /// and errors.
+    #[argh(subcommand, name = "bench-redis")]
+    pub(crate) struct BenchRedisCli [
+        connections, pipeline, ratio, keys, key_pattern, data_size, rate, duration, redis_url,
+        shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
+    ] {
+        /// print the result as one JSON object
+        #[argh(switch)]
+        pub json: bool,
     }
 }

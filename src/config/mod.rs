@@ -11,7 +11,11 @@
 //! | `cli.rs` | the option table, the argh structs built from it |
 //! | `resolve.rs` | raw text to typed values, with the error messages |
 //! | `redact.rs` | hiding passwords and tokens in text, and the `Debug` impls that rely on it |
+//! | `bench.rs` | the `bench-redis` subcommand's options and rules |
 
+mod bench;
+#[cfg(test)]
+mod bench_tests;
 mod cli;
 mod redact;
 mod resolve;
@@ -22,6 +26,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use argh::FromArgs;
+
+pub use bench::BenchRedisArgs;
 
 use crate::resp::RedisUrl;
 use cli::{opt, SubCli, TopCli};
@@ -38,6 +44,8 @@ pub enum Command {
     Verify(VerifyArgs),
     Report(ReportArgs),
     Switch(SwitchArgs),
+    /// `bench-redis`: the raw Redis benchmark.
+    BenchRedis(BenchRedisArgs),
 }
 
 /// The result of [`parse`].
@@ -377,6 +385,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
             admin_token: r.token(&opt::admin_token, v.admin_token)?,
         }),
+        SubCli::BenchRedis(v) => Command::BenchRedis(bench::resolve(v, r)?),
     })
 }
 

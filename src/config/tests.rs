@@ -355,13 +355,15 @@ fn should_reject_every_invalid_value_by_flag_and_by_env() {
 #[test]
 fn should_have_an_invalid_case_for_every_option() {
     for def in opt::ALL {
+        // bench-redis options have their own table in `bench_tests.rs`.
         let covered = INVALID.iter().any(|(flag, ..)| *flag == def.flag())
             || [
                 "admin_url",
                 "no_pin",
                 "admin_allow_unauthenticated_loopback",
             ]
-            .contains(&def.name);
+            .contains(&def.name)
+            || super::bench_tests::BENCH_ONLY.contains(&def.name);
         assert!(covered, "no invalid-value test for {}", def.flag());
     }
 }
@@ -493,10 +495,13 @@ fn should_print_help_with_every_env_var_and_default() {
         help(&["verify", "--help"]),
         help(&["report", "--help"]),
         help(&["switch", "--help"]),
+        help(&["bench-redis", "--help"]),
     ]
     .join(" ");
     for def in opt::ALL {
-        let text = if def.name == "admin_url" { &subs } else { &top };
+        let sub_only =
+            def.name == "admin_url" || super::bench_tests::BENCH_ONLY.contains(&def.name);
+        let text = if sub_only { &subs } else { &top };
         let default = def.default.unwrap_or("none");
         for want in [
             def.flag(),

@@ -84,7 +84,8 @@ fn push_header(out: &mut BytesMut, kind: u8, n: usize) {
 }
 
 /// Resumable frame scanner plus decode, one per connection (its state is reused).
-pub(crate) struct Decoder {
+/// Public so the criterion benchmarks (`bench/resp.rs`) measure the real reply path.
+pub struct Decoder {
     max: usize,
     /// Offset of the next element header not yet scanned in the current frame.
     pos: usize,
@@ -93,7 +94,7 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub(crate) fn new(max_reply_bytes: usize) -> Decoder {
+    pub fn new(max_reply_bytes: usize) -> Decoder {
         Decoder {
             max: max_reply_bytes.max(1),
             pos: 0,
@@ -191,7 +192,7 @@ impl Decoder {
 
     /// Takes one complete reply off the front of `buf`: `Ok(None)` = need more bytes;
     /// `Ok(Some(Err(Server)))` = the server's error reply (not fatal); `Err` = fatal.
-    pub(crate) fn decode(
+    pub fn decode(
         &mut self,
         buf: &mut BytesMut,
     ) -> Result<Option<Result<Reply, RedisError>>, RedisError> {

@@ -1,0 +1,157 @@
+//! `analytics-demo bench-redis`: a raw Redis benchmark built from the workload's own parts,
+//! so its numbers say what our client and engine cost next to `redis-benchmark`.
+//!
+//! Same topology as the workload ([`crate::engine`]): one glommio executor per shard, pinned
+//! to the CPUs after the first; each shard owns a [`crate::resp::Pool`] and its RNG stream,
+//! and shares nothing with the others. The mix is plain SET/GET (`--ratio`), keys are
+//! `key:NNNNNNNNNNNN` like redis-benchmark's `-r`.
+//!
+//! # Layout
+//! - [`mix`]: ratio and key-pattern parsing, the per-command picks, the reusable key buffer.
+//! - [`shard`]: one shard's command slots, closed loop or paced, and its histograms.
+//! - [`report`]: merging the shards, text and JSON output.
+
+pub mod mix;
+pub mod report;
+pub mod shard;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::BenchRedisArgs;
+use crate::resp::PoolConfig;
+use crate::shard::pacer::split_rate;
+use mix::{KeyPattern, Mix, Ratio};
+use shard::{ShardPlan, ShardResult};
+
+/// The mix as plain data (`Send`), built into samplers on the shard that uses it.
+#[derive(Clone, Debug)]
+pub struct MixPlan {
+    pub ratio: Ratio,
+    pub key_pattern: KeyPattern,
+    pub keys: u64,
+    pub zipf_exponent: f64,
+}
+
+impl MixPlan {
+    pub fn build(&self) -> Mix {
+        Mix::new(self.ratio, self.key_pattern, self.keys, self.zipf_exponent)
+    }
+}
+
+impl BenchRedisArgs {
+    /// `--shards` if set, else one per usable CPU but one (as the workload does), at least 1.
+    pub fn resolved_shards(&self, usable_cpus: usize) -> usize {
+        if self.shards != 0 {
+            self.shards
+        } else {
+            usable_cpus.saturating_sub(1).max(1)
+        }
+    }
+}
+
+/// Runs the benchmark and prints its result; returns the exit code (1 when Redis was never
+/// reached or no command succeeded).
+pub fn main(args: BenchRedisArgs) -> i32 {
+    let cpus = crate::engine::usable_cpus();
+    let shards = args.resolved_shards(cpus.len());
+    if let Err(e) = args.validate_against_shards(shards) {
+        eprintln!("error: {e}");
+        return crate::config::EXIT_USAGE;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("error: cannot install signal handler: {e}");
+            return 1;
+        }
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ (u64::from(std::process::id()) << 32)
+    });
+    tracing::info!(
+        shards,
+        connections = args.connections,
+        pipeline = args.pipeline,
+        rate = args.rate,
+        redis = %args.redis_url,
+        "bench-redis starting"
+    );
+    let mut handles = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let plan = ShardPlan {
+            index: i,
+            redis_url: args.redis_url.clone(),
+            pool: PoolConfig {
+                size: split_rate(args.connections as u64, shards, i).max(1) as usize,
+                command_timeout: args.command_timeout,
+                connect_timeout: Duration::from_secs(2),
+                max_reply_bytes: args.max_reply_bytes,
+                backoff_min: Duration::from_millis(10),
+                backoff_max: Duration::from_secs(1),
+                shard: i,
+            },
+            pipeline: args.pipeline,
+            rate: split_rate(args.rate, shards, i),
+            mix: MixPlan {
+                ratio: args.ratio,
+                key_pattern: args.key_pattern,
+                keys: args.keys,
+                zipf_exponent: args.zipf_exponent,
+            },
+            data_size: args.data_size,
+            duration: args.duration,
+            seed,
+        };
+        // A shard whose share of a tiny rate is 0 would run closed loop: give it nothing.
+        if args.rate > 0 && plan.rate == 0 {
+            continue;
+        }
+        // Same placement as the workload's shards: the CPUs after the first.
+        let placement = if args.pin {
+            Placement::Fixed(cpus[(1 + i) % cpus.len()])
+        } else {
+            Placement::Unbound
+        };
+        let shard_stop = stop.clone();
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("bench-{i}"))
+            .io_memory(64 << 10)
+            .preempt_timer(Duration::from_millis(10));
+        match builder.spawn(move || shard::run(plan, shard_stop)) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("error: cannot start shard {i} executor: {e}");
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                return 1;
+            }
+        }
+    }
+    let mut results: Vec<ShardResult> = Vec::with_capacity(handles.len());
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: shard {i} failed: {e}");
+                return 1;
+            }
+        }
+    }
+    let summary = report::Summary::merge(&args, shards, results);
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.render());
+    }
+    if summary.connected == 0 || summary.ops() == 0 {
+        eprintln!("error: no command succeeded against {}", args.redis_url);
+        return 1;
+    }
+    0
+}

@@ -1,0 +1,246 @@
+//! One `bench-redis` shard: a pool of `connections` and one task per command slot
+//! (`connections x pipeline`), each issuing one command at a time. The pool sends each
+//! command to its least busy connection, so every connection carries about `pipeline`
+//! commands, and its writer coalesces whatever is queued into one write.
+//!
+//! Closed loop (`rate` 0): a slot sends its next command as soon as the reply comes back.
+//! Paced: slots claim the operations of one [`Schedule`] in order and send each at its due
+//! time; when every slot is busy, due operations wait for one, and that wait counts in the
+//! corrected latency (measured from the due time, as in wrk2) but not in the uncorrected
+//! one (from the send).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::mix::{KeyBuf, Mix, Op};
+use crate::resp::{Pool, PoolConfig, RedisError, RedisUrl, Reply};
+use crate::shard::pacer::Schedule;
+use crate::workload::Rng;
+
+/// Everything a shard needs, moved into its executor thread.
+#[derive(Clone)]
+pub struct ShardPlan {
+    pub index: usize,
+    pub redis_url: RedisUrl,
+    pub pool: PoolConfig,
+    pub pipeline: usize,
+    /// This shard's share of the rate; 0 = closed loop.
+    pub rate: u64,
+    pub mix: super::MixPlan,
+    pub data_size: usize,
+    pub duration: Option<Duration>,
+    pub seed: u64,
+}
+
+/// What a shard measured; merged by the caller.
+pub struct ShardResult {
+    pub connected: usize,
+    pub sets: u64,
+    pub gets: u64,
+    /// GETs that found a value.
+    pub hits: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// From handing the command to the pool to its reply, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// From the due time to the reply (paced runs only), in nanoseconds.
+    pub corrected: Option<Histogram<u64>>,
+    /// Paced runs: operations due before the end that no slot was free to start.
+    pub missed: u64,
+    /// From the first command to the last reply.
+    pub elapsed: Duration,
+}
+
+/// One hour in nanoseconds: far beyond any command timeout.
+const HIST_MAX_NS: u64 = 3_600_000_000_000;
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+pub fn histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits.
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
+}
+
+struct Ctx {
+    pool: Rc<Pool>,
+    mix: Mix,
+    rng: RefCell<Rng>,
+    value: Vec<u8>,
+    sched: Option<Schedule>,
+    /// Next operation of `sched` to claim.
+    next: Cell<u64>,
+    end: Option<Instant>,
+    stop: Arc<AtomicBool>,
+    tally: RefCell<ShardResult>,
+}
+
+impl Ctx {
+    fn stopped(&self, now: Instant) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.end.is_some_and(|e| now >= e)
+    }
+}
+
+/// Runs the shard until its duration ends or `stop` is set; in-flight commands finish.
+pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
+    let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
+    let deadline = Instant::now() + CONNECT_WAIT;
+    while pool.connected() < p.pool.size
+        && Instant::now() < deadline
+        && !stop.load(Ordering::Relaxed)
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let connected = pool.connected();
+    let mut result = ShardResult {
+        connected,
+        sets: 0,
+        gets: 0,
+        hits: 0,
+        errors: BTreeMap::new(),
+        latency: histogram(),
+        corrected: (p.rate > 0).then(histogram),
+        missed: 0,
+        elapsed: Duration::ZERO,
+    };
+    if connected == 0 {
+        result.errors.insert("connect", 1);
+        pool.close().await;
+        return result;
+    }
+    let start = Instant::now();
+    let ctx = Rc::new(Ctx {
+        pool,
+        mix: p.mix.build(),
+        rng: RefCell::new(Rng::for_shard(p.seed, p.index)),
+        value: vec![b'x'; p.data_size],
+        sched: (p.rate > 0).then(|| Schedule::new(start, p.rate)),
+        next: Cell::new(0),
+        end: p.duration.map(|d| start + d),
+        stop,
+        tally: RefCell::new(result),
+    });
+    let slots: Vec<_> = (0..p.pool.size * p.pipeline)
+        .map(|_| glommio::spawn_local(slot(ctx.clone())))
+        .collect();
+    for s in slots {
+        s.await;
+    }
+    let finished = Instant::now();
+    ctx.pool.close().await;
+    let ctx = match Rc::try_unwrap(ctx) {
+        Ok(c) => c,
+        Err(_) => unreachable!("every slot task has ended"),
+    };
+    let mut result = ctx.tally.into_inner();
+    result.elapsed = finished - start;
+    if ctx.sched.is_some() {
+        let until = ctx.end.unwrap_or(finished).min(finished);
+        let due = due_before(p.rate, until.saturating_duration_since(start));
+        result.missed = due.saturating_sub(ctx.next.get());
+    }
+    result
+}
+
+/// How many operations of a `rate` schedule are due strictly before `span` after its start
+/// (the same integer arithmetic as [`Schedule::at`], so the count matches it exactly).
+fn due_before(rate: u64, span: Duration) -> u64 {
+    // at(k) = start + floor(k * 1e9 / rate) < start + span  <=>  k < span * rate / 1e9.
+    (span.as_nanos() * u128::from(rate))
+        .div_ceil(1_000_000_000)
+        .min(u128::from(u64::MAX)) as u64
+}
+
+/// One command slot: claim, wait until due (paced), send, record; until the end.
+async fn slot(c: Rc<Ctx>) {
+    let mut key = KeyBuf::default();
+    loop {
+        let now = Instant::now();
+        if c.stopped(now) {
+            break;
+        }
+        let due = match &c.sched {
+            Some(s) => {
+                let k = c.next.get();
+                let due = s.at(k);
+                if c.end.is_some_and(|e| due >= e) {
+                    break;
+                }
+                c.next.set(k + 1);
+                if due > now {
+                    glommio::timer::sleep(due - now).await;
+                    if c.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Some(due)
+            }
+            None => None,
+        };
+        let (op, index) = c.mix.next(&mut c.rng.borrow_mut());
+        let k = key.set(index);
+        let sent = Instant::now();
+        let r = match op {
+            Op::Set => c.pool.cmd(&[b"SET", k, &c.value]).await,
+            Op::Get => c.pool.cmd(&[b"GET", k]).await,
+        };
+        record(&mut c.tally.borrow_mut(), op, &r, sent, due);
+    }
+}
+
+fn record(
+    t: &mut ShardResult,
+    op: Op,
+    r: &Result<Reply, RedisError>,
+    sent: Instant,
+    due: Option<Instant>,
+) {
+    let done = Instant::now();
+    match r {
+        Ok(reply) => {
+            match op {
+                Op::Set => t.sets += 1,
+                Op::Get => {
+                    t.gets += 1;
+                    t.hits += u64::from(*reply != Reply::Nil);
+                }
+            }
+            t.latency.saturating_record(nanos(done - sent));
+            if let (Some(h), Some(due)) = (&mut t.corrected, due) {
+                h.saturating_record(nanos(done.saturating_duration_since(due)));
+            }
+        }
+        Err(e) => *t.errors.entry(e.kind()).or_default() += 1,
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_count_operations_due_before_the_end() {
+        // Due at 0, 1 ms, ..., 999 ms: 1000 before 1 s, 1001 before 1 s + 1 ns.
+        assert_eq!(due_before(1000, Duration::from_secs(1)), 1000);
+        assert_eq!(due_before(1000, Duration::from_nanos(1_000_000_001)), 1001);
+        assert_eq!(due_before(1000, Duration::ZERO), 0);
+        // Against the schedule itself, at awkward rates.
+        let t0 = Instant::now();
+        for rate in [3u64, 7, 999, 100_003] {
+            let s = Schedule::new(t0, rate);
+            for span in [1u64, 333_333_333, 1_000_000_000, 2_500_000_007] {
+                let n = due_before(rate, Duration::from_nanos(span));
+                let end = t0 + Duration::from_nanos(span);
+                assert!(n == 0 || s.at(n - 1) < end, "rate {rate} span {span}");
+                assert!(s.at(n) >= end, "rate {rate} span {span}");
+            }
+        }
+    }
+}
