@@ -123,8 +123,10 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         stop,
         tally: RefCell::new(result),
     });
+    // Slot i uses connection i / pipeline: `pipeline` commands in flight per connection,
+    // like redis-benchmark -P.
     let slots: Vec<_> = (0..p.pool.size * p.pipeline)
-        .map(|_| glommio::spawn_local(slot(ctx.clone())))
+        .map(|i| glommio::spawn_local(slot(ctx.clone(), i / p.pipeline.max(1))))
         .collect();
     for s in slots {
         s.await;
@@ -155,7 +157,7 @@ fn due_before(rate: u64, span: Duration) -> u64 {
 }
 
 /// One command slot: claim, wait until due (paced), send, record; until the end.
-async fn slot(c: Rc<Ctx>) {
+async fn slot(c: Rc<Ctx>, conn: usize) {
     let mut key = KeyBuf::default();
     loop {
         let now = Instant::now();
@@ -184,8 +186,8 @@ async fn slot(c: Rc<Ctx>) {
         let k = key.set(index);
         let sent = Instant::now();
         let r = match op {
-            Op::Set => c.pool.cmd(&[b"SET", k, &c.value]).await,
-            Op::Get => c.pool.cmd(&[b"GET", k]).await,
+            Op::Set => c.pool.cmd_on(conn, &[b"SET", k, &c.value]).await,
+            Op::Get => c.pool.cmd_on(conn, &[b"GET", k]).await,
         };
         record(&mut c.tally.borrow_mut(), op, &r, sent, due);
     }

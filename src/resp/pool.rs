@@ -17,6 +17,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Commands in flight on the connection in use before new ones spill to another.
+const STICKY_INFLIGHT: usize = 32;
+
 /// Pool settings; see the field docs for units and meaning.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -62,6 +65,8 @@ struct Shared {
     generation: Cell<u64>,
     slots: Vec<Slot>,
     rr: Cell<usize>,
+    /// The connection new commands go to while it has room (see `pick`).
+    current: Cell<usize>,
     stats: Rc<Stats>,
     closed: Cell<bool>,
     rng: RefCell<Xoshiro256PlusPlus>,
@@ -99,6 +104,7 @@ impl Pool {
                 })
                 .collect(),
             rr: Cell::new(0),
+            current: Cell::new(0),
             stats,
             closed: Cell::new(false),
             rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
@@ -134,6 +140,20 @@ impl Pool {
     /// One command on the least busy connection; none up => `NotConnected`, never sent.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         match self.sh.pick() {
+            Some(c) => c.cmd(args).await,
+            None => {
+                let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
+                self.sh.stats.count(cmd);
+                self.sh.stats.error("not_connected");
+                Err(RedisError::NotConnected)
+            }
+        }
+    }
+
+    /// One command on connection `index` (modulo the pool size) when it is up: for load
+    /// generation that must spread evenly over a fixed number of connections.
+    pub async fn cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        match self.sh.pick_at(index) {
             Some(c) => c.cmd(args).await,
             None => {
                 let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
@@ -261,26 +281,55 @@ impl Shared {
         }
     }
 
-    /// Least in-flight usable connection, scanning from a rotating start so ties spread.
+    /// The connection in use while it has fewer than `STICKY_INFLIGHT` commands in flight,
+    /// else the least busy one (which becomes the one in use). Commands issued together then
+    /// share one connection and leave in one write: one syscall and one Redis wake-up for
+    /// many commands instead of one each. Load spreads once a connection is busy.
     fn pick(&self) -> Option<Rc<Connection>> {
+        let cur = self.current.get();
+        if let Some(c) = self.slots[cur % self.slots.len()]
+            .conn
+            .borrow()
+            .as_ref()
+            .filter(|c| c.is_usable() && c.inflight() < STICKY_INFLIGHT)
+        {
+            return Some(c.clone());
+        }
+        let (i, c) = self.least_busy()?;
+        self.current.set(i);
+        Some(c)
+    }
+
+    /// Connection `index` (modulo the pool size) if it is up, else `pick`'s choice.
+    fn pick_at(&self, index: usize) -> Option<Rc<Connection>> {
+        let slot = &self.slots[index % self.slots.len()];
+        if let Some(c) = slot.conn.borrow().as_ref().filter(|c| c.is_usable()) {
+            return Some(c.clone());
+        }
+        self.pick()
+    }
+
+    /// Least in-flight usable connection, scanning from a rotating start so ties spread.
+    fn least_busy(&self) -> Option<(usize, Rc<Connection>)> {
         let n = self.slots.len();
         let start = self.rr.get();
         self.rr.set(start.wrapping_add(1));
-        let mut best: Option<(usize, Rc<Connection>)> = None;
+        let mut best: Option<(usize, usize, Rc<Connection>)> = None;
         for k in 0..n {
-            let slot = self.slots[(start + k) % n].conn.borrow();
+            let i = (start + k) % n;
+            let slot = self.slots[i].conn.borrow();
             let Some(c) = slot.as_ref().filter(|c| c.is_usable()) else {
                 continue;
             };
             let load = c.inflight();
-            if best.as_ref().is_none_or(|(b, _)| load < *b) {
-                best = Some((load, c.clone()));
+            if best.as_ref().is_none_or(|(b, _, _)| load < *b) {
+                best = Some((load, i, c.clone()));
                 if load == 0 {
                     break;
                 }
             }
         }
-        best.map(|(_, c)| c)
+        best.map(|(_, i, c)| (i, c))
     }
 
     /// Capped exponential backoff with jitter: uniform in [min, min * 2^failures] (capped),
