@@ -668,3 +668,430 @@ fn should_bound_memory_during_a_long_postgres_outage() {
         "summary skipped: {summary}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP abuse
+// ---------------------------------------------------------------------------------------------
+
+/// Sends RAW on a fresh connection and reads until close or READ_FOR: the status of the
+/// first response (None when the server closed or reset without one). Write errors (the
+/// server closing early, e.g. after a 413) are ignored.
+fn raw_http(app: &App, raw: &[u8], read_for: Duration) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&app.http, Duration::from_secs(2)).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_read_timeout(Some(read_for)).ok();
+    let _ = s.write_all(raw);
+    let _ = s.flush();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&got);
+    head.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+}
+
+/// The app is alive, has not panicked, and /health answers 200.
+fn assert_serving(app: &App, after: &str) {
+    assert_alive(app, after);
+    assert!(
+        wait_until(Duration::from_secs(10), || health_status(app) == 200),
+        "/health not 200 {after}: {:?}",
+        app.get("/health")
+    );
+}
+
+fn light_app(redis: &RedisServer, pg: &PgServer) -> App {
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &["--events-per-second", "50", "--queries-per-second", "100"],
+    );
+    spawn_running(&refs(&a), &[])
+}
+
+#[test]
+fn should_survive_oversized_and_garbage_requests() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let app = light_app(&redis, &pg);
+    let short = Duration::from_secs(5);
+
+    // A 64 KiB header line: 431/400, or the connection closed; never a crash.
+    let mut big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let status = raw_http(&app, &big, short);
+    eprintln!("HTTP 64 KiB header line -> {status:?}");
+    assert!(
+        matches!(status, None | Some(400) | Some(431)),
+        "64 KiB header: {status:?}"
+    );
+    assert_serving(&app, "after a 64 KiB header");
+
+    // Many headers adding up to ~1 MiB.
+    let mut many = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..16_384 {
+        many.extend_from_slice(format!("X-H{i}: {}\r\n", "b".repeat(50)).as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let status = raw_http(&app, &many, short);
+    eprintln!("HTTP 16384 headers (~1 MiB) -> {status:?}");
+    assert!(
+        matches!(status, None | Some(400) | Some(431)),
+        "1 MiB of headers: {status:?}"
+    );
+    assert_serving(&app, "after 1 MiB of headers");
+
+    // A 1 MiB body to the admin endpoint: 413 or closed.
+    let mut post = format!(
+        "POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        1 << 20
+    )
+    .into_bytes();
+    post.extend(std::iter::repeat_n(b'{', 1 << 20));
+    let status = raw_http(&app, &post, short);
+    eprintln!("HTTP 1 MiB POST /admin/redis-target -> {status:?}");
+    assert!(matches!(status, None | Some(413)), "1 MiB body: {status:?}");
+    // Chunked, no length announced.
+    let mut chunked =
+        b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..64 {
+        chunked.extend_from_slice(format!("4000\r\n{}\r\n", "x".repeat(0x4000)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let status = raw_http(&app, &chunked, short);
+    eprintln!("HTTP 1 MiB chunked POST -> {status:?}");
+    assert!(
+        matches!(status, None | Some(413)),
+        "1 MiB chunked: {status:?}"
+    );
+    assert_serving(&app, "after 1 MiB bodies");
+
+    // Garbage: random bytes, non-UTF-8 request lines and headers, bad framing.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut garbage = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random 4 KiB", garbage(4096)),
+        ("random 64 B + CRLFCRLF", {
+            let mut g = garbage(64);
+            g.extend_from_slice(b"\r\n\r\n");
+            g
+        }),
+        (
+            "non-UTF-8 path",
+            b"GET /\xff\xfe\x80 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "non-UTF-8 method",
+            b"\xff\xfe\xfd /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "non-UTF-8 header value",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: \xff\xfe\r\n\r\n".to_vec(),
+        ),
+        (
+            "non-UTF-8 bearer token",
+            b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\
+              Content-Length: 2\r\n\r\n{}"
+                .to_vec(),
+        ),
+        (
+            "non-UTF-8 JSON body",
+            b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n\xff\xfe\xfd\xfc"
+                .to_vec(),
+        ),
+        ("HTTP/9.9", b"GET /health HTTP/9.9\r\n\r\n".to_vec()),
+        ("NUL bytes", b"GET /\0\0 HTTP/1.1\r\n\0\r\n\r\n".to_vec()),
+        (
+            "negative Content-Length",
+            b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        ),
+        (
+            "huge Content-Length",
+            b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "bad chunk size",
+            b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+                .to_vec(),
+        ),
+        (
+            "query with %-garbage",
+            b"GET /report?%ff%fe%zz=%%% HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "8 KiB path",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(8192)).into_bytes(),
+        ),
+    ];
+    for i in 0..20 {
+        cases.push(("random 1 KiB", garbage(256 + i * 40)));
+    }
+    for (name, raw) in &cases {
+        let status = raw_http(&app, raw, Duration::from_secs(2));
+        if !name.starts_with("random 1 KiB") {
+            eprintln!("HTTP {name} -> {status:?}");
+        }
+        assert_alive(&app, &format!("after {name}"));
+    }
+    assert_serving(&app, "after garbage");
+    let m = metrics(&app);
+    assert!(!m.is_empty(), "/metrics no longer answers");
+}
+
+/// Opens N connections to the app and keeps them idle (nothing sent).
+fn idle_connections(app: &App, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&app.http, Duration::from_secs(2)).ok()
+        })
+        .collect()
+}
+
+/// How many of CONNS the server closed (a read sees EOF or a reset within a short wait).
+fn closed_by_server(conns: &[std::net::TcpStream]) -> usize {
+    use std::io::Read;
+    conns
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(20))).ok();
+            let mut b = [0u8; 16];
+            match (&**c).read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count()
+}
+
+#[test]
+fn should_survive_connection_floods_and_slow_clients() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let app = light_app(&redis, &pg);
+
+    // 300 idle connections against a cap of 256.
+    let conns = idle_connections(&app, 300);
+    std::thread::sleep(Duration::from_secs(1));
+    let closed = closed_by_server(&conns);
+    let during = app.get("/health").0;
+    eprintln!(
+        "HTTP flood: {} connections opened, {closed} closed by the server at once; /health \
+         during the flood -> {during}",
+        conns.len()
+    );
+    assert_alive(&app, "with 300 idle connections");
+    drop(conns);
+    let released = Instant::now();
+    let back = time_until(released, || health_status(&app) == 200);
+    eprintln!("HTTP flood: /health 200 again {back:?} after closing them");
+    assert!(back.is_some(), "/health does not answer after the flood");
+
+    // A slow client: one byte every 100 ms for ~4 s; others are served meanwhile.
+    let http = app.http;
+    let slow = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let req = format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: {}\r\nConnection: close\r\n\r\n",
+            "s".repeat(8)
+        );
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        for b in req.as_bytes() {
+            if s.write_all(&[*b]).is_err() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got)
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+    });
+    let started = Instant::now();
+    let (mut served, mut worst) = (0, Duration::ZERO);
+    while !slow.is_finished() && started.elapsed() < Duration::from_secs(15) {
+        let t = Instant::now();
+        let status = app.get("/health").0;
+        worst = worst.max(t.elapsed());
+        assert_eq!(status, 200, "/health while a slow client trickles");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let slow_status = slow.join().unwrap();
+    eprintln!(
+        "HTTP slow client ({:?}): {served} other requests served meanwhile, slowest {worst:?}; \
+         the slow client got {slow_status:?}",
+        started.elapsed()
+    );
+    assert!(
+        served >= 10,
+        "only {served} requests served during the slow client"
+    );
+    assert_eq!(slow_status, Some(200), "the slow client's own request");
+    assert_serving(&app, "after the slow client");
+}
+
+/// 256 idle connections (the server's cap) shut everyone else out of /health, /metrics and
+/// the admin endpoint for as long as they stay open: the server has no header-read or idle
+/// timeout, so a handful of stuck clients (or a port scanner, or a load balancer's
+/// pre-opened connections) make the app look dead to probes and scrapes.
+#[test]
+#[ignore = "bug: src/http.rs serve(): no header-read/idle timeout, 256 idle connections lock out /health"]
+fn should_reclaim_idle_connections_so_health_stays_reachable() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let app = light_app(&redis, &pg);
+    let conns = idle_connections(&app, 300);
+    // Any reasonable header-read timeout is well under 30 s.
+    let reachable = wait_until(Duration::from_secs(40), || health_status(&app) == 200);
+    let closed = closed_by_server(&conns);
+    eprintln!(
+        "idle connections closed by the server: {closed} of {}",
+        conns.len()
+    );
+    assert!(
+        reachable,
+        "/health unreachable for 40 s while {} idle connections are open ({closed} closed by \
+         the server)",
+        conns.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn should_not_leak_redis_or_postgres_passwords() {
+    const REDIS_PW: &str = "plantedsecret";
+    const PG_PW: &str = "pgplanted";
+    let mut redis = RedisServer::start_with(&["--requirepass", REDIS_PW]);
+    let mut pg = PgServer::start();
+    // The harness cluster trusts every local connection, so the password is not checked,
+    // but it is in the URL the app parses, logs about and stores.
+    pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{PG_PW}'"));
+    pg.psql("GRANT ALL ON DATABASE analytics TO app");
+    pg.psql("GRANT ALL ON SCHEMA public TO app");
+    let redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}", redis.port);
+    let pg_url = format!("postgres://app:{PG_PW}@127.0.0.1:{}/analytics", pg.port);
+    assert_eq!(redis_url, redis.url());
+    let env = [
+        ("REDIS_URL", redis_url.as_str()),
+        ("DATABASE_URL", pg_url.as_str()),
+    ];
+    let mut a: Vec<String> = args(
+        "x",
+        "x",
+        &["--events-per-second", "100", "--queries-per-second", "200"],
+    );
+    a.drain(0..4); // the URLs come from the environment
+    let app = spawn_running(&refs(&a), &env);
+    assert!(
+        wait_until(Duration::from_secs(30), || acked(&app) > 0.0),
+        "no acked events:\n{}",
+        app.log()
+    );
+    assert_eq!(
+        pg.psql("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'analytics' AND usename = 'app'"),
+        "app",
+        "the app does not connect as the role of DATABASE_URL"
+    );
+
+    let leaks = |what: &str, text: &str| {
+        for pw in [REDIS_PW, PG_PW] {
+            assert!(!text.contains(pw), "{what} leaks {pw}:\n{text}");
+        }
+    };
+    let check_endpoints = |when: &str| {
+        for path in ["/metrics", "/health", "/report", "/api/status", "/"] {
+            let (status, body) = app.get(path);
+            assert_ne!(status, 0, "{path} {when}: {body}");
+            leaks(&format!("{path} {when}"), &body);
+        }
+    };
+    check_endpoints("while healthy");
+
+    // Error paths: both dependencies fail, so their errors are logged and shown in /health.
+    redis.stop();
+    pg.stop();
+    assert!(wait_until(Duration::from_secs(15), || {
+        let (_, h) = app.get("/health");
+        h.contains("\"redis\"") && h.matches("\"down\"").count() >= 2
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    check_endpoints("with both dependencies down");
+    // verify against the dead servers: usage/connection error, no secret in its output.
+    let out = run_binary(&["verify", "--json"], &env, Duration::from_secs(60));
+    eprintln!(
+        "verify with both down: exit {:?}: {}{}",
+        out.code(),
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.code(), Some(2), "{}\n{}", out.stdout, out.stderr);
+    leaks(
+        "verify output (servers down)",
+        &format!("{}{}", out.stdout, out.stderr),
+    );
+    redis.restart();
+    pg.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || health_status(&app) == 200),
+        "not healthy again"
+    );
+    check_endpoints("after recovery");
+
+    let mut app = app;
+    assert_eq!(app.terminate().code(), Some(0), "{}", app.log());
+    leaks("the app's log", &app.log());
+    leaks("the runs table", &pg.psql("SELECT config::text FROM runs"));
+    for args in [&["verify", "--json"][..], &["verify"][..]] {
+        let out = run_binary(args, &env, Duration::from_secs(60));
+        // Redis was restarted empty: loss (1) is the expected verdict here.
+        assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+        leaks("verify output", &format!("{}{}", out.stdout, out.stderr));
+    }
+}
+
+/// A malformed chunked body is a client error (400), not "request body too large" (413):
+/// `respond()` maps every body error to 413.
+#[test]
+#[ignore = "bug: src/http.rs respond(): every body read error becomes 413, a malformed body should be 400"]
+fn should_answer_400_to_a_malformed_chunked_body() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let app = light_app(&redis, &pg);
+    let raw =
+        b"POST /admin/redis-target HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let status = raw_http(&app, raw, Duration::from_secs(5));
+    assert_eq!(status, Some(400), "malformed chunk size");
+}
