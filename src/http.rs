@@ -22,6 +22,9 @@ use hyper::{Request, Response};
 pub const MAX_BODY: usize = 64 * 1024;
 /// Concurrent connections served; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 256;
+/// A connection with no byte read or written for this long is closed (idle keep-alive,
+/// stuck or slow-loris clients), so a few hundred of them cannot lock out /health.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request as handlers see it.
 pub struct Req {
@@ -88,7 +91,8 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
         let peer = stream.peer_addr().ok();
         let (handler, open) = (handler.clone(), open.clone());
         glommio::spawn_local(async move {
-            let io = Io(stream);
+            let activity = Rc::new(Cell::new(std::time::Instant::now()));
+            let io = Io(stream, Some(activity.clone()));
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&handler, peer, req).await) }
@@ -97,7 +101,16 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
                 .max_buf_size(16 * 1024)
                 .keep_alive(true)
                 .serve_connection(io, service);
-            if let Err(e) = conn.await {
+            let watchdog = async {
+                loop {
+                    let idle = activity.get().elapsed();
+                    if idle >= IDLE_TIMEOUT {
+                        return Ok(());
+                    }
+                    glommio::timer::sleep(IDLE_TIMEOUT - idle).await;
+                }
+            };
+            if let Err(e) = futures_lite::future::or(conn, watchdog).await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
             open.set(open.get() - 1);
@@ -114,7 +127,10 @@ async fn respond(
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return build(Resp::text(413, "request body too large\n")),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return build(Resp::text(413, "request body too large\n"))
+        }
+        Err(_) => return build(Resp::text(400, "malformed request body\n")),
     };
     let r = Req {
         peer,
@@ -137,8 +153,19 @@ fn build(r: Resp) -> Response<Full<Bytes>> {
     resp
 }
 
-/// hyper's I/O traits over a glommio stream.
-struct Io(glommio::net::TcpStream);
+/// hyper's I/O traits over a glommio stream; records the time of the last byte moved.
+struct Io(
+    glommio::net::TcpStream,
+    Option<Rc<Cell<std::time::Instant>>>,
+);
+
+impl Io {
+    fn touch(&self) {
+        if let Some(a) = &self.1 {
+            a.set(std::time::Instant::now());
+        }
+    }
+}
 
 impl hyper::rt::Read for Io {
     fn poll_read(
@@ -148,8 +175,10 @@ impl hyper::rt::Read for Io {
     ) -> Poll<io::Result<()>> {
         let mut tmp = [0u8; 8192];
         let want = buf.remaining().min(tmp.len());
-        match Pin::new(&mut self.get_mut().0).poll_read(cx, &mut tmp[..want]) {
+        let this = self.get_mut();
+        match Pin::new(&mut this.0).poll_read(cx, &mut tmp[..want]) {
             Poll::Ready(Ok(n)) => {
+                this.touch();
                 buf.put_slice(&tmp[..n]);
                 Poll::Ready(Ok(()))
             }
@@ -165,7 +194,12 @@ impl hyper::rt::Write for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.0).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            this.touch();
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_flush(cx)
@@ -204,7 +238,7 @@ pub async fn request(
     let stream = glommio::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(5))
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(Io(stream))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(Io(stream, None))
         .await
         .map_err(|e| format!("http: {e}"))?;
     let driver = glommio::spawn_local(async move {

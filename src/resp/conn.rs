@@ -465,9 +465,9 @@ async fn sweeper(inner: Rc<Inner>) {
                     wake = deadline;
                     break;
                 }
-                slot.complete(Err(RedisError::Timeout {
-                    sent: slot.seq < st.sent_seq,
-                }));
+                // Even if not written yet, its bytes stay in the outgoing buffer and may
+                // still reach the server: the outcome is unknown, never "not applied".
+                slot.complete(Err(RedisError::Timeout { sent: true }));
                 st.swept += 1;
             }
             if let Some(front) = st.fifo.front() {
