@@ -1,37 +1,5 @@
-//! A single-threaded doorbell: one task waits, any task on the same executor rings.
-//! A ring with nobody waiting is remembered, so a wake-up is never lost.
-
-use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
-use std::task::{Poll, Waker};
-
-#[derive(Default)]
-pub struct Notify {
-    rung: Cell<bool>,
-    waiter: RefCell<Option<Waker>>,
-}
-
-impl Notify {
-    pub fn ring(&self) {
-        self.rung.set(true);
-        if let Some(w) = self.waiter.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Resolves once rung since the last `wait` returned.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.rung.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waiter.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
+//! Small async helpers for single-threaded executors (the wake-up primitive itself is
+//! `resp::sync::Notify`).
 
 /// Waits for `fut` or until `deadline`, whichever comes first (None on deadline).
 pub async fn until<T>(

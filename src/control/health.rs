@@ -21,6 +21,17 @@ pub struct DepStatus {
 }
 
 impl DepStatus {
+    fn checked(endpoint: String, latency_ms: Option<f64>, error: Option<String>) -> DepStatus {
+        DepStatus {
+            status: if error.is_none() { "up" } else { "down" },
+            endpoint,
+            latency_ms,
+            error,
+            checked_seconds_ago: None,
+            checked_at: Some(Instant::now()),
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.status == "up"
     }
@@ -66,24 +77,14 @@ pub async fn redis_loop(
             },
         };
         let status = match result {
-            Ok(()) => DepStatus {
-                status: "up",
-                endpoint: url.redacted(),
-                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
-                error: None,
-                checked_seconds_ago: None,
-                checked_at: Some(Instant::now()),
-            },
+            Ok(()) => DepStatus::checked(
+                url.redacted(),
+                Some(started.elapsed().as_secs_f64() * 1000.0),
+                None,
+            ),
             Err(e) => {
                 conn = None;
-                DepStatus {
-                    status: "down",
-                    endpoint: url.redacted(),
-                    latency_ms: None,
-                    error: Some(format!("{} ({})", e, e.kind())),
-                    checked_seconds_ago: None,
-                    checked_at: Some(Instant::now()),
-                }
+                DepStatus::checked(url.redacted(), None, Some(format!("{} ({})", e, e.kind())))
             }
         };
         health.borrow_mut().redis = status;
@@ -116,24 +117,14 @@ pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: tokio_postgres::Con
         }
         .await;
         let status = match result {
-            Ok(()) => DepStatus {
-                status: "up",
-                endpoint: endpoint.clone(),
-                latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
-                error: None,
-                checked_seconds_ago: None,
-                checked_at: Some(Instant::now()),
-            },
+            Ok(()) => DepStatus::checked(
+                endpoint.clone(),
+                Some(started.elapsed().as_secs_f64() * 1000.0),
+                None,
+            ),
             Err(e) => {
                 client = None;
-                DepStatus {
-                    status: "down",
-                    endpoint: endpoint.clone(),
-                    latency_ms: None,
-                    error: Some(e),
-                    checked_seconds_ago: None,
-                    checked_at: Some(Instant::now()),
-                }
+                DepStatus::checked(endpoint.clone(), None, Some(e))
             }
         };
         health.borrow_mut().postgres = status;

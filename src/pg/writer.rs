@@ -19,7 +19,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config};
 
 use crate::metrics as m;
-use crate::notify::{self, Notify};
+use crate::notify;
+use crate::resp::sync::Notify;
 use crate::workload::{time, Outcome};
 
 /// One event as stored in Postgres.
@@ -100,10 +101,10 @@ pub async fn run(
             let rx = crate::notify::awake(rx.connect()).await;
             while let Some(rows) = rx.recv().await {
                 queue.borrow_mut().push_back(rows);
-                bell.ring();
+                bell.notify();
             }
             open.set(open.get() - 1);
-            bell.ring();
+            bell.notify();
         })
         .detach();
     }
@@ -144,10 +145,10 @@ pub async fn run(
         }
         match first_at {
             Some(t) => {
-                notify::until(t + FLUSH_AFTER, bell.wait()).await;
+                notify::until(t + FLUSH_AFTER, bell.notified()).await;
             }
             None => {
-                notify::until(Instant::now() + Duration::from_millis(500), bell.wait()).await;
+                notify::until(Instant::now() + Duration::from_millis(500), bell.notified()).await;
             }
         }
     }

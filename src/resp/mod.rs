@@ -13,7 +13,7 @@ pub mod error;
 pub mod frame;
 pub mod pool;
 mod stats;
-mod sync;
+pub(crate) mod sync;
 pub mod url;
 
 pub use conn::Connection;

@@ -141,12 +141,7 @@ impl Pool {
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         match self.sh.pick() {
             Some(c) => c.cmd(args).await,
-            None => {
-                let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
-                self.sh.stats.count(cmd);
-                self.sh.stats.error("not_connected");
-                Err(RedisError::NotConnected)
-            }
+            None => Err(self.sh.not_connected(args)),
         }
     }
 
@@ -155,12 +150,7 @@ impl Pool {
     pub async fn cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
         match self.sh.pick_at(index) {
             Some(c) => c.cmd(args).await,
-            None => {
-                let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
-                self.sh.stats.count(cmd);
-                self.sh.stats.error("not_connected");
-                Err(RedisError::NotConnected)
-            }
+            None => Err(self.sh.not_connected(args)),
         }
     }
 
@@ -168,15 +158,7 @@ impl Pool {
     pub async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
         match self.sh.pick() {
             Some(c) => c.pipeline(cmds).await,
-            None => cmds
-                .iter()
-                .map(|c| {
-                    let cmd = Stats::command_index(c.first().copied().unwrap_or(b""));
-                    self.sh.stats.count(cmd);
-                    self.sh.stats.error("not_connected");
-                    Err(RedisError::NotConnected)
-                })
-                .collect(),
+            None => cmds.iter().map(|c| Err(self.sh.not_connected(c))).collect(),
         }
     }
 
@@ -274,6 +256,14 @@ impl Drop for Pool {
 }
 
 impl Shared {
+    /// Counts a command that found no connection up (never sent) and returns its error.
+    fn not_connected(&self, args: &[&[u8]]) -> RedisError {
+        let cmd = Stats::command_index(args.first().copied().unwrap_or(b""));
+        self.stats.count(cmd);
+        self.stats.error("not_connected");
+        RedisError::NotConnected
+    }
+
     fn set_state(&self, i: usize, to: Option<ConnState>) {
         let from = self.slots[i].state.replace(to);
         if from != to {
