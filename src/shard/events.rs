@@ -13,7 +13,7 @@ use super::stats::Skip;
 use super::{push_row, Shard};
 use crate::pg::writer::EventRow;
 use crate::resp::Reply;
-use crate::workload::{keys, time, EventType, Outcome};
+use crate::workload::{keys, time, Outcome};
 
 /// Starts one event due at `due` as its own task (or skips it when the writer is behind).
 pub fn start(s: Rc<Shard>, due: Instant) {
@@ -120,9 +120,4 @@ async fn run(s: &Shard, due: Instant) {
     }
     st.users_now
         .insert((u64::from(org) << 32) | u64::from(user));
-}
-
-/// The event-type label of a code, for reports.
-pub fn type_name(code: usize) -> &'static str {
-    EventType::ALL.get(code).map_or("unknown", |t| t.as_str())
 }
