@@ -92,15 +92,26 @@ fn switch(args: config::SwitchArgs) -> i32 {
     let token = args.admin_token.clone();
     // The only place the full URL (with its password) leaves this process: the request body.
     let body = serde_json::json!({ "url": args.to.to_full_string() }).to_string();
+    // A 503 means the instance is still starting (its shards are not listening yet): retry
+    // for a while rather than fail a scripted cutover.
     let got = crate::http::block_on(move || async move {
-        crate::http::request(
-            &base,
-            hyper::Method::POST,
-            "/admin/redis-target",
-            token.as_deref(),
-            Some(body),
-        )
-        .await
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let r = crate::http::request(
+                &base,
+                hyper::Method::POST,
+                "/admin/redis-target",
+                token.as_deref(),
+                Some(body.clone()),
+            )
+            .await;
+            match r {
+                Ok((503, _)) if std::time::Instant::now() < deadline => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
     });
     match got {
         Ok(Ok((200, body))) => {
