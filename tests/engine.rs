@@ -12,34 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{metric_sum, run_binary, summary_from_log, wait_until, App, PgServer, RedisServer};
 use serde_json::Value;
 
-/// Event type names by their `event_type` code.
-const TYPE_NAMES: [&str; 5] = ["page_view", "click", "conversion", "signup", "purchase"];
-
 /// How long an app gets to become healthy (a cold debug binary on a busy machine).
 const HEALTHY: Duration = Duration::from_secs(60);
 
 /// Arguments for a run against REDIS_URL and PG_URL, plus EXTRA.
 fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--redis-url",
-        redis_url,
-        "--database-url",
-        pg_url,
-        "--shards",
-        "1",
-        "--no-pin",
-        "--log-format",
-        "json",
-        "--progress-interval",
-        "1",
-        "--seed",
-        "7",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    common::app_args(redis_url, pg_url, &["--seed", "7"], extra)
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -98,7 +76,7 @@ fn truths(pg: &PgServer) -> Vec<Truth> {
             assert_eq!(f.len(), 5, "bad row {l:?}");
             let ty: usize = f[2].parse().unwrap();
             Truth {
-                key: format!("a:{{{}}}:ev:{}:{}", f[0], TYPE_NAMES[ty], f[1]),
+                key: format!("a:{{{}}}:ev:{}:{}", f[0], common::TYPE_NAMES[ty], f[1]),
                 acked: f[3].parse().unwrap(),
                 unknown: f[4].parse().unwrap(),
             }
@@ -338,7 +316,7 @@ fn should_run_for_duration_and_reconcile() {
             (t.parse().unwrap(), n.parse().unwrap())
         })
         .collect();
-    for (code, name) in TYPE_NAMES.iter().enumerate() {
+    for (code, name) in common::TYPE_NAMES.iter().enumerate() {
         assert_eq!(
             u(&summary, &["events_by_type", name]),
             by_type.get(&code).copied().unwrap_or(0),

@@ -23,34 +23,23 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 /// Arguments for a run against REDIS_URL and PG_URL (50 organizations, 300 ms command
 /// timeout, one shard), plus EXTRA (later flags win).
 fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--redis-url",
+    common::app_args(
         redis_url,
-        "--database-url",
         pg_url,
-        "--shards",
-        "1",
-        "--no-pin",
-        "--log-format",
-        "json",
-        "--progress-interval",
-        "1",
-        "--seed",
-        "23",
-        "--organizations",
-        "50",
-        "--users-per-org",
-        "50",
-        "--command-timeout-ms",
-        "300",
-        "--redis-pool-size",
-        "16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+        &[
+            "--seed",
+            "23",
+            "--organizations",
+            "50",
+            "--users-per-org",
+            "50",
+            "--command-timeout-ms",
+            "300",
+            "--redis-pool-size",
+            "16",
+        ],
+        extra,
+    )
 }
 
 fn refs(v: &[String]) -> Vec<&str> {

@@ -19,35 +19,22 @@ use common::{
 use serde_json::Value;
 
 const TOKEN: &str = "mig-test-token-5f1c9e2a7b";
-/// Event type names by their `event_type` code.
-const TYPE_NAMES: [&str; 5] = ["page_view", "click", "conversion", "signup", "purchase"];
 const LONG: Duration = Duration::from_secs(60);
 
 fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--redis-url",
+    common::app_args(
         redis_url,
-        "--database-url",
         pg_url,
-        "--shards",
-        "1",
-        "--no-pin",
-        "--log-format",
-        "json",
-        "--progress-interval",
-        "1",
-        "--seed",
-        "11",
-        "--organizations",
-        "20",
-        "--users-per-org",
-        "50",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+        &[
+            "--seed",
+            "11",
+            "--organizations",
+            "20",
+            "--users-per-org",
+            "50",
+        ],
+        extra,
+    )
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -332,7 +319,7 @@ fn populated() -> (RedisServer, PgServer, Vec<Truth>) {
                     key: format!(
                         "a:{{{}}}:ev:{}:{}",
                         f[0],
-                        TYPE_NAMES[f[2].parse::<usize>().unwrap()],
+                        common::TYPE_NAMES[f[2].parse::<usize>().unwrap()],
                         f[1]
                     ),
                     acked: f[3].parse().unwrap(),

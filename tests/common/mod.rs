@@ -1209,3 +1209,30 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
     }
     found
 }
+
+/// Event type names by their `event_type` code (the app's `EventType` order).
+pub const TYPE_NAMES: [&str; 5] = ["page_view", "click", "conversion", "signup", "purchase"];
+
+/// Arguments of a workload run against the given servers: one unpinned shard, JSON logs, a
+/// progress line every second, then `defaults` (a test file's own) and `extra` (a test's).
+/// argh refuses a repeated option, so `extra` must not repeat one of `defaults`.
+pub fn app_args(redis_url: &str, pg_url: &str, defaults: &[&str], extra: &[&str]) -> Vec<String> {
+    let base = [
+        "--redis-url",
+        redis_url,
+        "--database-url",
+        pg_url,
+        "--shards",
+        "1",
+        "--no-pin",
+        "--log-format",
+        "json",
+        "--progress-interval",
+        "1",
+    ];
+    base.iter()
+        .chain(defaults)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
