@@ -206,26 +206,7 @@ fn measure_redis_recovery(app: &App, back: Instant, fault: &str) -> (Duration, D
 
 /// `analytics-demo verify --json` against REDIS and PG: exit code and verdict.
 fn verify(redis: &RedisServer, pg: &PgServer) -> (i32, Value) {
-    let out = run_binary(
-        &[
-            "verify",
-            "--redis-url",
-            &redis.url(),
-            "--database-url",
-            &pg.url(),
-            "--json",
-        ],
-        &[],
-        Duration::from_secs(60),
-    );
-    let code = out.code().expect("verify killed by a signal");
-    let verdict = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "verify (exit {code}) printed no JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
-            out.stdout, out.stderr
-        )
-    });
-    (code, verdict)
+    common::verify_json(&redis.url(), &pg.url())
 }
 
 /// What `verify` must say at the end.

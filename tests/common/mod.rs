@@ -1236,3 +1236,28 @@ pub fn app_args(redis_url: &str, pg_url: &str, defaults: &[&str], extra: &[&str]
         .map(|s| s.to_string())
         .collect()
 }
+
+/// `analytics-demo verify --json` against the given servers: exit code and the verdict.
+/// Panics (with both outputs) when it prints no JSON.
+pub fn verify_json(redis_url: &str, pg_url: &str) -> (i32, serde_json::Value) {
+    let out = run_binary(
+        &[
+            "verify",
+            "--redis-url",
+            redis_url,
+            "--database-url",
+            pg_url,
+            "--json",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let code = out.code().expect("verify killed by a signal");
+    let verdict = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "verify (exit {code}) printed no JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (code, verdict)
+}
