@@ -196,9 +196,17 @@ impl Connection {
 
     /// One command; errors are counted, durations recorded.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        let r = match self.inner.enqueue(args) {
+        let slot = self.inner.enqueue(args);
+        if slot.is_ok() {
+            self.inner.writer_wake.notify();
+        }
+        self.settle(slot).await
+    }
+
+    /// Waits for an enqueued command's reply, records its duration, counts its error.
+    async fn settle(&self, slot: Result<Rc<Slot>, RedisError>) -> Result<Reply, RedisError> {
+        let r = match slot {
             Ok(slot) => {
-                self.inner.writer_wake.notify();
                 let r = SlotWait(&slot).await;
                 self.inner
                     .stats
@@ -220,20 +228,7 @@ impl Connection {
         self.inner.writer_wake.notify();
         let mut out = Vec::with_capacity(slots.len());
         for s in slots {
-            let r = match s {
-                Ok(slot) => {
-                    let r = SlotWait(&slot).await;
-                    self.inner
-                        .stats
-                        .record(slot.cmd, slot.enqueued.elapsed().as_secs_f64());
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &r {
-                self.inner.stats.error(e.kind());
-            }
-            out.push(r);
+            out.push(self.settle(s).await);
         }
         out
     }
