@@ -139,6 +139,11 @@ impl KeyBuf {
         }
         &self.0
     }
+
+    /// The key last written.
+    pub fn get(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 #[cfg(test)]

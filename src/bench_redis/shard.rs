@@ -3,7 +3,8 @@
 //! command to its least busy connection, so every connection carries about `pipeline`
 //! commands, and its writer coalesces whatever is queued into one write.
 //!
-//! Closed loop (`rate` 0): a slot sends its next command as soon as the reply comes back.
+//! Closed loop (`rate` 0) works like redis-benchmark -P: one task per connection writes
+//! `pipeline` commands at once, waits for every reply, and starts the next batch.
 //! Paced: slots claim the operations of one [`Schedule`] in order and send each at its due
 //! time; when every slot is busy, due operations wait for one, and that wait counts in the
 //! corrected latency (measured from the due time, as in wrk2) but not in the uncorrected
@@ -123,11 +124,18 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         stop,
         tally: RefCell::new(result),
     });
-    // Slot i uses connection i / pipeline: `pipeline` commands in flight per connection,
-    // like redis-benchmark -P.
-    let slots: Vec<_> = (0..p.pool.size * p.pipeline)
-        .map(|i| glommio::spawn_local(slot(ctx.clone(), i / p.pipeline.max(1))))
-        .collect();
+    let depth = p.pipeline.max(1);
+    let slots: Vec<_> = if ctx.sched.is_none() {
+        (0..p.pool.size)
+            .map(|i| glommio::spawn_local(batch(ctx.clone(), i, depth)))
+            .collect()
+    } else {
+        // Slot i uses connection i / pipeline: `pipeline` commands in flight per
+        // connection, each sent at its own due time.
+        (0..p.pool.size * depth)
+            .map(|i| glommio::spawn_local(slot(ctx.clone(), i / depth)))
+            .collect()
+    };
     for s in slots {
         s.await;
     }
@@ -154,6 +162,48 @@ fn due_before(rate: u64, span: Duration) -> u64 {
     (span.as_nanos() * u128::from(rate))
         .div_ceil(1_000_000_000)
         .min(u128::from(u64::MAX)) as u64
+}
+
+/// Closed loop on one connection: `depth` commands in one write, every reply awaited,
+/// repeat until the end. Each command's latency runs from the batch's send to the
+/// batch's last reply, as redis-benchmark counts it.
+async fn batch(c: Rc<Ctx>, conn: usize, depth: usize) {
+    let mut keys: Vec<KeyBuf> = (0..depth).map(|_| KeyBuf::default()).collect();
+    let mut ops = Vec::with_capacity(depth);
+    while !c.stopped(Instant::now()) {
+        ops.clear();
+        {
+            let mut rng = c.rng.borrow_mut();
+            for k in keys.iter_mut() {
+                let (op, index) = c.mix.next(&mut rng);
+                k.set(index);
+                ops.push(op);
+            }
+        }
+        let args: Vec<[&[u8]; 3]> = ops
+            .iter()
+            .zip(&keys)
+            .map(|(op, k)| match op {
+                Op::Set => [&b"SET"[..], k.get(), &c.value[..]],
+                Op::Get => [&b"GET"[..], k.get(), &[][..]],
+            })
+            .collect();
+        let cmds: Vec<&[&[u8]]> = ops
+            .iter()
+            .zip(&args)
+            .map(|(op, a)| match op {
+                Op::Set => &a[..],
+                Op::Get => &a[..2],
+            })
+            .collect();
+        let sent = Instant::now();
+        let replies = c.pool.pipeline_on(conn, &cmds).await;
+        let mut t = c.tally.borrow_mut();
+        let done = Instant::now();
+        for (op, r) in ops.iter().zip(&replies) {
+            record_at(&mut t, *op, r, sent, None, done);
+        }
+    }
 }
 
 /// One command slot: claim, wait until due (paced), send, record; until the end.
@@ -200,7 +250,17 @@ fn record(
     sent: Instant,
     due: Option<Instant>,
 ) {
-    let done = Instant::now();
+    record_at(t, op, r, sent, due, Instant::now());
+}
+
+fn record_at(
+    t: &mut ShardResult,
+    op: Op,
+    r: &Result<Reply, RedisError>,
+    sent: Instant,
+    due: Option<Instant>,
+    done: Instant,
+) {
     match r {
         Ok(reply) => {
             match op {

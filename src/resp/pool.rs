@@ -162,6 +162,23 @@ impl Pool {
         }
     }
 
+    /// Several commands in one write on connection `index` (modulo the pool size).
+    pub async fn pipeline_on(
+        &self,
+        index: usize,
+        cmds: &[&[&[u8]]],
+    ) -> Vec<Result<Reply, RedisError>> {
+        match self.sh.pick_at(index) {
+            Some(c) => c.pipeline(cmds).await,
+            None => cmds.iter().map(|c| Err(self.sh.not_connected(c))).collect(),
+        }
+    }
+
+    /// Sets the sampled gauges (commands in flight): once per report, not per command.
+    pub fn publish_gauges(&self) {
+        self.sh.stats.inflight.set(self.inflight() as f64);
+    }
+
     /// Live cutover: every slot connects to `url`; each keeps serving on its old connection
     /// until the new one is up (make before break), then the old one stops taking commands
     /// and its in-flight ones finish or fail. If the new target cannot be reached, the old

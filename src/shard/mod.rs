@@ -263,7 +263,8 @@ async fn pace(
             }
             op(s.clone(), sched.at(k));
         }
-        let next = sched.next_at();
+        // Both streams of a shard share `start`, so their wakes coincide.
+        let next = pacer::grid_ceil(start, sched.next_at(), pacer::PACE_STEP);
         let now = Instant::now();
         if next > now {
             glommio::timer::sleep(next - now).await;

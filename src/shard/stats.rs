@@ -228,6 +228,7 @@ pub fn take_report(s: &Shard, interval: Duration, last: bool) -> ShardReport {
     s.metrics.active_orgs.set(active_orgs as f64);
     s.metrics.active_users.set(active_users as f64);
     s.metrics.inflight.set(s.inflight.get() as f64);
+    s.pool.publish_gauges();
     let report = ShardReport {
         shard: s.p.index,
         last,

@@ -1,0 +1,110 @@
+//! `bench-redis` against a real redis-server: what it says it did is what Redis saw.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run_binary, RedisServer};
+use serde_json::Value;
+
+/// Calls of one command from `INFO commandstats` (0 when never called).
+fn calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let stats = redis.cli(&["info", "commandstats"]);
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map(|n| n.parse().expect("calls is a number"))
+        .unwrap_or(0)
+}
+
+fn bench(redis: &RedisServer, extra: &[&str]) -> Value {
+    let url = redis.url();
+    let mut args = vec![
+        "bench-redis",
+        "--redis-url",
+        &url,
+        "--json",
+        "--shards",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_binary(&args, &[], Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "bench-redis {extra:?}: {}", out.stderr);
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("bench-redis --json output {:?}: {e}", out.stdout))
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn should_count_exactly_what_redis_executed_in_closed_loop_batches() {
+    let redis = RedisServer::start();
+    for pipeline in ["1", "16"] {
+        redis.cli(&["config", "resetstat"]);
+        let v = bench(
+            &redis,
+            &[
+                "--connections",
+                "4",
+                "--pipeline",
+                pipeline,
+                "--ratio",
+                "1:3",
+                "--keys",
+                "1000",
+                "--duration",
+                "1",
+            ],
+        );
+        let (sets, gets, ops) = (u(&v, "sets"), u(&v, "gets"), u(&v, "ops"));
+        assert_eq!(u(&v, "errors"), 0, "{v}");
+        assert_eq!(sets + gets, ops, "{v}");
+        assert!(
+            ops > 1000,
+            "pipeline {pipeline}: only {ops} operations in 1 s: {v}"
+        );
+        // Every reply counted is a command Redis ran, and nothing else was sent.
+        assert_eq!(calls(&redis, "set"), sets, "pipeline {pipeline}: {v}");
+        assert_eq!(calls(&redis, "get"), gets, "pipeline {pipeline}: {v}");
+        assert_eq!(v["latency_us"]["count"].as_u64(), Some(ops), "{v}");
+        assert!(u(&v, "get_hits") <= gets, "{v}");
+        // 1:3 within a few percent over thousands of draws.
+        let share = sets as f64 / ops as f64;
+        assert!((share - 0.25).abs() < 0.03, "SET share {share}: {v}");
+        assert_eq!(v["mode"], "closed_loop", "{v}");
+    }
+}
+
+#[test]
+fn should_hold_the_paced_rate_and_account_for_every_due_operation() {
+    let redis = RedisServer::start();
+    redis.cli(&["config", "resetstat"]);
+    let v = bench(
+        &redis,
+        &[
+            "--connections",
+            "8",
+            "--pipeline",
+            "8",
+            "--rate",
+            "2000",
+            "--duration",
+            "2",
+        ],
+    );
+    let (ops, missed) = (u(&v, "ops"), u(&v, "missed"));
+    // Exactly the operations due in 2 s at 2000/s: started or counted as missed.
+    assert_eq!(ops + missed + u(&v, "errors"), 4000, "{v}");
+    assert!(ops >= 3960, "achieved {ops} of 4000 (1%): {v}");
+    assert_eq!(calls(&redis, "set") + calls(&redis, "get"), ops, "{v}");
+    assert!(
+        v["latency_corrected_us"]["count"].as_u64() == Some(ops),
+        "{v}"
+    );
+}
