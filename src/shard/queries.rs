@@ -108,9 +108,11 @@ async fn cache_aside(
     if let Reply::Bulk(_) = s.pool.cmd(&[b"GET", key]).await? {
         return Ok(CacheOutcome::Hit);
     }
+    // The Postgres read futures are large (about 3 KiB); boxed here, on the miss path
+    // only, every query's task stays small and cheap to spawn.
     let value = match qt {
-        QueryType::Dashboard => dashboard_value(s, org).await?,
-        _ => filtered_value(s, org, ty, window).await?,
+        QueryType::Dashboard => Box::pin(dashboard_value(s, org)).await?,
+        _ => Box::pin(filtered_value(s, org, ty, window)).await?,
     };
     let ttl = s.p.cache_ttl.as_secs().to_string();
     s.pool
