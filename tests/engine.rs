@@ -383,6 +383,119 @@ fn should_run_for_duration_and_reconcile() {
     assert_eq!(u(&v, &["unexpected_keys"]), 0, "{v}");
 }
 
+/// The app's connections as Redis lists them (`CLIENT LIST`, without redis-cli's own).
+fn app_client_lines(redis: &RedisServer) -> Vec<String> {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The whole workload in RESP3 (negotiated by HELLO 3) and, with `--redis-protocol 2`, in
+/// RESP2: Redis sees every connection in that protocol, /health reports it, and the run
+/// reconciles with `verify` clean (read in both protocols).
+#[test]
+fn should_run_clean_in_resp3_and_in_resp2() {
+    for (flag, resp) in [("auto", "3"), ("3", "3"), ("2", "2")] {
+        let redis = RedisServer::start();
+        let pg = PgServer::start();
+        let a = args(
+            &redis.url(),
+            &pg.url(),
+            &[
+                "--redis-protocol",
+                flag,
+                "--events-per-second",
+                "300",
+                "--queries-per-second",
+                "600",
+                "--organizations",
+                "40",
+                "--users-per-org",
+                "50",
+                "--redis-pool-size",
+                "8",
+            ],
+        );
+        let mut app = spawn_running(&refs(&a));
+        std::thread::sleep(Duration::from_secs(3));
+        let clients = app_client_lines(&redis);
+        // 8 pool connections and the health check's.
+        assert!(clients.len() >= 9, "--redis-protocol {flag}: {clients:?}");
+        let want = format!("resp={resp}");
+        assert!(
+            clients
+                .iter()
+                .all(|l| l.split_whitespace().any(|field| field == want)),
+            "--redis-protocol {flag}: not every connection speaks RESP{resp}:\n{}",
+            clients.join("\n")
+        );
+        let (status, h) = health(&app);
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["redis"]["protocol"], resp.parse::<u64>().unwrap(), "{h}");
+        // Every reply path ran: cache hits and misses, realtime MGETs, acked events.
+        let m = metrics(&app);
+        for (query_type, cache) in [
+            ("dashboard", "hit"),
+            ("dashboard", "miss"),
+            ("realtime", "none"),
+        ] {
+            let n = metric_sum(
+                &m,
+                "analytics_queries_total",
+                &[("query_type", query_type), ("cache", cache)],
+            );
+            assert!(
+                n.unwrap_or(0.0) > 0.0,
+                "--redis-protocol {flag}: no {query_type}/{cache} queries"
+            );
+        }
+        assert_eq!(
+            metric_sum(&m, "analytics_queries_total", &[("cache", "error")]).unwrap_or(0.0),
+            0.0,
+            "--redis-protocol {flag}: query errors"
+        );
+        assert_eq!(
+            metric_sum(&m, "analytics_redis_errors_total", &[]).unwrap_or(0.0),
+            0.0,
+            "--redis-protocol {flag}: redis errors"
+        );
+        app.signal(libc::SIGTERM);
+        let (_, summary) = finish(&mut app, Duration::from_secs(60));
+        assert_eq!(
+            u(&summary, &["events_by_outcome", "acked"]),
+            u(&summary, &["events"]),
+            "--redis-protocol {flag}: {summary}"
+        );
+        assert_reconciled(&redis, &pg, &summary);
+        // verify reads the same counters in either protocol.
+        let (c2, v2) =
+            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "2"]);
+        let (c3, v3) =
+            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "3"]);
+        assert_eq!((c2, c3), (0, 0), "{v2}\n{v3}");
+        assert_eq!(
+            (u(&v2, &["redis_protocol"]), u(&v3, &["redis_protocol"])),
+            (2, 3)
+        );
+        for key in [
+            "keys_checked",
+            "keys_matching",
+            "acked_total",
+            "unique_user_keys",
+            "cache_keys",
+        ] {
+            assert_eq!(v2[key], v3[key], "{key}: {v2}\n{v3}");
+        }
+        eprintln!(
+            "--redis-protocol {flag}: {} events, {} queries, {} connections in RESP{resp}, verify clean ({} keys)",
+            summary["events"], summary["queries"], clients.len(), v3["keys_checked"]
+        );
+    }
+}
+
 #[test]
 fn should_flush_everything_on_sigterm() {
     let redis = RedisServer::start();
