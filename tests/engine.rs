@@ -673,16 +673,29 @@ fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
         app.log()
     );
     let until = Instant::now() + Duration::from_secs(4);
-    let mut saw_down = false;
+    let (mut saw_down, mut saw_waiting) = (false, false);
     while Instant::now() < until {
         let (status, h) = health(&app);
         assert_eq!(status, 503, "/health without postgres: {h}");
         assert_ne!(h["postgres"]["status"], "up", "{h}");
+        assert_ne!(h["load"], "running", "{h}");
         saw_down |= h["postgres"]["status"] == "down";
+        saw_waiting |= h["load"] == "waiting_for_postgres";
         assert!(app.alive(), "exited without postgres:\n{}", app.log());
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(saw_down, "/health never reported postgres down");
+    assert!(
+        saw_waiting,
+        "/health never said the load waits for postgres"
+    );
+    // It retries, and says so (every progress interval: 1 s here).
+    let waiting = waiting_lines(&app.log());
+    assert!(
+        waiting.len() >= 2,
+        "fewer than 2 'postgres not reachable; retrying' lines in 4 s:\n{}",
+        app.log()
+    );
     assert_eq!(
         metric_sum(&metrics(&app), "analytics_events_total", &[]).unwrap_or(0.0),
         0.0,
@@ -697,11 +710,44 @@ fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
         app.get("/health"),
         app.log()
     );
+    assert_eq!(health(&app).1["load"], "running");
+    assert!(
+        app.log().contains("postgres answers: starting the load"),
+        "{}",
+        app.log()
+    );
     if !wait_until(Duration::from_secs(30), || load_running(&app)) {
         eprintln!("the load did not start after postgres came up (known start-up hang); retrying");
         return None;
     }
     Some((app, pg))
+}
+
+/// The JSON log lines saying the app waits for Postgres: (attempts, waited_seconds, has the
+/// DURATION note).
+fn waiting_lines(log: &str) -> Vec<(u64, u64, bool)> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .or(v["message"].as_str())
+                .is_some_and(|m| m.starts_with("postgres not reachable; retrying"))
+        })
+        .map(|v| {
+            let f = if v["fields"].is_object() {
+                &v["fields"]
+            } else {
+                &v
+            };
+            let msg = f["message"].as_str().unwrap_or_default();
+            (
+                f["attempts"].as_u64().unwrap_or(0),
+                f["waited_seconds"].as_u64().unwrap_or(0),
+                msg.contains("DURATION"),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -720,6 +766,64 @@ fn should_wait_for_postgres_at_startup() {
     );
     app.signal(libc::SIGTERM);
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
+    assert_reconciled(&redis, &pg, &summary);
+}
+
+/// A `--duration` run started while Postgres is down does not sit silent: it keeps saying
+/// that it waits and that its DURATION starts with the load, and once Postgres is up it runs
+/// for DURATION and exits 0 with every row written.
+#[test]
+fn should_say_it_waits_for_postgres_in_a_duration_run() {
+    let redis = RedisServer::start();
+    let mut pg = PgServer::start();
+    pg.stop();
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--duration",
+            "3",
+            "--events-per-second",
+            "100",
+            "--queries-per-second",
+            "100",
+            "--organizations",
+            "20",
+        ],
+    );
+    let mut app = App::spawn(&refs(&a), &[]);
+    // Longer than the run's DURATION: it must still be waiting, not finished.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        app.alive(),
+        "exited while postgres was down:\n{}",
+        app.log()
+    );
+    let waiting = waiting_lines(&app.log());
+    eprintln!("waiting lines in 6 s: {waiting:?}");
+    assert!(
+        waiting.len() >= 3,
+        "not saying it waits (progress interval 1 s):\n{}",
+        app.log()
+    );
+    assert!(waiting.iter().all(|w| w.2), "no DURATION note: {waiting:?}");
+    assert!(
+        waiting
+            .windows(2)
+            .all(|w| w[1].0 > w[0].0 && w[1].1 >= w[0].1),
+        "attempts and waited seconds do not grow: {waiting:?}"
+    );
+    assert!(waiting.last().is_some_and(|w| w.1 >= 4), "{waiting:?}");
+    let (status, h) = health(&app);
+    assert_eq!(
+        (status, h["load"].as_str()),
+        (503, Some("waiting_for_postgres")),
+        "{h}"
+    );
+
+    pg.restart();
+    let (_, summary) = finish(&mut app, Duration::from_secs(60));
+    assert!(u(&summary, &["events"]) > 0, "{summary}");
     assert_reconciled(&redis, &pg, &summary);
 }
 
