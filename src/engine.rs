@@ -107,6 +107,7 @@ pub fn run(cfg: Config) -> i32 {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_secs(1),
         shard: 0,
+        protocol: cfg.redis_protocol,
     };
     let mut row_rx = Vec::new();
     let mut report_rx = Vec::new();
@@ -262,6 +263,7 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
         "warmup_interval_seconds": cfg.warmup_interval.as_secs(),
         "time_buckets": cfg.time_buckets,
         "redis": cfg.redis_url.redacted(),
+        "redis_protocol": cfg.redis_protocol.as_str(),
         "shards": shards,
         "seed": seed,
     })

@@ -16,6 +16,7 @@ pub const REDIS_COMMANDS_TOTAL: &str = "analytics_redis_commands_total";
 pub const REDIS_ERRORS_TOTAL: &str = "analytics_redis_errors_total";
 pub const REDIS_CONNECTIONS: &str = "analytics_redis_connections";
 pub const REDIS_RECONNECTS_TOTAL: &str = "analytics_redis_reconnects_total";
+pub const REDIS_PUSH_MESSAGES_TOTAL: &str = "analytics_redis_push_messages_total";
 pub const REDIS_POOL_SIZE: &str = "analytics_redis_pool_size";
 pub const REDIS_INFLIGHT: &str = "analytics_redis_inflight";
 pub const CACHE_HIT_RATIO: &str = "analytics_cache_hit_ratio";
@@ -108,6 +109,10 @@ fn describe() {
     metrics::describe_counter!(
         REDIS_RECONNECTS_TOTAL,
         "Connections re-established after a failure"
+    );
+    metrics::describe_counter!(
+        REDIS_PUSH_MESSAGES_TOTAL,
+        "RESP3 push messages received (out of band: never taken as a command's reply)"
     );
     metrics::describe_counter!(
         WARMUP_REFRESHES_TOTAL,

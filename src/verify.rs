@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::VerifyArgs;
-use crate::resp::{Connection, PoolConfig, RedisUrl, Reply};
+use crate::resp::{Connection, PoolConfig, Protocol, RedisUrl, Reply};
 use crate::workload::{keys, time, EventType};
 
 #[derive(Serialize, Default, Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Verdict {
     pub unique_user_keys: u64,
     pub cache_keys: u64,
     pub retention_hours: u32,
+    /// RESP version of the connection that read the counters (2 or 3).
+    pub redis_protocol: u8,
     pub clean: bool,
 }
 
@@ -112,6 +114,7 @@ impl Verdict {
 /// Runs the subcommand; exit code 0 clean, 1 loss/phantoms, 2 usage or connection error.
 pub fn main(args: VerifyArgs) -> i32 {
     let url = args.redis_url.clone();
+    let protocol = args.redis_protocol;
     let pg = match crate::pg::parse_config(&args.database_url) {
         Ok(c) => c,
         Err(e) => {
@@ -123,7 +126,7 @@ pub fn main(args: VerifyArgs) -> i32 {
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("verify")
         .io_memory(64 << 10)
-        .spawn(move || async move { run(url, pg).await });
+        .spawn(move || async move { run(url, protocol, pg).await });
     let result = match ex {
         Ok(h) => h.join().map_err(|e| e.to_string()).and_then(|r| r),
         Err(e) => Err(e.to_string()),
@@ -150,7 +153,11 @@ pub fn main(args: VerifyArgs) -> i32 {
 
 const CHUNK: usize = 1000;
 
-pub async fn run(url: RedisUrl, pg: tokio_postgres::Config) -> Result<Verdict, String> {
+pub async fn run(
+    url: RedisUrl,
+    protocol: Protocol,
+    pg: tokio_postgres::Config,
+) -> Result<Verdict, String> {
     let client = crate::pg::connect(&pg, Duration::from_secs(5)).await?;
     let d = |e: tokio_postgres::Error| crate::pg::describe(&e);
     let tb: u32 = client
@@ -199,12 +206,14 @@ pub async fn run(url: RedisUrl, pg: tokio_postgres::Config) -> Result<Verdict, S
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_secs(1),
         shard: 0,
+        protocol,
     };
     let redis = Connection::connect(&url, &cfg)
         .await
         .map_err(|e| e.to_string())?;
     let mut v = compare(&redis, &truths).await?;
     v.retention_hours = tb;
+    v.redis_protocol = redis.protocol();
     let known: HashSet<&[u8]> = truths.iter().map(|t| t.key.as_slice()).collect();
     let counters = scan(&redis, "a:{*}:ev:*").await?;
     v.unexpected_keys = counters

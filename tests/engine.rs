@@ -383,6 +383,119 @@ fn should_run_for_duration_and_reconcile() {
     assert_eq!(u(&v, &["unexpected_keys"]), 0, "{v}");
 }
 
+/// The app's connections as Redis lists them (`CLIENT LIST`, without redis-cli's own).
+fn app_client_lines(redis: &RedisServer) -> Vec<String> {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The whole workload in RESP3 (negotiated by HELLO 3) and, with `--redis-protocol 2`, in
+/// RESP2: Redis sees every connection in that protocol, /health reports it, and the run
+/// reconciles with `verify` clean (read in both protocols).
+#[test]
+fn should_run_clean_in_resp3_and_in_resp2() {
+    for (flag, resp) in [("auto", "3"), ("3", "3"), ("2", "2")] {
+        let redis = RedisServer::start();
+        let pg = PgServer::start();
+        let a = args(
+            &redis.url(),
+            &pg.url(),
+            &[
+                "--redis-protocol",
+                flag,
+                "--events-per-second",
+                "300",
+                "--queries-per-second",
+                "600",
+                "--organizations",
+                "40",
+                "--users-per-org",
+                "50",
+                "--redis-pool-size",
+                "8",
+            ],
+        );
+        let mut app = spawn_running(&refs(&a));
+        std::thread::sleep(Duration::from_secs(3));
+        let clients = app_client_lines(&redis);
+        // 8 pool connections and the health check's.
+        assert!(clients.len() >= 9, "--redis-protocol {flag}: {clients:?}");
+        let want = format!("resp={resp}");
+        assert!(
+            clients
+                .iter()
+                .all(|l| l.split_whitespace().any(|field| field == want)),
+            "--redis-protocol {flag}: not every connection speaks RESP{resp}:\n{}",
+            clients.join("\n")
+        );
+        let (status, h) = health(&app);
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["redis"]["protocol"], resp.parse::<u64>().unwrap(), "{h}");
+        // Every reply path ran: cache hits and misses, realtime MGETs, acked events.
+        let m = metrics(&app);
+        for (query_type, cache) in [
+            ("dashboard", "hit"),
+            ("dashboard", "miss"),
+            ("realtime", "none"),
+        ] {
+            let n = metric_sum(
+                &m,
+                "analytics_queries_total",
+                &[("query_type", query_type), ("cache", cache)],
+            );
+            assert!(
+                n.unwrap_or(0.0) > 0.0,
+                "--redis-protocol {flag}: no {query_type}/{cache} queries"
+            );
+        }
+        assert_eq!(
+            metric_sum(&m, "analytics_queries_total", &[("cache", "error")]).unwrap_or(0.0),
+            0.0,
+            "--redis-protocol {flag}: query errors"
+        );
+        assert_eq!(
+            metric_sum(&m, "analytics_redis_errors_total", &[]).unwrap_or(0.0),
+            0.0,
+            "--redis-protocol {flag}: redis errors"
+        );
+        app.signal(libc::SIGTERM);
+        let (_, summary) = finish(&mut app, Duration::from_secs(60));
+        assert_eq!(
+            u(&summary, &["events_by_outcome", "acked"]),
+            u(&summary, &["events"]),
+            "--redis-protocol {flag}: {summary}"
+        );
+        assert_reconciled(&redis, &pg, &summary);
+        // verify reads the same counters in either protocol.
+        let (c2, v2) =
+            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "2"]);
+        let (c3, v3) =
+            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "3"]);
+        assert_eq!((c2, c3), (0, 0), "{v2}\n{v3}");
+        assert_eq!(
+            (u(&v2, &["redis_protocol"]), u(&v3, &["redis_protocol"])),
+            (2, 3)
+        );
+        for key in [
+            "keys_checked",
+            "keys_matching",
+            "acked_total",
+            "unique_user_keys",
+            "cache_keys",
+        ] {
+            assert_eq!(v2[key], v3[key], "{key}: {v2}\n{v3}");
+        }
+        eprintln!(
+            "--redis-protocol {flag}: {} events, {} queries, {} connections in RESP{resp}, verify clean ({} keys)",
+            summary["events"], summary["queries"], clients.len(), v3["keys_checked"]
+        );
+    }
+}
+
 #[test]
 fn should_flush_everything_on_sigterm() {
     let redis = RedisServer::start();
@@ -560,16 +673,29 @@ fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
         app.log()
     );
     let until = Instant::now() + Duration::from_secs(4);
-    let mut saw_down = false;
+    let (mut saw_down, mut saw_waiting) = (false, false);
     while Instant::now() < until {
         let (status, h) = health(&app);
         assert_eq!(status, 503, "/health without postgres: {h}");
         assert_ne!(h["postgres"]["status"], "up", "{h}");
+        assert_ne!(h["load"], "running", "{h}");
         saw_down |= h["postgres"]["status"] == "down";
+        saw_waiting |= h["load"] == "waiting_for_postgres";
         assert!(app.alive(), "exited without postgres:\n{}", app.log());
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(saw_down, "/health never reported postgres down");
+    assert!(
+        saw_waiting,
+        "/health never said the load waits for postgres"
+    );
+    // It retries, and says so (every progress interval: 1 s here).
+    let waiting = waiting_lines(&app.log());
+    assert!(
+        waiting.len() >= 2,
+        "fewer than 2 'postgres not reachable; retrying' lines in 4 s:\n{}",
+        app.log()
+    );
     assert_eq!(
         metric_sum(&metrics(&app), "analytics_events_total", &[]).unwrap_or(0.0),
         0.0,
@@ -584,11 +710,44 @@ fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
         app.get("/health"),
         app.log()
     );
+    assert_eq!(health(&app).1["load"], "running");
+    assert!(
+        app.log().contains("postgres answers: starting the load"),
+        "{}",
+        app.log()
+    );
     if !wait_until(Duration::from_secs(30), || load_running(&app)) {
         eprintln!("the load did not start after postgres came up (known start-up hang); retrying");
         return None;
     }
     Some((app, pg))
+}
+
+/// The JSON log lines saying the app waits for Postgres: (attempts, waited_seconds, has the
+/// DURATION note).
+fn waiting_lines(log: &str) -> Vec<(u64, u64, bool)> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .or(v["message"].as_str())
+                .is_some_and(|m| m.starts_with("postgres not reachable; retrying"))
+        })
+        .map(|v| {
+            let f = if v["fields"].is_object() {
+                &v["fields"]
+            } else {
+                &v
+            };
+            let msg = f["message"].as_str().unwrap_or_default();
+            (
+                f["attempts"].as_u64().unwrap_or(0),
+                f["waited_seconds"].as_u64().unwrap_or(0),
+                msg.contains("DURATION"),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -607,6 +766,64 @@ fn should_wait_for_postgres_at_startup() {
     );
     app.signal(libc::SIGTERM);
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
+    assert_reconciled(&redis, &pg, &summary);
+}
+
+/// A `--duration` run started while Postgres is down does not sit silent: it keeps saying
+/// that it waits and that its DURATION starts with the load, and once Postgres is up it runs
+/// for DURATION and exits 0 with every row written.
+#[test]
+fn should_say_it_waits_for_postgres_in_a_duration_run() {
+    let redis = RedisServer::start();
+    let mut pg = PgServer::start();
+    pg.stop();
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--duration",
+            "3",
+            "--events-per-second",
+            "100",
+            "--queries-per-second",
+            "100",
+            "--organizations",
+            "20",
+        ],
+    );
+    let mut app = App::spawn(&refs(&a), &[]);
+    // Longer than the run's DURATION: it must still be waiting, not finished.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        app.alive(),
+        "exited while postgres was down:\n{}",
+        app.log()
+    );
+    let waiting = waiting_lines(&app.log());
+    eprintln!("waiting lines in 6 s: {waiting:?}");
+    assert!(
+        waiting.len() >= 3,
+        "not saying it waits (progress interval 1 s):\n{}",
+        app.log()
+    );
+    assert!(waiting.iter().all(|w| w.2), "no DURATION note: {waiting:?}");
+    assert!(
+        waiting
+            .windows(2)
+            .all(|w| w[1].0 > w[0].0 && w[1].1 >= w[0].1),
+        "attempts and waited seconds do not grow: {waiting:?}"
+    );
+    assert!(waiting.last().is_some_and(|w| w.1 >= 4), "{waiting:?}");
+    let (status, h) = health(&app);
+    assert_eq!(
+        (status, h["load"].as_str()),
+        (503, Some("waiting_for_postgres")),
+        "{h}"
+    );
+
+    pg.restart();
+    let (_, summary) = finish(&mut app, Duration::from_secs(60));
+    assert!(u(&summary, &["events"]) > 0, "{summary}");
     assert_reconciled(&redis, &pg, &summary);
 }
 

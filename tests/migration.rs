@@ -789,3 +789,79 @@ fn should_survive_a_masterdown_server_and_recover_after_a_switch() {
         "masterdown",
     );
 }
+
+/// A server without HELLO (like Redis < 6, or a proxy that does not know it): with the
+/// default `--redis-protocol auto` the app falls back to RESP2 and works as before; with
+/// `--redis-protocol 3` it refuses the server, stays up, and says why in /health and the log.
+#[test]
+fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_required() {
+    let fake = FakeRedis::start("ERR unknown command 'HELLO', with args beginning with: '3' ");
+    let pg = PgServer::start();
+    let health = |app: &App| -> (u16, Value) {
+        let (status, body) = app.get("/health");
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+
+    let argv = args(
+        &fake.url(),
+        &pg.url(),
+        &["--events-per-second", "50", "--queries-per-second", "50"],
+    );
+    let mut app = spawn_running(&refs(&argv), &[]);
+    assert!(
+        wait_until(LONG, || health(&app).0 == 200),
+        "auto: /health not 200 on a RESP2-only server: {:?}\n{}",
+        health(&app),
+        app.log()
+    );
+    let (_, h) = health(&app);
+    assert_eq!(h["redis"]["protocol"], 2, "{h}");
+    // The refused HELLO is part of the handshake, not an error; the commands the impostor
+    // refuses afterwards are.
+    assert!(
+        wait_until(LONG, || events(&app, "failed") >= 20.0),
+        "{}",
+        metrics(&app)
+    );
+    assert_eq!(redis_errors(&app, "connect"), 0.0, "{}", metrics(&app));
+    assert!(app.terminate().success(), "{}", app.log());
+
+    let argv = args(
+        &fake.url(),
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "50",
+            "--queries-per-second",
+            "50",
+            "--redis-protocol",
+            "3",
+        ],
+    );
+    let mut app = spawn_running(&refs(&argv), &[]);
+    assert!(
+        wait_until(LONG, || {
+            let (status, h) = health(&app);
+            status == 503
+                && h["redis"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("does not support RESP3"))
+        }),
+        "--redis-protocol 3: /health does not say why: {:?}",
+        health(&app)
+    );
+    let (_, h) = health(&app);
+    eprintln!(
+        "--redis-protocol 3 on a server without HELLO: /health redis = {}",
+        h["redis"]
+    );
+    assert!(wait_until(LONG, || redis_errors(&app, "connect") > 0.0));
+    assert_eq!(events(&app, "acked"), 0.0);
+    let log = app.log();
+    assert!(
+        log.contains("does not support RESP3") && log.contains("--redis-protocol"),
+        "the log does not say why:\n{log}"
+    );
+    assert!(app.alive(), "{log}");
+    assert!(app.terminate().success(), "{}", app.log());
+}

@@ -96,6 +96,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
                 backoff_min: Duration::from_millis(10),
                 backoff_max: Duration::from_secs(1),
                 shard: i,
+                protocol: args.redis_protocol,
             },
             pipeline: args.pipeline,
             rate: split_rate(args.rate, shards, i),

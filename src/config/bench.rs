@@ -6,12 +6,13 @@ use std::time::Duration;
 use super::cli::{opt, BenchRedisCli};
 use super::resolve::Resolver;
 use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_KEYS, MAX_ZIPF_KEYS};
-use crate::resp::RedisUrl;
+use crate::resp::{Protocol, RedisUrl};
 
 /// `analytics-demo bench-redis`. See `analytics-demo bench-redis --help`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchRedisArgs {
     pub redis_url: RedisUrl,
+    pub redis_protocol: Protocol,
     /// All shards together; at least one per shard.
     pub connections: usize,
     /// Commands in flight per connection.
@@ -47,6 +48,7 @@ pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, 
     let ratio_text = r.raw(&opt::ratio, c.ratio).unwrap_or_default();
     let args = BenchRedisArgs {
         redis_url: r.redis_url(&opt::redis_url, c.redis_url)?,
+        redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
         connections: r.uint(&opt::connections, c.connections, 1, MAX_CONNECTIONS)? as usize,
         pipeline: r.uint(&opt::pipeline, c.pipeline, 1, MAX_PIPELINE)? as usize,
         ratio: Ratio::parse(&ratio_text).map_err(|why| {

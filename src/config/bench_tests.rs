@@ -55,6 +55,7 @@ fn should_use_bench_defaults() {
         (None, 0, false, true)
     );
     assert_eq!(b.redis_url.port, 6379);
+    assert_eq!(b.redis_protocol, crate::resp::Protocol::Auto);
 }
 
 #[test]
@@ -67,7 +68,19 @@ fn should_take_flags_over_env() {
         ("BENCH_RATE", "1000"),
         ("DURATION", "3"),
     ];
-    let b = bench(&["--pipeline", "16", "--rate=0", "--json"], &env);
+    let env = [&env[..], &[("REDIS_PROTOCOL", "3")]].concat();
+    let b = bench(
+        &[
+            "--pipeline",
+            "16",
+            "--rate=0",
+            "--json",
+            "--redis-protocol",
+            "2",
+        ],
+        &env,
+    );
+    assert_eq!(b.redis_protocol, crate::resp::Protocol::Resp2);
     assert_eq!((b.connections, b.pipeline, b.rate), (8, 16, 0));
     assert_eq!(b.ratio, Ratio { set: 1, get: 1 });
     assert_eq!(b.key_pattern, KeyPattern::Zipf);
@@ -91,6 +104,7 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ("--data-size", "BENCH_DATA_SIZE", "1k", "invalid value '1k' for --data-size (BENCH_DATA_SIZE)"),
     ("--rate", "BENCH_RATE", "-5", "invalid value '-5' for --rate (BENCH_RATE): expected a non-negative integer"),
     ("--rate", "BENCH_RATE", "1.5", "invalid value '1.5' for --rate (BENCH_RATE)"),
+    ("--redis-protocol", "REDIS_PROTOCOL", "4", "invalid value '4' for --redis-protocol (REDIS_PROTOCOL): expected 'auto', '2' or '3'"),
 ];
 
 #[test]

@@ -189,6 +189,8 @@ option_table! { $
         time_buckets,
         /// the Redis to load: redis://[user[:password]@]host[:port][/db] or rediss:// [env: REDIS_URL] [default: redis://127.0.0.1:6379]
         redis_url,
+        /// protocol to speak with Redis: auto (RESP3 via HELLO 3 where the server supports it, else RESP2), 2, or 3 (RESP3 or no connection) [env: REDIS_PROTOCOL] [default: auto]
+        redis_protocol,
         /// the PostgreSQL source of truth: postgres://user[:password]@host[:port]/db [env: DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/analytics]
         database_url,
         /// address of the HTTP server (metrics, health, report, admin, dashboard) [env: BIND_ADDRESS] [default: 0.0.0.0:3000]
@@ -253,7 +255,7 @@ cli_struct! {
     pub(crate) struct TopCli [
         events_per_second, queries_per_second, organizations, users_per_org, cache_hit_target,
         max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
-        database_url, bind_address, shards, duration, seed, log_format, admin_token, distribution,
+        redis_protocol, database_url, bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         progress_interval, no_pin, instance_index, instance_count,
         admin_allow_unauthenticated_loopback,
@@ -279,7 +281,7 @@ cli_struct! {
     /// Check Redis counters against PostgreSQL: lost acknowledged writes and phantom increments.
     /// Exits 1 when a loss is found.
     #[argh(subcommand, name = "verify")]
-    pub(crate) struct VerifyCli [redis_url, database_url] {
+    pub(crate) struct VerifyCli [redis_url, redis_protocol, database_url] {
         /// print the result as JSON
         #[argh(switch)]
         pub json: bool,
@@ -313,7 +315,7 @@ cli_struct! {
     #[argh(subcommand, name = "bench-redis")]
     pub(crate) struct BenchRedisCli [
         connections, pipeline, ratio, keys, key_pattern, data_size, rate, duration, redis_url,
-        shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
+        redis_protocol, shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
     ] {
         /// print the result as one JSON object
         #[argh(switch)]

@@ -29,7 +29,7 @@ use argh::FromArgs;
 
 pub use bench::BenchRedisArgs;
 
-use crate::resp::RedisUrl;
+use crate::resp::{Protocol, RedisUrl};
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
 use resolve::Resolver;
@@ -82,6 +82,8 @@ pub struct Config {
     /// Hours of per-hour counters.
     pub time_buckets: u32,
     pub redis_url: RedisUrl,
+    /// RESP version to negotiate with Redis.
+    pub redis_protocol: Protocol,
     /// A validated `postgres://`/`postgresql://` URL with a host, as given. May hold a
     /// password: print it with care (`Debug` hides it).
     pub database_url: String,
@@ -128,6 +130,7 @@ pub enum Distribution {
 #[derive(Clone, PartialEq)]
 pub struct VerifyArgs {
     pub redis_url: RedisUrl,
+    pub redis_protocol: Protocol,
     /// Validated like [`Config::database_url`].
     pub database_url: String,
     pub json: bool,
@@ -277,6 +280,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
         time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
         redis_url: r.redis_url(&opt::redis_url, c.redis_url)?,
+        redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
         database_url: r.postgres_url(&opt::database_url, c.database_url)?,
         bind_address: r.socket_addr(&opt::bind_address, c.bind_address)?,
         shards: r.uint(&opt::shards, c.shards, 0, 1024)? as usize,
@@ -373,6 +377,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
     Ok(match sub {
         SubCli::Verify(v) => Command::Verify(VerifyArgs {
             redis_url: r.redis_url(&opt::redis_url, v.redis_url)?,
+            redis_protocol: r.choice(&opt::redis_protocol, v.redis_protocol, &Protocol::CHOICES)?,
             database_url: r.postgres_url(&opt::database_url, v.database_url)?,
             json: v.json,
         }),

@@ -103,6 +103,7 @@ impl fmt::Debug for Config {
             .field("warmup_interval", &self.warmup_interval)
             .field("time_buckets", &self.time_buckets)
             .field("redis_url", &self.redis_url)
+            .field("redis_protocol", &self.redis_protocol)
             .field("database_url", &Hidden(&self.database_url))
             .field("bind_address", &self.bind_address)
             .field("shards", &self.shards)
@@ -128,6 +129,7 @@ impl fmt::Debug for VerifyArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyArgs")
             .field("redis_url", &self.redis_url)
+            .field("redis_protocol", &self.redis_protocol)
             .field("database_url", &Hidden(&self.database_url))
             .field("json", &self.json)
             .finish()

@@ -55,6 +55,7 @@ fn should_use_defaults_when_nothing_is_set() {
         warmup_interval: Duration::from_secs(300),
         time_buckets: 24,
         redis_url: RedisUrl::parse("redis://127.0.0.1:6379").unwrap(),
+        redis_protocol: Protocol::Auto,
         database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
         bind_address: "0.0.0.0:3000".parse().unwrap(),
         shards: 0,
@@ -122,6 +123,9 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         "rediss://b",
         |c| c.redis_url.redacted(),
     ),
+    ("--redis-protocol", "REDIS_PROTOCOL", "3", "2", |c| {
+        format!("{:?}", c.redis_protocol)
+    }),
     (
         "--database-url",
         "DATABASE_URL",
@@ -302,6 +306,9 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ("--redis-url", "REDIS_URL", "http://x",
         "invalid --redis-url (REDIS_URL) 'http://x': unsupported scheme 'http' (expected redis:// or rediss://)"),
     ("--redis-url", "REDIS_URL", "redis://h/x", "database 'x' is not a number"),
+    ("--redis-protocol", "REDIS_PROTOCOL", "resp3",
+        "invalid value 'resp3' for --redis-protocol (REDIS_PROTOCOL): expected 'auto', '2' or '3'"),
+    ("--redis-protocol", "REDIS_PROTOCOL", "1", "expected 'auto', '2' or '3'"),
     ("--database-url", "DATABASE_URL", "mysql://h/db",
         "invalid --database-url (DATABASE_URL) 'mysql://h/db': unsupported scheme 'mysql' (expected postgres:// or postgresql://)"),
     ("--database-url", "DATABASE_URL", "postgres:///analytics", "missing host"),
@@ -555,7 +562,20 @@ fn should_parse_subcommands() {
                 "postgres://postgres@127.0.0.1:5432/analytics"
             );
             assert!(!v.json);
+            assert_eq!(v.redis_protocol, Protocol::Auto);
         }
+        other => panic!("{other:?}"),
+    }
+    // verify takes --redis-protocol too (flag beats env).
+    match command(
+        &["verify", "--redis-protocol", "2"],
+        &[("REDIS_PROTOCOL", "3")],
+    ) {
+        Command::Verify(v) => assert_eq!(v.redis_protocol, Protocol::Resp2),
+        other => panic!("{other:?}"),
+    }
+    match command(&["verify"], &[("REDIS_PROTOCOL", "AUTO")]) {
+        Command::Verify(v) => assert_eq!(v.redis_protocol, Protocol::Auto),
         other => panic!("{other:?}"),
     }
     assert_eq!(

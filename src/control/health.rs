@@ -16,6 +16,9 @@ pub struct DepStatus {
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
     pub checked_seconds_ago: Option<f64>,
+    /// Redis only: the RESP version the check's connection negotiated (2 or 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u8>,
     #[serde(skip)]
     pub checked_at: Option<Instant>,
 }
@@ -28,6 +31,7 @@ impl DepStatus {
             latency_ms,
             error,
             checked_seconds_ago: None,
+            protocol: None,
             checked_at: Some(Instant::now()),
         }
     }
@@ -56,6 +60,7 @@ pub async fn redis_loop(
     cfg.command_timeout = CHECK_TIMEOUT;
     cfg.connect_timeout = CHECK_TIMEOUT;
     let mut conn: Option<(RedisUrl, Rc<Connection>)> = None;
+    let mut logged_protocol = None;
     loop {
         let url = target();
         let started = Instant::now();
@@ -77,11 +82,19 @@ pub async fn redis_loop(
             },
         };
         let status = match result {
-            Ok(()) => DepStatus::checked(
-                url.redacted(),
-                Some(started.elapsed().as_secs_f64() * 1000.0),
-                None,
-            ),
+            Ok(()) => {
+                let mut s = DepStatus::checked(
+                    url.redacted(),
+                    Some(started.elapsed().as_secs_f64() * 1000.0),
+                    None,
+                );
+                s.protocol = conn.as_ref().map(|(_, c)| c.protocol());
+                if let Some(p) = s.protocol.filter(|p| Some(*p) != logged_protocol) {
+                    logged_protocol = Some(p);
+                    tracing::info!(url = %url, protocol = p, "redis speaks RESP{p}");
+                }
+                s
+            }
             Err(e) => {
                 conn = None;
                 DepStatus::checked(url.redacted(), None, Some(format!("{} ({})", e, e.kind())))

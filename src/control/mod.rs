@@ -71,6 +71,28 @@ struct State {
     migration: RefCell<migration::Migration>,
     /// Filled in by a task as shards connect (connecting waits for the peer).
     commands: RefCell<Vec<ConnectedSender<ShardCommand>>>,
+    /// Where the run is: /health says 503 until the load runs.
+    load: std::cell::Cell<Load>,
+}
+
+/// The run's phase, as /health reports it (`"load"`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Load {
+    /// Applying the schema (first attempt).
+    Starting,
+    /// PostgreSQL did not answer yet: retrying; no operation has started.
+    WaitingForPostgres,
+    Running,
+}
+
+impl Load {
+    fn as_str(self) -> &'static str {
+        match self {
+            Load::Starting => "starting",
+            Load::WaitingForPostgres => "waiting_for_postgres",
+            Load::Running => "running",
+        }
+    }
 }
 
 /// Runs the control core to the end of the run; returns the process exit code.
@@ -97,6 +119,7 @@ pub async fn run(
         target: Rc::new(RefCell::new(p.redis_url.clone())),
         migration: RefCell::default(),
         commands: RefCell::default(),
+        load: std::cell::Cell::new(Load::Starting),
         health: Rc::default(),
         agg: Rc::new(RefCell::new(Aggregate::new(p.shards))),
         writer: Rc::default(),
@@ -139,23 +162,8 @@ pub async fn run(
     ];
     static_gauges(&state.p);
 
-    // Schema first (waiting for Postgres if it is not up yet), then the load starts.
-    let mut attempt = 0u32;
-    loop {
-        if flags.term.load(Ordering::Relaxed) {
-            break;
-        }
-        match prepare_db(&state.p).await {
-            Ok(()) => break,
-            Err(e) => {
-                attempt += 1;
-                if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempt, "postgres not ready; retrying");
-                }
-                glommio::timer::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    wait_for_schema(&state, &flags).await;
+    state.load.set(Load::Running);
     state.agg.borrow_mut().load_started();
     flags.ready.store(true, Ordering::SeqCst);
     tracing::info!(run_id = state.p.run_id, "load started");
@@ -262,6 +270,56 @@ async fn drain_without_writer(
     }
     for t in tasks {
         t.await;
+    }
+}
+
+/// Applies the schema, waiting for PostgreSQL as long as it takes (or until SIGINT/SIGTERM):
+/// no event may be made in Redis without the table for its row. While it waits it says so
+/// every progress interval (a `--duration` run would otherwise sit silent: its clock starts
+/// with the load), and /health answers 503 with `"load": "waiting_for_postgres"`.
+async fn wait_for_schema(state: &State, flags: &Flags) {
+    const RETRY_EVERY: Duration = Duration::from_millis(500);
+    let since = Instant::now();
+    let mut attempts = 0u32;
+    let mut next_log = since;
+    while !flags.term.load(Ordering::Relaxed) {
+        let e = match prepare_db(&state.p).await {
+            Ok(()) => {
+                if attempts > 0 {
+                    tracing::info!(
+                        waited_seconds = since.elapsed().as_secs(),
+                        attempts,
+                        "postgres answers: starting the load"
+                    );
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        attempts += 1;
+        state.load.set(Load::WaitingForPostgres);
+        if Instant::now() >= next_log {
+            next_log = Instant::now() + state.p.progress_interval;
+            let waited_seconds = since.elapsed().as_secs();
+            match state.p.duration {
+                Some(d) => tracing::warn!(
+                    error = %e,
+                    attempts,
+                    waited_seconds,
+                    duration_seconds = d.as_secs(),
+                    "postgres not reachable; retrying every 0.5 s: no operation starts until it \
+                     answers, and the run's DURATION counts from then"
+                ),
+                None => tracing::warn!(
+                    error = %e,
+                    attempts,
+                    waited_seconds,
+                    "postgres not reachable; retrying every 0.5 s: no operation starts until it \
+                     answers"
+                ),
+            }
+        }
+        glommio::timer::sleep(RETRY_EVERY).await;
     }
 }
 
@@ -403,9 +461,11 @@ fn health_response(st: &State) -> Resp {
     };
     let agg = st.agg.borrow();
     let writer = st.writer.borrow();
-    let up = h.redis.is_up() && h.postgres.is_up();
+    let load = st.load.get();
+    let up = h.redis.is_up() && h.postgres.is_up() && load == Load::Running;
     let body = json!({
         "status": if up { "ok" } else { "degraded" },
+        "load": load.as_str(),
         "run_id": st.p.run_id,
         "uptime_seconds": agg.started.elapsed().as_secs_f64(),
         "redis": age(&h.redis),

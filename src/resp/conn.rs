@@ -10,6 +10,7 @@
 
 use crate::resp::dial::dial;
 use crate::resp::frame::{encode_command, Decoder};
+use crate::resp::handshake::handshake;
 use crate::resp::stats::Stats;
 use crate::resp::sync::{Latch, Notify};
 use crate::resp::{PoolConfig, RedisError, RedisUrl, Reply};
@@ -43,6 +44,8 @@ struct Inner {
     fd: RawFd,
     fd_open: Cell<bool>,
     url: String,
+    /// RESP version the handshake settled on (2 or 3).
+    protocol: Cell<u8>,
     writer_wake: Notify,
     sweeper_wake: Notify,
     idle: Notify,
@@ -109,8 +112,8 @@ impl Future for SlotWait<'_> {
 }
 
 impl Connection {
-    /// One connection (health checks, `verify`): resolve, connect with timeout, AUTH when the
-    /// URL has a password, SELECT when db != 0.
+    /// One connection (health checks, `verify`): resolve, connect with timeout, then the
+    /// handshake (`HELLO 3` / AUTH / SELECT, see [`crate::resp::handshake`]).
     pub async fn connect(url: &RedisUrl, cfg: &PoolConfig) -> Result<Rc<Connection>, RedisError> {
         Self::open(url, cfg, Rc::new(Stats::new(cfg.shard))).await
     }
@@ -161,6 +164,7 @@ impl Connection {
             fd: stream.as_raw_fd(),
             fd_open: Cell::new(true),
             url: url.redacted(),
+            protocol: Cell::new(2),
             writer_wake: Notify::default(),
             sweeper_wake: Notify::default(),
             idle: Notify::default(),
@@ -170,27 +174,8 @@ impl Connection {
         glommio::spawn_local(writer(inner.clone(), wstream)).detach();
         glommio::spawn_local(sweeper(inner.clone())).detach();
         let conn = Rc::new(Connection { inner });
-        if let Some(pass) = url.password() {
-            let r = match &url.username {
-                Some(user) => conn.cmd(&[b"AUTH", user.as_bytes(), pass.as_bytes()]).await,
-                None => conn.cmd(&[b"AUTH", pass.as_bytes()]).await,
-            };
-            match r {
-                Ok(_) => {}
-                Err(RedisError::Server { msg, .. }) => {
-                    return Err(RedisError::Server { kind: "auth", msg })
-                }
-                Err(e) => return Err(connect_err(format!("AUTH: {e}"))),
-            }
-        }
-        if url.db != 0 {
-            let db = url.db.to_string();
-            match conn.cmd(&[b"SELECT", db.as_bytes()]).await {
-                Ok(_) => {}
-                Err(e @ RedisError::Server { .. }) => return Err(e),
-                Err(e) => return Err(connect_err(format!("SELECT: {e}"))),
-            }
-        }
+        let version = handshake(&conn, url, cfg.protocol).await?;
+        conn.inner.protocol.set(version);
         Ok(conn)
     }
 
@@ -206,6 +191,24 @@ impl Connection {
         };
         self.settle(&slot, &r, Instant::now());
         r
+    }
+
+    /// A command whose error reply is not counted as an error: the handshake's, where a
+    /// refusal (HELLO on Redis < 6) is an answer, and a real failure is counted once by
+    /// `open`.
+    pub(crate) async fn probe(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let slot = self.inner.enqueue(args, Instant::now())?;
+        self.inner.writer_wake.notify();
+        let r = SlotWait(&slot).await;
+        self.inner
+            .stats
+            .record(slot.cmd, slot.enqueued.elapsed().as_secs_f64());
+        r
+    }
+
+    /// The RESP version in use: 3 after a successful `HELLO 3`, else 2.
+    pub fn protocol(&self) -> u8 {
+        self.inner.protocol.get()
     }
 
     /// Records a command's duration (from its enqueue to `done`) and counts its error.
@@ -393,6 +396,9 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scratch = vec![0u8; READ_CHUNK];
     let mut dec = Decoder::new(max_reply);
+    // RESP3 push frames are out of band: the decoder drops them (they answer no command)
+    // and we only count them.
+    let mut pushes = 0;
     let (cause, kind) = 'run: loop {
         loop {
             match dec.decode(&mut buf) {
@@ -407,6 +413,10 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
                     break 'run (e, kind);
                 }
             }
+        }
+        if dec.pushes() > pushes {
+            inner.stats.pushes.increment(dec.pushes() - pushes);
+            pushes = dec.pushes();
         }
         if inner.closed.is_set() {
             return;

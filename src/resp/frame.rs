@@ -1,16 +1,37 @@
-//! RESP2 on the wire: commands out, replies in.
+//! RESP2 and RESP3 on the wire: commands out, replies in.
 //!
-//! Replies are decoded by `redis_protocol::resp2::decode::decode_bytes_mut` (zero-copy), but
-//! only after our own [`Decoder::scan`] has found a complete frame. The scan is what makes the
-//! decoder safe against a hostile or broken server: it enforces `max_reply_bytes` before any
-//! allocation, bounds nesting depth (the library recurses per level), is resumable so a
-//! reply trickling in byte by byte is not re-parsed from the start, and never panics.
+//! A reply passes two steps. [`Decoder::scan`] finds where one complete frame ends: it
+//! enforces `max_reply_bytes` before any allocation, bounds nesting depth, validates every
+//! header (lengths, integers, booleans, doubles), is resumable so a reply trickling in byte
+//! by byte is not re-parsed from the start, and never panics. Only then does `build` turn the
+//! frame's bytes into a [`Reply`], zero-copy (every string is a slice of one `Bytes`).
+//!
+//! RESP3 types map onto the RESP2-shaped [`Reply`] the way Redis itself answers a RESP2
+//! client, so callers see the same replies whichever protocol a connection negotiated:
+//!
+//! | RESP3 | [`Reply`] |
+//! |---|---|
+//! | null `_` | `Nil` (as `$-1` / `*-1`) |
+//! | boolean `#t` / `#f` | `Int(1)` / `Int(0)` |
+//! | double `,` and big number `(` | `Bulk` of the text as sent |
+//! | bulk error `!` | like `-`: the server's error at top level, `Reply::Error` inside |
+//! | verbatim string `=` | `Bulk` without the `txt:` prefix (INFO, CLIENT INFO) |
+//! | map `%` | `Array` of key, value, key, value, ... in the order sent |
+//! | set `~` | `Array` |
+//! | attribute `\|` | skipped: the value it annotates is the reply |
+//! | push `>` | not a reply: counted ([`Decoder::pushes`]) and dropped, never matched to a command |
+//!
+//! Streamed strings and aggregates (`$?`, `*?`), which Redis does not send, are protocol
+//! errors, as is a push inside an aggregate. redis-protocol's decoders are not used here (its
+//! RESP3 decoder puts maps in hash maps, losing order and duplicate keys, turns doubles into
+//! `f64`, and refuses RESP2 nulls); tests/fuzz_resp.rs checks this decoder against both of
+//! them.
 
 use crate::resp::RedisError;
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp2::{decode::decode_bytes_mut, types::BytesFrame};
 
-/// Deepest array nesting accepted; real replies nest a handful of levels.
+/// Deepest aggregate nesting accepted (an attribute counts as a level); real replies nest a
+/// handful of levels.
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A decoded reply. Server error replies at top level become `Err(RedisError::Server)`;
@@ -42,15 +63,15 @@ impl Reply {
         }
     }
 
-    fn from_frame(f: BytesFrame) -> Reply {
-        match f {
-            BytesFrame::SimpleString(b) => Reply::Simple(b),
-            BytesFrame::Error(s) => Reply::Error(Bytes::copy_from_slice(s.as_bytes())),
-            BytesFrame::Integer(i) => Reply::Int(i),
-            BytesFrame::BulkString(b) => Reply::Bulk(b),
-            BytesFrame::Array(v) => Reply::Array(v.into_iter().map(Reply::from_frame).collect()),
-            BytesFrame::Null => Reply::Nil,
-        }
+    /// The value of `key` in a map reply (`Array` of key, value pairs, as HELLO answers).
+    pub fn field(&self, key: &[u8]) -> Option<&Reply> {
+        let Reply::Array(items) = self else {
+            return None;
+        };
+        items
+            .chunks_exact(2)
+            .find(|kv| kv[0].as_bytes() == Some(key))
+            .map(|kv| &kv[1])
     }
 }
 
@@ -89,8 +110,10 @@ pub struct Decoder {
     max: usize,
     /// Offset of the next element header not yet scanned in the current frame.
     pos: usize,
-    /// Elements still expected by each open array.
+    /// Elements still expected by each open aggregate.
     stack: Vec<u64>,
+    /// Push frames seen (and dropped) so far.
+    pushes: u64,
 }
 
 impl Decoder {
@@ -99,7 +122,13 @@ impl Decoder {
             max: max_reply_bytes.max(1),
             pos: 0,
             stack: Vec::with_capacity(8),
+            pushes: 0,
         }
+    }
+
+    /// Out-of-band push frames (RESP3 `>`) received so far; they are not replies.
+    pub fn pushes(&self) -> u64 {
+        self.pushes
     }
 
     fn too_large(&self) -> RedisError {
@@ -128,41 +157,81 @@ impl Decoder {
                     parse_int(line)?;
                     header
                 }
-                b'$' => match parse_int(line)? {
-                    -1 => header,
-                    n if n < 0 => return Err(protocol("negative bulk length")),
+                b'_' if line.is_empty() => header,
+                b'_' => return Err(protocol("null with a payload")),
+                b'#' if line == b"t" || line == b"f" => header,
+                b'#' => return Err(protocol("invalid boolean")),
+                b',' => {
+                    parse_double(line)?;
+                    header
+                }
+                b'(' => {
+                    parse_big_number(line)?;
+                    header
+                }
+                b'$' | b'!' | b'=' => match parse_int(line)? {
+                    -1 if kind == b'$' => header,
+                    n if n < 0 => return Err(protocol("negative string length")),
                     n if n as u64 > self.max as u64 => return Err(self.too_large()),
                     n => {
-                        let need = header + n as usize + 2;
+                        let n = n as usize;
+                        if kind == b'=' && n < 4 {
+                            return Err(protocol("verbatim string shorter than its format"));
+                        }
+                        let need = header + n + 2;
                         if rest.len() < need {
                             return self.incomplete(buf);
                         }
                         if &rest[need - 2..need] != b"\r\n" {
-                            return Err(protocol("bulk string not terminated by CRLF"));
+                            return Err(protocol("string not terminated by CRLF"));
+                        }
+                        if kind == b'=' && rest[header + 3] != b':' {
+                            return Err(protocol("verbatim string without a format"));
                         }
                         need
                     }
                 },
-                b'*' => match parse_int(line)? {
-                    -1 | 0 => header,
-                    n if n < 0 => return Err(protocol("negative array length")),
-                    n if n as u64 > self.max as u64 => return Err(self.too_large()),
-                    n => {
-                        if self.stack.len() >= MAX_DEPTH {
-                            return Err(protocol("arrays nested too deeply"));
+                b'*' | b'~' | b'%' | b'|' | b'>' => {
+                    let n = parse_int(line)?;
+                    if n == -1 && kind == b'*' {
+                        header
+                    } else if n < 0 {
+                        return Err(protocol("negative aggregate length"));
+                    } else {
+                        // Elements that follow: maps and attributes hold pairs, and an
+                        // attribute is followed by the value it annotates. n <= i64::MAX, so
+                        // 2n + 1 fits in a u64.
+                        let n = n as u64;
+                        let elements = match kind {
+                            b'%' => 2 * n,
+                            b'|' => 2 * n + 1,
+                            _ => n,
+                        };
+                        if elements > self.max as u64 {
+                            return Err(self.too_large());
                         }
-                        self.stack.push(n as u64);
-                        self.pos += header;
-                        continue;
+                        if kind == b'>' && !self.stack.is_empty() {
+                            return Err(protocol("push frame inside an aggregate"));
+                        }
+                        if elements == 0 {
+                            header
+                        } else {
+                            if self.stack.len() >= MAX_DEPTH {
+                                return Err(protocol("aggregates nested too deeply"));
+                            }
+                            self.stack.push(elements);
+                            self.pos += header;
+                            continue;
+                        }
                     }
-                },
+                }
                 _ => return Err(protocol("invalid frame type byte")),
             };
             self.pos += elem_len;
             if self.pos > self.max {
                 return Err(self.too_large());
             }
-            // One element done: close every array it completes.
+            // One element done: close every aggregate it completes.
             loop {
                 match self.stack.last_mut() {
                     None => {
@@ -192,21 +261,105 @@ impl Decoder {
 
     /// Takes one complete reply off the front of `buf`: `Ok(None)` = need more bytes;
     /// `Ok(Some(Err(Server)))` = the server's error reply (not fatal); `Err` = fatal.
+    /// Push frames before the reply are consumed and counted, never returned.
     pub fn decode(
         &mut self,
         buf: &mut BytesMut,
     ) -> Result<Option<Result<Reply, RedisError>>, RedisError> {
-        let Some(len) = self.scan(buf)? else {
-            return Ok(None);
-        };
-        match decode_bytes_mut(buf) {
-            Ok(Some((frame, amt, _))) if amt == len => Ok(Some(match frame {
-                BytesFrame::Error(s) => Err(RedisError::from_server(s.as_bytes())),
-                f => Ok(Reply::from_frame(f)),
-            })),
-            Ok(_) => Err(protocol("frame boundary mismatch")),
-            Err(e) => Err(protocol(&e.to_string())),
+        loop {
+            let Some(len) = self.scan(buf)? else {
+                return Ok(None);
+            };
+            let frame = buf.split_to(len).freeze();
+            if frame.first() == Some(&b'>') {
+                self.pushes += 1;
+                continue;
+            }
+            let mut p = Builder { frame, pos: 0 };
+            let reply = p.value()?;
+            if p.pos != len {
+                return Err(protocol("frame boundary mismatch"));
+            }
+            return Ok(Some(match reply {
+                Reply::Error(text) => Err(RedisError::from_server(&text)),
+                r => Ok(r),
+            }));
         }
+    }
+}
+
+/// Turns one frame the scanner accepted into a [`Reply`]. It re-reads headers the scanner
+/// already validated, so its errors cannot happen; they are errors rather than panics all
+/// the same. Recursion is bounded by the scanner's `MAX_DEPTH`.
+struct Builder {
+    frame: Bytes,
+    pos: usize,
+}
+
+impl Builder {
+    /// The type byte and header line at `pos`; moves past the line's CRLF.
+    fn header(&mut self) -> Result<(u8, usize, usize), RedisError> {
+        let rest = self.frame.get(self.pos..).unwrap_or(&[]);
+        let kind = *rest.first().ok_or_else(|| protocol("frame ends early"))?;
+        let len = find_crlf(&rest[1..]).ok_or_else(|| protocol("frame ends early"))?;
+        let start = self.pos + 1;
+        self.pos = start + len + 2;
+        Ok((kind, start, start + len))
+    }
+
+    /// `n` bytes of a string body at `pos` (then its CRLF).
+    fn body(&mut self, n: usize) -> Result<Bytes, RedisError> {
+        let end = self.pos + n;
+        if end + 2 > self.frame.len() {
+            return Err(protocol("frame ends early"));
+        }
+        let b = self.frame.slice(self.pos..end);
+        self.pos = end + 2;
+        Ok(b)
+    }
+
+    fn value(&mut self) -> Result<Reply, RedisError> {
+        let (kind, start, end) = self.header()?;
+        let line = self.frame.slice(start..end);
+        Ok(match kind {
+            b'+' => Reply::Simple(line),
+            b'-' => Reply::Error(line),
+            b':' => Reply::Int(parse_int(&line)?),
+            b'_' => Reply::Nil,
+            b'#' => Reply::Int(i64::from(&line[..] == b"t")),
+            b',' | b'(' => Reply::Bulk(line),
+            b'$' | b'!' | b'=' => match parse_int(&line)? {
+                -1 => Reply::Nil,
+                n => {
+                    let body = self.body(usize::try_from(n).map_err(|_| protocol("length"))?)?;
+                    match kind {
+                        b'$' => Reply::Bulk(body),
+                        b'!' => Reply::Error(body),
+                        _ => Reply::Bulk(body.slice(4.min(body.len())..)),
+                    }
+                }
+            },
+            b'*' | b'~' | b'%' | b'|' => match parse_int(&line)? {
+                -1 => Reply::Nil,
+                n => {
+                    let n = usize::try_from(n).map_err(|_| protocol("length"))?;
+                    if kind == b'|' {
+                        for _ in 0..2 * n {
+                            self.value()?;
+                        }
+                        return self.value();
+                    }
+                    let n = if kind == b'%' { 2 * n } else { n };
+                    // Every element takes 3 bytes at least: the frame bounds the capacity.
+                    let mut items = Vec::with_capacity(n.min(self.frame.len() / 3));
+                    for _ in 0..n {
+                        items.push(self.value()?);
+                    }
+                    Reply::Array(items)
+                }
+            },
+            _ => return Err(protocol("unexpected frame type")),
+        })
     }
 }
 
@@ -237,6 +390,28 @@ fn parse_int(line: &[u8]) -> Result<i64, RedisError> {
         .ok_or_else(|| protocol("invalid integer"))
 }
 
+/// A RESP3 double: what Rust parses as an `f64`, which includes `inf`, `-inf` and `nan`.
+fn parse_double(line: &[u8]) -> Result<(), RedisError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|_| ())
+        .ok_or_else(|| protocol("invalid double"))
+}
+
+/// A RESP3 big number: an optional sign, then decimal digits.
+fn parse_big_number(line: &[u8]) -> Result<(), RedisError> {
+    let digits = match line.first() {
+        Some(b'-' | b'+') => &line[1..],
+        _ => line,
+    };
+    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+        Ok(())
+    } else {
+        Err(protocol("invalid big number"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +427,10 @@ mod tests {
             out.push(r);
         }
         Ok(out)
+    }
+
+    fn bulk(b: &'static [u8]) -> Reply {
+        Reply::Bulk(Bytes::from_static(b))
     }
 
     #[test]
@@ -271,19 +450,60 @@ mod tests {
         vec![
             Ok(Reply::Simple(Bytes::from_static(b"OK"))),
             Ok(Reply::Int(-42)),
-            Ok(Reply::Bulk(Bytes::from_static(b"hello"))),
+            Ok(bulk(b"hello")),
             Ok(Reply::Nil),
             Ok(Reply::Nil),
             Ok(Reply::Array(vec![])),
             Ok(Reply::Array(vec![
                 Reply::Int(1),
                 Reply::Array(vec![
-                    Reply::Bulk(Bytes::from_static(b"a")),
+                    bulk(b"a"),
                     Reply::Error(Bytes::from_static(b"ERR in array")),
                 ]),
                 Reply::Bulk(Bytes::new()),
             ])),
             Err(RedisError::from_server(b"WRONGTYPE bad")),
+        ]
+    }
+
+    /// Every RESP3 type, with push frames between (and before) replies.
+    const STREAM3: &[u8] = b">2\r\n+invalidate\r\n*1\r\n$1\r\nk\r\n\
+        _\r\n#t\r\n#f\r\n,3.25\r\n,-inf\r\n(3492890328409238509324850943850943825024385\r\n\
+        !21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n\
+        %2\r\n+first\r\n:1\r\n$6\r\nsecond\r\n_\r\n~3\r\n:1\r\n:2\r\n:2\r\n%0\r\n~0\r\n\
+        |1\r\n+ttl\r\n:3600\r\n$1\r\nv\r\n\
+        *2\r\n:1\r\n|1\r\n+a\r\n%1\r\n+b\r\n#t\r\n!3\r\nERR\r\n\
+        >1\r\n+pong\r\n:7\r\n";
+
+    fn expected3() -> Vec<Result<Reply, RedisError>> {
+        vec![
+            Ok(Reply::Nil),
+            Ok(Reply::Int(1)),
+            Ok(Reply::Int(0)),
+            Ok(bulk(b"3.25")),
+            Ok(bulk(b"-inf")),
+            Ok(bulk(b"3492890328409238509324850943850943825024385")),
+            Err(RedisError::from_server(b"SYNTAX invalid syntax")),
+            Ok(bulk(b"Some string")),
+            Ok(Reply::Array(vec![
+                Reply::Simple(Bytes::from_static(b"first")),
+                Reply::Int(1),
+                bulk(b"second"),
+                Reply::Nil,
+            ])),
+            Ok(Reply::Array(vec![
+                Reply::Int(1),
+                Reply::Int(2),
+                Reply::Int(2),
+            ])),
+            Ok(Reply::Array(vec![])),
+            Ok(Reply::Array(vec![])),
+            Ok(bulk(b"v")),
+            Ok(Reply::Array(vec![
+                Reply::Int(1),
+                Reply::Error(Bytes::from_static(b"ERR")),
+            ])),
+            Ok(Reply::Int(7)),
         ]
     }
 
@@ -301,36 +521,55 @@ mod tests {
     }
 
     #[test]
-    fn should_decode_stream_split_at_every_boundary() {
-        for split in 0..=STREAM.len() {
-            let mut d = Decoder::new(1 << 20);
-            let mut buf = BytesMut::from(&STREAM[..split]);
-            let mut got = decode_all(&mut d, &mut buf).unwrap();
-            buf.extend_from_slice(&STREAM[split..]);
-            got.extend(decode_all(&mut d, &mut buf).unwrap());
-            assert_eq!(got, expected(), "split at {split}");
-        }
-        // And one byte at a time.
+    fn should_decode_every_resp3_type_and_skip_pushes() {
         let mut d = Decoder::new(1 << 20);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for b in STREAM {
-            buf.extend_from_slice(&[*b]);
-            got.extend(decode_all(&mut d, &mut buf).unwrap());
+        let mut buf = BytesMut::from(STREAM3);
+        assert_eq!(decode_all(&mut d, &mut buf).unwrap(), expected3());
+        assert!(buf.is_empty());
+        assert_eq!(d.pushes(), 2);
+        // A map reply's fields, as the handshake reads HELLO's.
+        let map = &expected3()[8];
+        let map = map.as_ref().unwrap();
+        assert_eq!(map.field(b"first"), Some(&Reply::Int(1)));
+        assert_eq!(map.field(b"second"), Some(&Reply::Nil));
+        assert_eq!(map.field(b"third"), None);
+    }
+
+    #[test]
+    fn should_decode_stream_split_at_every_boundary() {
+        for (stream, want) in [(STREAM, expected()), (STREAM3, expected3())] {
+            for split in 0..=stream.len() {
+                let mut d = Decoder::new(1 << 20);
+                let mut buf = BytesMut::from(&stream[..split]);
+                let mut got = decode_all(&mut d, &mut buf).unwrap();
+                buf.extend_from_slice(&stream[split..]);
+                got.extend(decode_all(&mut d, &mut buf).unwrap());
+                assert_eq!(got, want, "split at {split}");
+            }
+            // And one byte at a time.
+            let mut d = Decoder::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for b in stream {
+                buf.extend_from_slice(&[*b]);
+                got.extend(decode_all(&mut d, &mut buf).unwrap());
+            }
+            assert_eq!(got, want);
         }
-        assert_eq!(got, expected());
+    }
+
+    fn kind_of(input: &[u8], cap: usize) -> &'static str {
+        let mut buf = BytesMut::from(input);
+        Decoder::new(cap)
+            .decode(&mut buf)
+            .map(|_| ())
+            .unwrap_err()
+            .kind()
     }
 
     #[test]
     fn should_reject_replies_over_the_cap() {
-        let kinds = |input: &[u8]| {
-            let mut buf = BytesMut::from(input);
-            Decoder::new(16)
-                .decode(&mut buf)
-                .map(|_| ())
-                .unwrap_err()
-                .kind()
-        };
+        let kinds = |input: &[u8]| kind_of(input, 16);
         assert_eq!(kinds(b"$17\r\n"), "reply_too_large");
         assert_eq!(kinds(b"$999999999999999\r\n"), "reply_too_large");
         assert_eq!(kinds(b"*9999999999\r\n"), "reply_too_large");
@@ -343,38 +582,84 @@ mod tests {
         assert_eq!(kinds(b"$2\r\nabcd"), "protocol");
         assert_eq!(kinds(b"!x\r\n"), "protocol");
         assert_eq!(kinds(b":x\r\n"), "protocol");
+        // RESP3 aggregates and strings: declared sizes over the cap, before any allocation.
+        for input in [
+            &b"%9\r\n"[..],
+            b"~17\r\n",
+            b">17\r\n",
+            b"|8\r\n",
+            b"!17\r\n",
+            b"=17\r\n",
+            b"%9223372036854775807\r\n",
+            b"|9223372036854775807\r\n",
+        ] {
+            assert_eq!(kinds(input), "reply_too_large", "{input:?}");
+        }
+    }
+
+    #[test]
+    fn should_reject_malformed_resp3_frames() {
+        for input in [
+            &b"_x\r\n"[..],
+            b"#\r\n",
+            b"#true\r\n",
+            b",\r\n",
+            b",1.5x\r\n",
+            b"(\r\n",
+            b"(12a\r\n",
+            b"(-\r\n",
+            b"!-1\r\n",
+            b"=-1\r\n",
+            b"=3\r\ntxt\r\n",
+            b"=5\r\ntxt-x\r\n",
+            b"%-1\r\n",
+            b"~-1\r\n",
+            b"|-1\r\n",
+            b">-1\r\n",
+            b"$?\r\n",
+            b"*?\r\n",
+            b";4\r\n",
+            b".\r\n",
+            b"*1\r\n>1\r\n:1\r\n",
+            b"%1\r\n>0\r\n:1\r\n",
+        ] {
+            assert_eq!(kind_of(input, 1 << 20), "protocol", "{input:?}");
+        }
     }
 
     #[test]
     fn should_bound_deep_nesting() {
-        let mut input = Vec::new();
-        for _ in 0..100_000 {
-            input.extend_from_slice(b"*1\r\n");
+        for open in [&b"*1\r\n"[..], b"~1\r\n", b"%1\r\n:0\r\n", b"|0\r\n"] {
+            let mut input = Vec::new();
+            for _ in 0..100_000 {
+                input.extend_from_slice(open);
+            }
+            input.extend_from_slice(b":1\r\n");
+            let mut buf = BytesMut::from(&input[..]);
+            let e = Decoder::new(1 << 30).decode(&mut buf).unwrap_err();
+            assert_eq!(e.kind(), "protocol");
+            // Nesting within the bound decodes.
+            let mut input = Vec::new();
+            for _ in 0..MAX_DEPTH {
+                input.extend_from_slice(open);
+            }
+            input.extend_from_slice(b":1\r\n");
+            let mut buf = BytesMut::from(&input[..]);
+            assert!(Decoder::new(1 << 20).decode(&mut buf).unwrap().is_some());
         }
-        input.extend_from_slice(b":1\r\n");
-        let mut buf = BytesMut::from(&input[..]);
-        let e = Decoder::new(1 << 30).decode(&mut buf).unwrap_err();
-        assert_eq!(e.kind(), "protocol");
-        // Nesting within the bound decodes.
-        let mut input = Vec::new();
-        for _ in 0..MAX_DEPTH {
-            input.extend_from_slice(b"*1\r\n");
-        }
-        input.extend_from_slice(b":1\r\n");
-        let mut buf = BytesMut::from(&input[..]);
-        assert!(Decoder::new(1 << 20).decode(&mut buf).unwrap().is_some());
     }
 
     #[test]
     fn should_never_panic_on_garbage() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-        let alphabet = b"+-:$*\r\n0123456789-abc";
+        let alphabet = b"+-:$*_#,(!=%~|>\r\n0123456789-abc?tf:";
         for i in 0..20_000 {
             let len = (rng.next_u32() % 64) as usize;
             let input: Vec<u8> = if i % 3 == 0 {
                 // Truncated or mutated valid stream.
-                let mut v = STREAM[..(rng.next_u32() as usize % STREAM.len())].to_vec();
-                if !v.is_empty() && i % 2 == 0 {
+                let stream = if i % 2 == 0 { STREAM } else { STREAM3 };
+                let mut v = stream[..(rng.next_u32() as usize % stream.len())].to_vec();
+                if !v.is_empty() && i % 4 < 2 {
                     let at = rng.next_u32() as usize % v.len();
                     v[at] = rng.next_u32() as u8;
                 }

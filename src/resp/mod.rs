@@ -1,8 +1,9 @@
-//! Our Redis client: RESP2 frames (via `redis-protocol`) over glommio TCP.
+//! Our Redis client: RESP2 and RESP3 over glommio TCP.
 //!
 //! # Layout
-//! - [`frame`]: encode commands, scan and decode replies under a size cap.
+//! - [`frame`]: encode commands, scan and decode replies (RESP2 and RESP3) under a size cap.
 //! - [`conn`]: one pipelined connection (reader, writer and timeout tasks).
+//! - [`handshake`]: `HELLO 3` (falling back to RESP2), AUTH, SELECT.
 //! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
 //! - [`error`]: the error type and its bounded `kind()` labels.
 //! - `dial`: resolve and connect; `stats`: cached metric handles; `sync`: single-threaded wake-ups.
@@ -11,6 +12,7 @@ pub mod conn;
 mod dial;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod pool;
 mod stats;
 pub(crate) mod sync;
@@ -19,6 +21,7 @@ pub mod url;
 pub use conn::Connection;
 pub use error::RedisError;
 pub use frame::Reply;
+pub use handshake::Protocol;
 pub use pool::{Pool, PoolConfig};
 pub use url::RedisUrl;
 

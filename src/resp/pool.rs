@@ -8,7 +8,7 @@
 use crate::resp::conn::Connection;
 use crate::resp::stats::{ConnState, Stats};
 use crate::resp::sync::Notify;
-use crate::resp::{RedisError, RedisUrl, Reply};
+use crate::resp::{Protocol, RedisError, RedisUrl, Reply};
 use futures_lite::future::or;
 use glommio::Task;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
@@ -36,6 +36,8 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     /// Metric label "shard".
     pub shard: usize,
+    /// RESP version to negotiate (`--redis-protocol`).
+    pub protocol: Protocol,
 }
 
 impl Default for PoolConfig {
@@ -48,6 +50,7 @@ impl Default for PoolConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             shard: 0,
+            protocol: Protocol::Auto,
         }
     }
 }

@@ -7,9 +7,9 @@ use crate::metrics as names;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 /// Command labels we export; anything else is "other" so the label set stays bounded.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "GET", "SET", "INCR", "PFADD", "PFCOUNT", "MGET", "EXPIRE", "EXPIREAT", "PING", "AUTH",
-    "SELECT", "SCAN", "INFO", "DEL", "other",
+    "HELLO", "SELECT", "SCAN", "INFO", "DEL", "other",
 ];
 
 /// Every error kind label, exported at zero from the start.
@@ -50,6 +50,8 @@ pub(crate) struct Stats {
     pub(crate) pool_size: Gauge,
     pub(crate) inflight: Gauge,
     pub(crate) reconnects: Counter,
+    /// RESP3 push frames received (out of band, matched to no command).
+    pub(crate) pushes: Counter,
 }
 
 impl Stats {
@@ -78,6 +80,7 @@ impl Stats {
             pool_size: gauge!(names::REDIS_POOL_SIZE, "shard" => s()),
             inflight: gauge!(names::REDIS_INFLIGHT, "shard" => s()),
             reconnects: counter!(names::REDIS_RECONNECTS_TOTAL, "shard" => s()),
+            pushes: counter!(names::REDIS_PUSH_MESSAGES_TOTAL, "shard" => s()),
         }
     }
 

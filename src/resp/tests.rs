@@ -2,7 +2,7 @@
 //! The server is std networking on `127.0.0.1:0` in plain threads; the client runs on a
 //! glommio executor.
 
-use crate::resp::{Pool, PoolConfig, RedisUrl, Reply};
+use crate::resp::{Connection, Pool, PoolConfig, Protocol, RedisUrl, Reply};
 use glommio::{LocalExecutorBuilder, Placement};
 use redis_protocol::resp2::decode::decode;
 use std::io::{Read, Write};
@@ -57,7 +57,13 @@ fn cfg() -> PoolConfig {
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
         shard: 0,
+        // These fake servers speak RESP2 and answer whatever comes first: no HELLO.
+        protocol: Protocol::Resp2,
     }
+}
+
+fn cfg_with(protocol: Protocol) -> PoolConfig {
+    PoolConfig { protocol, ..cfg() }
 }
 
 fn run<F, Fut>(f: F)
@@ -204,5 +210,109 @@ fn should_fail_fast_when_nothing_is_up() {
             .to_string()
             .contains("TLS (rediss://) is not supported yet"));
         pool.close().await;
+    });
+}
+
+/// A server without HELLO (Redis < 6): `auto` falls back to RESP2 (and AUTH), `3` refuses
+/// to connect with a message that says why, `2` never asks.
+#[test]
+fn should_fall_back_to_resp2_when_hello_is_refused() {
+    // Every connection: the first command is refused like Redis 5 refuses HELLO; the rest
+    // get +OK (AUTH) or +PONG.
+    let port = fake_server(|_, cmd, s| {
+        let reply: &[u8] = match cmd {
+            0 => b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n",
+            _ => b"+PONG\r\n",
+        };
+        s.write_all(reply).is_ok()
+    });
+    run(move || async move {
+        let c = Connection::connect(&url(port), &cfg_with(Protocol::Auto))
+            .await
+            .unwrap();
+        assert_eq!(c.protocol(), 2);
+        assert_eq!(
+            c.cmd(&[b"PING"]).await.unwrap(),
+            Reply::Simple("PONG".into())
+        );
+        // With a password: HELLO 3 AUTH is refused, then a plain AUTH (answered +PONG here).
+        let with_pw = RedisUrl::parse(&format!("redis://:pw@127.0.0.1:{port}")).unwrap();
+        let c = Connection::connect(&with_pw, &cfg_with(Protocol::Auto))
+            .await
+            .unwrap();
+        assert_eq!(c.protocol(), 2);
+        assert_eq!(
+            c.cmd(&[b"PING"]).await.unwrap(),
+            Reply::Simple("PONG".into())
+        );
+
+        let e = Connection::connect(&url(port), &cfg_with(Protocol::Resp3))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), "connect");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("does not support RESP3") && msg.contains("unknown command `HELLO`"),
+            "{msg}"
+        );
+        assert!(msg.contains("--redis-protocol"), "{msg}");
+        // A pool that insists on RESP3 never connects to it.
+        let pool = Pool::new(url(port), cfg_with(Protocol::Resp3));
+        assert!(!pool.wait_connected(Duration::from_millis(300)).await);
+        assert_eq!(
+            pool.cmd(&[b"PING"]).await.unwrap_err().kind(),
+            "not_connected"
+        );
+        pool.close().await;
+    });
+}
+
+/// HELLO 3 accepted: the connection speaks RESP3; push frames between replies are counted
+/// and never taken for the reply of a pending command.
+#[test]
+fn should_speak_resp3_and_skip_push_frames() {
+    let port = fake_server(|_, cmd, s| {
+        let reply: &[u8] = match cmd {
+            0 => b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n",
+            // Pushes before and inside a burst of replies.
+            1 => b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n:1\r\n",
+            2 => b"_\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n",
+            _ => b"=8\r\ntxt:info\r\n",
+        };
+        s.write_all(reply).is_ok()
+    });
+    run(move || async move {
+        let c = Connection::connect(&url(port), &cfg_with(Protocol::Resp3))
+            .await
+            .unwrap();
+        assert_eq!(c.protocol(), 3);
+        let r = c
+            .pipeline(&[&[b"INCR", b"n"], &[b"GET", b"missing"], &[b"INFO"]])
+            .await;
+        assert_eq!(r[0], Ok(Reply::Int(1)));
+        assert_eq!(r[1], Ok(Reply::Nil));
+        assert_eq!(r[2], Ok(Reply::Bulk("info".into())));
+        assert!(!c.is_closed());
+    });
+}
+
+/// Wrong credentials in HELLO 3 AUTH are an auth error: no fallback to RESP2.
+#[test]
+fn should_not_fall_back_when_hello_refuses_the_password() {
+    let port = fake_server(|_, cmd, s| {
+        let reply: &[u8] = match cmd {
+            0 => b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+            _ => b"+OK\r\n",
+        };
+        s.write_all(reply).is_ok()
+    });
+    run(move || async move {
+        let u = RedisUrl::parse(&format!("redis://:nope@127.0.0.1:{port}")).unwrap();
+        for p in [Protocol::Auto, Protocol::Resp3] {
+            let e = Connection::connect(&u, &cfg_with(p)).await.err().unwrap();
+            assert_eq!(e.kind(), "auth", "{p:?}: {e}");
+            assert!(!e.to_string().contains("nope"), "{e}");
+        }
     });
 }

@@ -777,6 +777,7 @@ const APP_ENV_VARS: &[&str] = &[
     "SEED",
     "LOG_FORMAT",
     "ADMIN_TOKEN",
+    "REDIS_PROTOCOL",
 ];
 
 /// The `analytics-demo` binary running as a child process.
@@ -1240,18 +1241,21 @@ pub fn app_args(redis_url: &str, pg_url: &str, defaults: &[&str], extra: &[&str]
 /// `analytics-demo verify --json` against the given servers: exit code and the verdict.
 /// Panics (with both outputs) when it prints no JSON.
 pub fn verify_json(redis_url: &str, pg_url: &str) -> (i32, serde_json::Value) {
-    let out = run_binary(
-        &[
-            "verify",
-            "--redis-url",
-            redis_url,
-            "--database-url",
-            pg_url,
-            "--json",
-        ],
-        &[],
-        Duration::from_secs(60),
-    );
+    verify_json_with(redis_url, pg_url, &[])
+}
+
+/// `verify_json` with EXTRA arguments (e.g. `--redis-protocol 2`).
+pub fn verify_json_with(redis_url: &str, pg_url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec![
+        "verify",
+        "--redis-url",
+        redis_url,
+        "--database-url",
+        pg_url,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_binary(&args, &[], Duration::from_secs(60));
     let code = out.code().expect("verify killed by a signal");
     let verdict = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
         panic!(
