@@ -28,7 +28,7 @@
 //! them.
 
 use crate::resp::RedisError;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Deepest aggregate nesting accepted (an attribute counts as a level); real replies nest a
 /// handful of levels.
@@ -88,20 +88,22 @@ pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
 }
 
 fn push_header(out: &mut BytesMut, kind: u8, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    // Built right to left in one stack buffer, then one copy into `out`.
+    let mut b = [0u8; 23];
+    let mut i = b.len() - 2;
+    b[i..].copy_from_slice(b"\r\n");
     let mut v = n;
     loop {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+        b[i] = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&[kind]);
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
+    i -= 1;
+    b[i] = kind;
+    out.extend_from_slice(&b[i..]);
 }
 
 /// Resumable frame scanner plus decode, one per connection (its state is reused).
@@ -270,6 +272,13 @@ impl Decoder {
             let Some(len) = self.scan(buf)? else {
                 return Ok(None);
             };
+            // The commonest replies (integers, +OK, nulls) are built straight from the
+            // buffer: splitting a frame off makes its bytes shared (reference counted),
+            // which costs more than the whole reply is worth.
+            if let Some(reply) = small_reply(&buf[..len])? {
+                buf.advance(len);
+                return Ok(Some(Ok(reply)));
+            }
             let frame = buf.split_to(len).freeze();
             if frame.first() == Some(&b'>') {
                 self.pushes += 1;
@@ -286,6 +295,17 @@ impl Decoder {
             }));
         }
     }
+}
+
+/// A reply that needs no bytes kept: `:n`, `+OK`, `_`, `$-1`, `*-1` (a frame the scanner
+/// accepted, so its header is valid); `None` for everything else.
+fn small_reply(frame: &[u8]) -> Result<Option<Reply>, RedisError> {
+    Ok(match frame {
+        [b':', .., b'\r', b'\n'] => Some(Reply::Int(parse_int(&frame[1..frame.len() - 2])?)),
+        b"+OK\r\n" => Some(Reply::Simple(Bytes::from_static(b"OK"))),
+        b"_\r\n" | b"$-1\r\n" | b"*-1\r\n" => Some(Reply::Nil),
+        _ => None,
+    })
 }
 
 /// Turns one frame the scanner accepted into a [`Reply`]. It re-reads headers the scanner
@@ -384,10 +404,33 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 }
 
 fn parse_int(line: &[u8]) -> Result<i64, RedisError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| protocol("invalid integer"))
+    // What `str::parse::<i64>` accepts (an optional sign, then at least one ASCII digit,
+    // no overflow), without the UTF-8 check and the generic parser: it runs for every
+    // reply header. Accumulated negatively so that i64::MIN parses.
+    let (neg, digits) = match line.first() {
+        Some(b'-') => (true, &line[1..]),
+        Some(b'+') => (false, &line[1..]),
+        _ => (false, line),
+    };
+    if digits.is_empty() {
+        return Err(protocol("invalid integer"));
+    }
+    let mut v: i64 = 0;
+    for &c in digits {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(protocol("invalid integer"));
+        }
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_sub(i64::from(d)))
+            .ok_or_else(|| protocol("invalid integer"))?;
+    }
+    if neg {
+        Ok(v)
+    } else {
+        v.checked_neg().ok_or_else(|| protocol("invalid integer"))
+    }
 }
 
 /// A RESP3 double: what Rust parses as an `f64`, which includes `inf`, `-inf` and `nan`.
@@ -431,6 +474,48 @@ mod tests {
 
     fn bulk(b: &'static [u8]) -> Reply {
         Reply::Bulk(Bytes::from_static(b))
+    }
+
+    #[test]
+    fn should_parse_integers_exactly_as_str_parse_does() {
+        let cases: &[&[u8]] = &[
+            b"0",
+            b"-0",
+            b"+0",
+            b"7",
+            b"-42",
+            b"+42",
+            b"9223372036854775807",
+            b"-9223372036854775808",
+            b"9223372036854775808",
+            b"-9223372036854775809",
+            b"",
+            b"-",
+            b"+",
+            b"1a",
+            b" 1",
+            b"1 ",
+            b"--1",
+            b"+-1",
+            b"00012",
+            b"\xff1",
+            b"99999999999999999999999",
+        ];
+        for &c in cases {
+            let want = std::str::from_utf8(c)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok());
+            assert_eq!(parse_int(c).ok(), want, "{:?}", String::from_utf8_lossy(c));
+        }
+    }
+
+    #[test]
+    fn should_encode_headers_of_every_width() {
+        for n in [0usize, 9, 10, 99, 100, 12345, usize::MAX] {
+            let mut out = BytesMut::new();
+            push_header(&mut out, b'$', n);
+            assert_eq!(&out[..], format!("${n}\r\n").as_bytes());
+        }
     }
 
     #[test]
