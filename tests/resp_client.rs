@@ -92,6 +92,7 @@ fn cfg(size: usize) -> PoolConfig {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(500),
         shard: 0,
+        tls: None,
     }
 }
 

@@ -103,7 +103,9 @@ impl fmt::Debug for Config {
             .field("warmup_interval", &self.warmup_interval)
             .field("time_buckets", &self.time_buckets)
             .field("redis_url", &self.redis_url)
+            .field("redis_tls", &self.redis_tls)
             .field("database_url", &Hidden(&self.database_url))
+            .field("database", &self.database)
             .field("bind_address", &self.bind_address)
             .field("shards", &self.shards)
             .field("duration", &self.duration)
@@ -128,7 +130,9 @@ impl fmt::Debug for VerifyArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyArgs")
             .field("redis_url", &self.redis_url)
+            .field("redis_tls", &self.redis_tls)
             .field("database_url", &Hidden(&self.database_url))
+            .field("database", &self.database)
             .field("json", &self.json)
             .finish()
     }

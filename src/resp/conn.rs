@@ -7,14 +7,16 @@
 //! commands out (they all share one timeout, so FIFO order is deadline order and one timer
 //! per connection suffices) and drops a connection whose oldest command is stuck, so a
 //! stalled server cannot pin the pool. Everything is `Rc`/`RefCell`: one executor, no locks.
+//! Under TLS (`rediss://`) the reader and writer still own one fd each and share the rustls
+//! session (see `transport`).
 
 use crate::resp::dial::dial;
 use crate::resp::frame::{encode_command, Decoder};
 use crate::resp::stats::Stats;
 use crate::resp::sync::{Latch, Notify};
+use crate::resp::transport::{self, ReadHalf, WriteHalf};
 use crate::resp::{PoolConfig, RedisError, RedisUrl, Reply};
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -133,11 +135,12 @@ impl Connection {
         stats: Rc<Stats>,
     ) -> Result<Rc<Connection>, RedisError> {
         let connect_err = |msg: String| RedisError::Connect { msg };
-        if url.tls {
-            return Err(connect_err("TLS (rediss://) is not supported yet".into()));
-        }
-        let stream = dial(url, cfg.connect_timeout).await?;
+        let mut stream = dial(url, cfg.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
+        let tls = match url.tls {
+            true => Some(tls_handshake(&mut stream, url, cfg).await?),
+            false => None,
+        };
         // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
         let fd2 = unsafe { libc::dup(stream.as_raw_fd()) };
         if fd2 < 0 {
@@ -166,8 +169,24 @@ impl Connection {
             idle: Notify::default(),
             closed: Latch::default(),
         });
-        glommio::spawn_local(reader(inner.clone(), stream, cfg.max_reply_bytes)).detach();
-        glommio::spawn_local(writer(inner.clone(), wstream)).detach();
+        let max_reply = cfg.max_reply_bytes;
+        match tls {
+            None => {
+                glommio::spawn_local(reader(inner.clone(), stream, max_reply)).detach();
+                glommio::spawn_local(writer(inner.clone(), wstream)).detach();
+            }
+            Some(tls) => {
+                let wake = Rc::downgrade(&inner);
+                let wake_writer = move || {
+                    if let Some(inner) = wake.upgrade() {
+                        inner.writer_wake.notify();
+                    }
+                };
+                let (r, w) = transport::split(tls, stream, wstream, wake_writer);
+                glommio::spawn_local(reader(inner.clone(), r, max_reply)).detach();
+                glommio::spawn_local(writer(inner.clone(), w)).detach();
+            }
+        }
         glommio::spawn_local(sweeper(inner.clone())).detach();
         let conn = Rc::new(Connection { inner });
         if let Some(pass) = url.password() {
@@ -189,6 +208,17 @@ impl Connection {
                 Ok(_) => {}
                 Err(e @ RedisError::Server { .. }) => return Err(e),
                 Err(e) => return Err(connect_err(format!("SELECT: {e}"))),
+            }
+        }
+        if url.tls && url.password().is_none() && url.db == 0 {
+            // A TLS 1.3 server checks our certificate after our side of the handshake is
+            // done: one round trip turns its refusal into a connect error.
+            match conn.cmd(&[b"PING"]).await {
+                Ok(_) => {}
+                Err(e @ RedisError::Server { .. }) => return Err(e),
+                // The transport's message already says "TLS: ...".
+                Err(RedisError::Io { msg, .. }) => return Err(connect_err(msg)),
+                Err(e) => return Err(connect_err(format!("PING after the TLS handshake: {e}"))),
             }
         }
         Ok(conn)
@@ -278,6 +308,34 @@ impl Connection {
     pub(crate) fn close(&self) {
         self.inner
             .close_with(RedisError::Closed { sent: false }, None);
+    }
+}
+
+/// The TLS handshake on a fresh socket, bounded by the connect timeout.
+async fn tls_handshake(
+    stream: &mut TcpStream,
+    url: &RedisUrl,
+    cfg: &PoolConfig,
+) -> Result<rustls::ClientConnection, RedisError> {
+    let config = match &cfg.tls {
+        Some(c) => c.clone(),
+        None => crate::tls::TlsFiles::default()
+            .client_config(crate::tls::Verify::Full)
+            .map_err(|msg| RedisError::Connect { msg })?,
+    };
+    let shake = async { Some(transport::handshake(stream, config, &url.host).await) };
+    let expire = async {
+        glommio::timer::sleep(cfg.connect_timeout.max(Duration::from_millis(1))).await;
+        None
+    };
+    match futures_lite::future::or(shake, expire).await {
+        Some(Ok(tls)) => Ok(tls),
+        Some(Err(why)) => Err(RedisError::Connect {
+            msg: format!("TLS handshake with {}: {why}", url.redacted()),
+        }),
+        None => Err(RedisError::Connect {
+            msg: format!("TLS handshake with {} timed out", url.redacted()),
+        }),
     }
 }
 
@@ -376,7 +434,7 @@ impl Drop for FdGuard {
     }
 }
 
-async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
+async fn reader(inner: Rc<Inner>, stream: impl ReadHalf, max_reply: usize) {
     // Declared before `stream`'s new binding, so it drops after the stream is closed.
     let _guard = FdGuard(inner.clone());
     let mut stream = stream;
@@ -401,9 +459,9 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
         if inner.closed.is_set() {
             return;
         }
-        match stream.read(&mut scratch).await {
+        match stream.read_into(&mut buf, &mut scratch).await {
             Ok(0) => break (RedisError::Closed { sent: true }, "closed"),
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Ok(_) => {}
             Err(e) => {
                 let msg = e.to_string();
                 break (RedisError::Io { sent: true, msg }, "io");
@@ -413,7 +471,7 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
     inner.close_with(cause, Some(kind));
 }
 
-async fn writer(inner: Rc<Inner>, mut stream: TcpStream) {
+async fn writer(inner: Rc<Inner>, mut stream: impl WriteHalf) {
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         {
@@ -426,11 +484,11 @@ async fn writer(inner: Rc<Inner>, mut stream: TcpStream) {
                 st.sent_seq = st.next_seq;
             }
         }
-        if wbuf.is_empty() {
+        if wbuf.is_empty() && !stream.wants_flush() {
             inner.writer_wake.notified().await;
             continue;
         }
-        if let Err(e) = stream.write_all(&wbuf).await {
+        if let Err(e) = stream.send(&wbuf).await {
             let msg = e.to_string();
             inner.close_with(RedisError::Io { sent: true, msg }, Some("io"));
             return;

@@ -5,7 +5,8 @@
 //! - [`conn`]: one pipelined connection (reader, writer and timeout tasks).
 //! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
 //! - [`error`]: the error type and its bounded `kind()` labels.
-//! - `dial`: resolve and connect; `stats`: cached metric handles; `sync`: single-threaded wake-ups.
+//! - `dial`: resolve and connect; `transport`: plain TCP or TLS under a connection;
+//!   `stats`: cached metric handles; `sync`: single-threaded wake-ups.
 
 pub mod conn;
 mod dial;
@@ -14,6 +15,7 @@ pub mod frame;
 pub mod pool;
 mod stats;
 pub(crate) mod sync;
+mod transport;
 pub mod url;
 
 pub use conn::Connection;

@@ -15,6 +15,7 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Commands in flight on the connection in use before new ones spill to another.
@@ -36,6 +37,8 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     /// Metric label "shard".
     pub shard: usize,
+    /// TLS settings for `rediss://` targets (`None`: system CAs, no client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PoolConfig {
@@ -48,6 +51,7 @@ impl Default for PoolConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             shard: 0,
+            tls: None,
         }
     }
 }
