@@ -529,3 +529,95 @@ fn should_send_sni_for_names_and_check_names_and_ips() {
         "SNI seen per connection"
     );
 }
+
+#[test]
+fn should_switch_a_running_app_to_rediss_and_bench_over_tls() {
+    const TOKEN: &str = "tls-switch-token";
+    let certs = TestCerts::generate();
+    let plain = RedisServer::start();
+    let secure = RedisServer::start_tls(&certs, "optional", Some(("app", REDIS_PW)));
+    let pg = PgServer::start();
+    // No trailing newline this time.
+    let pw = write_file(certs.dir(), "redis.pw", REDIS_PW);
+    let ca = certs.ca.to_str().unwrap();
+    let a = args(&plain.url(), &pg.url(), "100", "100");
+    // The app's CA file applies to whatever target it is switched to.
+    let env = [("REDIS_CA_FILE", ca), ("ADMIN_TOKEN", TOKEN)];
+    let mut app = App::spawn_healthy(&refs(&a), &env, HEALTHY);
+    let acked = |app: &App| metric(app, "analytics_events_total", &[("outcome", "acked")]);
+    assert!(wait_until(Duration::from_secs(30), || acked(&app) > 20.0));
+    let to = format!("rediss://app@localhost:{}", secure.port);
+    let admin = format!("http://{}", app.http);
+    let out = run_binary(
+        &[
+            "switch",
+            "--to",
+            &to,
+            "--to-password-file",
+            pw.to_str().unwrap(),
+            "--admin-url",
+            &admin,
+        ],
+        &[("ADMIN_TOKEN", TOKEN)],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("rediss://app:***@localhost"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(REDIS_PW) && !out.stderr.contains(REDIS_PW));
+    // Events now land in the TLS Redis, and keep being acknowledged.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (status, health) = app.get("/health");
+            status == 200
+                && health.contains("rediss://app:***@localhost")
+                && secure.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0) > 0
+        }),
+        "the switch to rediss:// did not take: {:?}\n{}",
+        app.get("/health"),
+        app.log()
+    );
+    let before = acked(&app);
+    assert!(
+        wait_until(Duration::from_secs(20), || acked(&app) > before + 100.0),
+        "no acked events after the switch:\n{}",
+        app.log()
+    );
+    assert_eq!(app.terminate().code(), Some(0), "{}", app.log());
+    assert!(!app.log().contains(REDIS_PW));
+
+    // bench-redis over TLS: the same CA, a client certificate and the password file.
+    let bench_env = [
+        ("REDIS_CA_FILE", ca),
+        ("REDIS_CLIENT_CERT", certs.client_cert.to_str().unwrap()),
+        ("REDIS_CLIENT_KEY", certs.client_key.to_str().unwrap()),
+        ("REDIS_PASSWORD_FILE", pw.to_str().unwrap()),
+    ];
+    let out = run_binary(
+        &[
+            "bench-redis",
+            "--redis-url",
+            &to,
+            "--duration",
+            "2",
+            "--rate",
+            "2000",
+            "--connections",
+            "4",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--json",
+        ],
+        &bench_env,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    eprintln!("bench-redis over TLS: {v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["ops"].as_u64().unwrap() >= 3000, "{v}");
+}
