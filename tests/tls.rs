@@ -621,3 +621,60 @@ fn should_switch_a_running_app_to_rediss_and_bench_over_tls() {
     assert_eq!(v["errors"], 0, "{v}");
     assert!(v["ops"].as_u64().unwrap() >= 3000, "{v}");
 }
+
+#[test]
+fn should_refuse_bad_tls_files_at_startup_before_connecting() {
+    let certs = TestCerts::generate();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    // Ports nothing listens on: the run must stop at the configuration.
+    let base = [
+        "--redis-url",
+        "rediss://127.0.0.1:1",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/analytics",
+        "--bind-address",
+        "127.0.0.1:0",
+        "--duration",
+        "1",
+    ];
+    let cases: Vec<(Vec<(&str, String)>, String)> = vec![
+        (
+            vec![
+                ("REDIS_CLIENT_CERT", s(&certs.client_cert)),
+                ("REDIS_CLIENT_KEY", s(&certs.server_key)),
+            ],
+            "do not go together".to_string(),
+        ),
+        (
+            vec![("REDIS_CA_FILE", s(&certs.server_key))],
+            format!(
+                "--redis-ca-file (REDIS_CA_FILE): '{}' holds no certificate",
+                s(&certs.server_key)
+            ),
+        ),
+        (
+            vec![
+                ("REDIS_CLIENT_CERT", s(&certs.client_cert)),
+                ("REDIS_CLIENT_KEY", s(&certs.client_cert)),
+            ],
+            "--redis-client-key (REDIS_CLIENT_KEY)".to_string(),
+        ),
+        (
+            vec![("DATABASE_CA_FILE", "/nonexistent/ca.pem".to_string())],
+            "--database-ca-file (DATABASE_CA_FILE): cannot read '/nonexistent/ca.pem'".to_string(),
+        ),
+    ];
+    for (env, want) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = run_binary(&base, &env, Duration::from_secs(30));
+        assert_eq!(out.code(), Some(2), "{env:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with("error: ") && l.contains(&want)),
+            "{env:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("connect"), "{env:?}: {}", out.stderr);
+    }
+}
