@@ -51,7 +51,9 @@ pub fn run(cfg: Config) -> i32 {
         eprintln!("error: {e}");
         return 2;
     }
-    let pg = match crate::pg::parse_config(&cfg.database_url) {
+    let pg = cfg.database.clone();
+    // Built even for redis:// (a switch may move to rediss://); the trust roots load once.
+    let redis_tls = match cfg.redis_tls.client_config(crate::tls::Verify::Full) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -108,6 +110,7 @@ pub fn run(cfg: Config) -> i32 {
         backoff_max: Duration::from_secs(1),
         shard: 0,
         protocol: cfg.redis_protocol,
+        tls: Some(redis_tls),
     };
     let mut row_rx = Vec::new();
     let mut report_rx = Vec::new();

@@ -10,6 +10,7 @@
 //! - [`control`]: the control core: writer, HTTP, health, progress, orderly stop.
 //! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
 //! - [`pg`]: Postgres connections on glommio, the batch writer, the shards' readers.
+//! - [`tls`]: the TLS client side both use (PEM files, trust roots, verification levels).
 //! - [`workload`]: event/query mixes, skewed tenants, the Redis key layout, hour buckets.
 //! - [`bench_redis`]: the `bench-redis` subcommand: raw SET/GET load on the same shards and pool.
 //! - [`verify`]: the `verify` subcommand: acknowledged increments against Redis.
@@ -27,5 +28,6 @@ pub mod notify;
 pub mod pg;
 pub mod resp;
 pub mod shard;
+pub mod tls;
 pub mod verify;
 pub mod workload;

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -115,7 +116,8 @@ impl Verdict {
 pub fn main(args: VerifyArgs) -> i32 {
     let url = args.redis_url.clone();
     let protocol = args.redis_protocol;
-    let pg = match crate::pg::parse_config(&args.database_url) {
+    let pg = args.database.clone();
+    let tls = match args.redis_tls.client_config(crate::tls::Verify::Full) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -126,7 +128,7 @@ pub fn main(args: VerifyArgs) -> i32 {
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("verify")
         .io_memory(64 << 10)
-        .spawn(move || async move { run(url, protocol, pg).await });
+        .spawn(move || async move { run(url, protocol, Some(tls), pg).await });
     let result = match ex {
         Ok(h) => h.join().map_err(|e| e.to_string()).and_then(|r| r),
         Err(e) => Err(e.to_string()),
@@ -153,10 +155,12 @@ pub fn main(args: VerifyArgs) -> i32 {
 
 const CHUNK: usize = 1000;
 
+/// `tls`: for a `rediss://` URL (`None`: system CAs, no client certificate).
 pub async fn run(
     url: RedisUrl,
     protocol: Protocol,
-    pg: tokio_postgres::Config,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pg: crate::pg::PgConfig,
 ) -> Result<Verdict, String> {
     let client = crate::pg::connect(&pg, Duration::from_secs(5)).await?;
     let d = |e: tokio_postgres::Error| crate::pg::describe(&e);
@@ -207,6 +211,7 @@ pub async fn run(
         backoff_max: Duration::from_secs(1),
         shard: 0,
         protocol,
+        tls,
     };
     let redis = Connection::connect(&url, &cfg)
         .await

@@ -961,6 +961,18 @@ fn should_reclaim_idle_connections_so_health_stays_reachable() {
 
 #[test]
 fn should_not_leak_redis_or_postgres_passwords() {
+    no_password_leaks(false);
+}
+
+/// The same with the passwords in REDIS_PASSWORD_FILE and DATABASE_PASSWORD_FILE.
+#[test]
+fn should_not_leak_passwords_read_from_files() {
+    no_password_leaks(true);
+}
+
+/// Plants a Redis and a PostgreSQL password (in the URLs, or in password files) and looks for
+/// them in every endpoint, the log, the runs table and `verify`'s output, healthy and not.
+fn no_password_leaks(via_files: bool) {
     const REDIS_PW: &str = "plantedsecret";
     const PG_PW: &str = "pgplanted";
     let mut redis = RedisServer::start_with(&["--requirepass", REDIS_PW]);
@@ -970,13 +982,29 @@ fn should_not_leak_redis_or_postgres_passwords() {
     pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{PG_PW}'"));
     pg.psql("GRANT ALL ON DATABASE analytics TO app");
     pg.psql("GRANT ALL ON SCHEMA public TO app");
-    let redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}", redis.port);
-    let pg_url = format!("postgres://app:{PG_PW}@127.0.0.1:{}/analytics", pg.port);
-    assert_eq!(redis_url, redis.url());
-    let env = [
-        ("REDIS_URL", redis_url.as_str()),
-        ("DATABASE_URL", pg_url.as_str()),
-    ];
+    let files = tempfile::tempdir().expect("temp dir");
+    let (redis_url, pg_url, redis_pw_file, pg_pw_file);
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if via_files {
+        redis_url = format!("redis://127.0.0.1:{}", redis.port);
+        pg_url = format!("postgres://app@127.0.0.1:{}/analytics", pg.port);
+        redis_pw_file = common::write_file(files.path(), "redis", &format!("{REDIS_PW}\n"));
+        pg_pw_file = common::write_file(files.path(), "pg", &format!("{PG_PW}\n"));
+        env.push((
+            "REDIS_PASSWORD_FILE",
+            redis_pw_file.to_str().expect("utf-8 path"),
+        ));
+        env.push((
+            "DATABASE_PASSWORD_FILE",
+            pg_pw_file.to_str().expect("utf-8 path"),
+        ));
+    } else {
+        redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}", redis.port);
+        pg_url = format!("postgres://app:{PG_PW}@127.0.0.1:{}/analytics", pg.port);
+        assert_eq!(redis_url, redis.url());
+    }
+    env.push(("REDIS_URL", redis_url.as_str()));
+    env.push(("DATABASE_URL", pg_url.as_str()));
     let mut a: Vec<String> = args(
         "x",
         "x",

@@ -93,6 +93,7 @@ fn cfg(size: usize) -> PoolConfig {
         backoff_max: Duration::from_millis(500),
         shard: 0,
         protocol: Protocol::Auto,
+        tls: None,
     }
 }
 

@@ -83,6 +83,13 @@ pub fn main(args: BenchRedisArgs) -> i32 {
         redis = %args.redis_url,
         "bench-redis starting"
     );
+    let tls = match args.redis_tls.client_config(crate::tls::Verify::Full) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::config::EXIT_USAGE;
+        }
+    };
     let mut handles = Vec::with_capacity(shards);
     for i in 0..shards {
         let plan = ShardPlan {
@@ -97,6 +104,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
                 backoff_max: Duration::from_secs(1),
                 shard: i,
                 protocol: args.redis_protocol,
+                tls: Some(tls.clone()),
             },
             pipeline: args.pipeline,
             rate: split_rate(args.rate, shards, i),

@@ -7,12 +7,15 @@ use super::cli::{opt, BenchRedisCli};
 use super::resolve::Resolver;
 use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_KEYS, MAX_ZIPF_KEYS};
 use crate::resp::{Protocol, RedisUrl};
+use crate::tls::TlsFiles;
 
 /// `analytics-demo bench-redis`. See `analytics-demo bench-redis --help`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchRedisArgs {
+    /// With the password of REDIS_PASSWORD_FILE when given.
     pub redis_url: RedisUrl,
     pub redis_protocol: Protocol,
+    pub redis_tls: TlsFiles,
     /// All shards together; at least one per shard.
     pub connections: usize,
     /// Commands in flight per connection.
@@ -47,8 +50,16 @@ pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, 
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let ratio_text = r.raw(&opt::ratio, c.ratio).unwrap_or_default();
     let args = BenchRedisArgs {
-        redis_url: r.redis_url(&opt::redis_url, c.redis_url)?,
+        redis_url: r.redis_target(
+            (&opt::redis_url, c.redis_url),
+            (&opt::redis_password_file, c.redis_password_file),
+        )?,
         redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
+        redis_tls: r.tls_files(
+            (&opt::redis_ca_file, c.redis_ca_file),
+            (&opt::redis_client_cert, c.redis_client_cert),
+            (&opt::redis_client_key, c.redis_client_key),
+        )?,
         connections: r.uint(&opt::connections, c.connections, 1, MAX_CONNECTIONS)? as usize,
         pipeline: r.uint(&opt::pipeline, c.pipeline, 1, MAX_PIPELINE)? as usize,
         ratio: Ratio::parse(&ratio_text).map_err(|why| {

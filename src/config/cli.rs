@@ -191,8 +191,22 @@ option_table! { $
         redis_url,
         /// protocol to speak with Redis: auto (RESP3 via HELLO 3 where the server supports it, else RESP2), 2, or 3 (RESP3 or no connection) [env: REDIS_PROTOCOL] [default: auto]
         redis_protocol,
-        /// the PostgreSQL source of truth: postgres://user[:password]@host[:port]/db [env: DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/analytics]
+        /// the PostgreSQL source of truth: postgres://user[:password]@host[:port]/db[?sslmode=...] [env: DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/analytics]
         database_url,
+        /// the CAs trusted for rediss://, a PEM bundle (unset = the system store) [env: REDIS_CA_FILE] [default: none]
+        redis_ca_file,
+        /// client certificate (PEM, with its chain) for rediss:// servers that ask for one; needs --redis-client-key [env: REDIS_CLIENT_CERT] [default: none]
+        redis_client_cert,
+        /// private key (PEM) of --redis-client-cert [env: REDIS_CLIENT_KEY] [default: none]
+        redis_client_key,
+        /// file holding the Redis password (one trailing newline ignored); replaces the password of the Redis URL [env: REDIS_PASSWORD_FILE] [default: none]
+        redis_password_file,
+        /// the CAs trusted for PostgreSQL TLS (sslmode verify-ca/verify-full), a PEM bundle; replaces sslrootcert of the URL (unset = sslrootcert, else the system store) [env: DATABASE_CA_FILE] [default: none]
+        database_ca_file,
+        /// the PostgreSQL password; replaces the password of the URL (prefer --database-password-file) [env: DATABASE_PASSWORD] [default: none]
+        database_password,
+        /// file holding the PostgreSQL password (one trailing newline ignored); replaces the password of the URL [env: DATABASE_PASSWORD_FILE] [default: none]
+        database_password_file,
         /// address of the HTTP server (metrics, health, report, admin, dashboard) [env: BIND_ADDRESS] [default: 0.0.0.0:3000]
         bind_address,
         /// shard executors (0 = usable CPUs - 1, at least 1; at most 1024) [env: SHARDS] [default: 0]
@@ -255,7 +269,9 @@ cli_struct! {
     pub(crate) struct TopCli [
         events_per_second, queries_per_second, organizations, users_per_org, cache_hit_target,
         max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
-        redis_protocol, database_url, bind_address, shards, duration, seed, log_format, admin_token, distribution,
+        redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
+        database_ca_file, database_password, database_password_file,
+        bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         progress_interval, no_pin, instance_index, instance_count,
         admin_allow_unauthenticated_loopback,
@@ -281,7 +297,10 @@ cli_struct! {
     /// Check Redis counters against PostgreSQL: lost acknowledged writes and phantom increments.
     /// Exits 1 when a loss is found.
     #[argh(subcommand, name = "verify")]
-    pub(crate) struct VerifyCli [redis_url, redis_protocol, database_url] {
+    pub(crate) struct VerifyCli [
+        redis_url, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key,
+        redis_password_file, database_ca_file, database_password, database_password_file,
+    ] {
         /// print the result as JSON
         #[argh(switch)]
         pub json: bool,
@@ -302,9 +321,14 @@ cli_struct! {
     /// Switch a running instance to another Redis.
     #[argh(subcommand, name = "switch")]
     pub(crate) struct SwitchCli [admin_url, admin_token] {
-        /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss://
+        /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss:// (the running
+        /// instance applies its own --redis-ca-file and client certificate to it)
         #[argh(option)]
         pub to: String,
+        /// file holding the password of the new Redis (one trailing newline ignored); replaces
+        /// the password of --to
+        #[argh(option)]
+        pub to_password_file: Option<String>,
     }
 }
 
@@ -316,6 +340,7 @@ cli_struct! {
     pub(crate) struct BenchRedisCli [
         connections, pipeline, ratio, keys, key_pattern, data_size, rate, duration, redis_url,
         redis_protocol, shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
+        redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
     ] {
         /// print the result as one JSON object
         #[argh(switch)]

@@ -29,7 +29,9 @@ use argh::FromArgs;
 
 pub use bench::BenchRedisArgs;
 
+use crate::pg::PgConfig;
 use crate::resp::{Protocol, RedisUrl};
+use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
 use resolve::Resolver;
@@ -81,12 +83,17 @@ pub struct Config {
     pub warmup_interval: Duration,
     /// Hours of per-hour counters.
     pub time_buckets: u32,
+    /// With the password of REDIS_PASSWORD_FILE when given (it replaces the URL's).
     pub redis_url: RedisUrl,
     /// RESP version to negotiate with Redis.
     pub redis_protocol: Protocol,
+    /// CA bundle and client certificate for `rediss://` (also for a switched-to target).
+    pub redis_tls: TlsFiles,
     /// A validated `postgres://`/`postgresql://` URL with a host, as given. May hold a
     /// password: print it with care (`Debug` hides it).
     pub database_url: String,
+    /// `database_url` resolved with DATABASE_PASSWORD(_FILE) and DATABASE_CA_FILE.
+    pub database: PgConfig,
     pub bind_address: SocketAddr,
     /// 0 = auto; see [`Config::resolved_shards`].
     pub shards: usize,
@@ -129,10 +136,13 @@ pub enum Distribution {
 /// `analytics-demo verify`.
 #[derive(Clone, PartialEq)]
 pub struct VerifyArgs {
+    /// As [`Config::redis_url`].
     pub redis_url: RedisUrl,
     pub redis_protocol: Protocol,
+    pub redis_tls: TlsFiles,
     /// Validated like [`Config::database_url`].
     pub database_url: String,
+    pub database: PgConfig,
     pub json: bool,
 }
 
@@ -147,6 +157,7 @@ pub struct ReportArgs {
 /// `analytics-demo switch`.
 #[derive(Clone, PartialEq)]
 pub struct SwitchArgs {
+    /// With the password of `--to-password-file` when given.
     pub to: RedisUrl,
     pub admin_url: String,
     /// Never printed (`Debug` shows `***`).
@@ -263,6 +274,12 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
     const USIZE: u64 = usize::MAX as u64;
     // Durations stay far from what would overflow an `Instant` or a Redis EX argument.
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    let (database_url, database) = r.postgres(
+        (&opt::database_url, c.database_url),
+        (&opt::database_password, c.database_password),
+        (&opt::database_password_file, c.database_password_file),
+        (&opt::database_ca_file, c.database_ca_file),
+    )?;
     let cfg = Config {
         events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
         queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second, 0, u64::MAX)?,
@@ -279,9 +296,18 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl, 1, TEN_YEARS)?,
         warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
         time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
-        redis_url: r.redis_url(&opt::redis_url, c.redis_url)?,
+        redis_url: r.redis_target(
+            (&opt::redis_url, c.redis_url),
+            (&opt::redis_password_file, c.redis_password_file),
+        )?,
         redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
-        database_url: r.postgres_url(&opt::database_url, c.database_url)?,
+        redis_tls: r.tls_files(
+            (&opt::redis_ca_file, c.redis_ca_file),
+            (&opt::redis_client_cert, c.redis_client_cert),
+            (&opt::redis_client_key, c.redis_client_key),
+        )?,
+        database_url,
+        database,
         bind_address: r.socket_addr(&opt::bind_address, c.bind_address)?,
         shards: r.uint(&opt::shards, c.shards, 0, 1024)? as usize,
         duration: Some(r.seconds(&opt::duration, c.duration, 0, TEN_YEARS)?)
@@ -375,18 +401,45 @@ impl Config {
 
 fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
     Ok(match sub {
-        SubCli::Verify(v) => Command::Verify(VerifyArgs {
-            redis_url: r.redis_url(&opt::redis_url, v.redis_url)?,
-            redis_protocol: r.choice(&opt::redis_protocol, v.redis_protocol, &Protocol::CHOICES)?,
-            database_url: r.postgres_url(&opt::database_url, v.database_url)?,
-            json: v.json,
-        }),
+        SubCli::Verify(v) => {
+            let (database_url, database) = r.postgres(
+                (&opt::database_url, v.database_url),
+                (&opt::database_password, v.database_password),
+                (&opt::database_password_file, v.database_password_file),
+                (&opt::database_ca_file, v.database_ca_file),
+            )?;
+            Command::Verify(VerifyArgs {
+                redis_url: r.redis_target(
+                    (&opt::redis_url, v.redis_url),
+                    (&opt::redis_password_file, v.redis_password_file),
+                )?,
+                redis_protocol: r.choice(
+                    &opt::redis_protocol,
+                    v.redis_protocol,
+                    &Protocol::CHOICES,
+                )?,
+                redis_tls: r.tls_files(
+                    (&opt::redis_ca_file, v.redis_ca_file),
+                    (&opt::redis_client_cert, v.redis_client_cert),
+                    (&opt::redis_client_key, v.redis_client_key),
+                )?,
+                database_url,
+                database,
+                json: v.json,
+            })
+        }
         SubCli::Report(v) => Command::Report(ReportArgs {
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
             json: v.json,
         }),
         SubCli::Switch(v) => Command::Switch(SwitchArgs {
-            to: resolve::redis_url(SWITCH_TO, v.to.trim())?,
+            to: {
+                let to = resolve::redis_url(SWITCH_TO, v.to.trim())?;
+                match &v.to_password_file {
+                    Some(path) => to.with_password(resolve::read_secret_file(SWITCH_TO_PW, path)?),
+                    None => to,
+                }
+            },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
             admin_token: r.token(&opt::admin_token, v.admin_token)?,
         }),
@@ -394,11 +447,14 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
     })
 }
 
-/// The one option outside the table (required, no environment variable).
+/// The options outside the table (`switch`'s own, no environment variable).
 const SWITCH_TO: &str = "--to";
+const SWITCH_TO_PW: &str = "--to-password-file";
 
 fn takes_value(flag: &str) -> bool {
-    flag == SWITCH_TO || opt::ALL.iter().any(|d| !d.switch && d.flag() == flag)
+    flag == SWITCH_TO
+        || flag == SWITCH_TO_PW
+        || opt::ALL.iter().any(|d| !d.switch && d.flag() == flag)
 }
 
 /// Accepts `--flag=value` (argh does not) by splitting it in two; otherwise argh would echo
@@ -432,16 +488,32 @@ fn split_equals(args: &[&str]) -> Vec<String> {
     out
 }
 
-/// Every secret the input holds: admin tokens (flag and env) and URL passwords.
+/// Every secret the input holds: admin tokens and passwords (flag and env), URL passwords,
+/// and the content of password files.
 fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
-    let token_flag = opt::admin_token.flag();
+    let valued = [&opt::admin_token, &opt::database_password];
+    let files = [&opt::redis_password_file, &opt::database_password_file];
     let mut secrets: Vec<String> = args.iter().flat_map(|a| url_secrets(a)).collect();
+    let mut secret_files: Vec<String> = Vec::new();
     for pair in args.windows(2) {
-        if pair[0] == token_flag {
+        if valued.iter().any(|d| pair[0] == d.flag()) {
             secrets.push(pair[1].to_string());
         }
+        if pair[0] == SWITCH_TO_PW || files.iter().any(|d| pair[0] == d.flag()) {
+            secret_files.push(pair[1].to_string());
+        }
     }
-    secrets.extend(env(opt::admin_token.env));
+    for def in valued {
+        secrets.extend(env(def.env));
+    }
+    for def in files {
+        secret_files.extend(env(def.env));
+    }
+    for path in secret_files {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            secrets.push(text.trim_end_matches(['\r', '\n']).to_string());
+        }
+    }
     for def in opt::ALL {
         if let Some(v) = env(def.env) {
             secrets.extend(url_secrets(&v));

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::cli::OptDef;
 use super::redact::redact_url;
+use crate::pg::{PgConfig, PgConfigError};
 use crate::resp::RedisUrl;
+use crate::tls::{PemPath, TlsFiles};
 
 /// Looks options up: the flag's value if given, else the environment, else the default.
 pub(crate) struct Resolver<'a> {
@@ -153,6 +155,86 @@ impl Resolver<'_> {
             .map_err(|why| invalid_url(&def.label(), text, &why))
     }
 
+    /// The Redis URL with the password of the password file, when one is given.
+    pub fn redis_target(
+        &self,
+        url: (&OptDef, Option<String>),
+        password_file: (&OptDef, Option<String>),
+    ) -> Result<RedisUrl, String> {
+        let target = self.redis_url(url.0, url.1)?;
+        Ok(match self.secret_file(password_file.0, password_file.1)? {
+            Some(pw) => target.with_password(pw),
+            None => target,
+        })
+    }
+
+    /// CA bundle and client certificate files, read and checked now.
+    pub fn tls_files(
+        &self,
+        ca: (&OptDef, Option<String>),
+        cert: (&OptDef, Option<String>),
+        key: (&OptDef, Option<String>),
+    ) -> Result<TlsFiles, String> {
+        let path = |(def, flag): (&OptDef, Option<String>)| {
+            self.raw(def, flag).map(|p| PemPath::new(def.label(), p))
+        };
+        let names = [cert.0.label(), key.0.label()];
+        TlsFiles::load(path(ca), path(cert), path(key), [&names[0], &names[1]])
+    }
+
+    /// The secret in the file an option names (see [`read_secret_file`]).
+    pub fn secret_file(
+        &self,
+        def: &OptDef,
+        flag: Option<String>,
+    ) -> Result<Option<String>, String> {
+        self.raw(def, flag)
+            .map(|path| read_secret_file(&def.label(), &path))
+            .transpose()
+    }
+
+    /// A password given as a value: never echoed.
+    pub fn password(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
+        match self.raw(def, flag) {
+            Some(p) if p.is_empty() => Err(format!("{} must not be empty", def.label())),
+            other => Ok(other),
+        }
+    }
+
+    /// The PostgreSQL URL (kept as given) and what it resolves to with the password options
+    /// (at most one of value and file) and the CA file, whose files are read now.
+    pub fn postgres(
+        &self,
+        url: (&OptDef, Option<String>),
+        password: (&OptDef, Option<String>),
+        password_file: (&OptDef, Option<String>),
+        ca_file: (&OptDef, Option<String>),
+    ) -> Result<(String, PgConfig), String> {
+        let text = self.postgres_url(url.0, url.1)?;
+        let pw_def = password.0;
+        let pw = self.password(password.0, password.1)?;
+        let pw_file = self.secret_file(password_file.0, password_file.1)?;
+        let pw = match (pw, pw_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{} and {} are both set: give one",
+                    pw_def.label(),
+                    password_file.0.label()
+                ))
+            }
+            (a, b) => a.or(b),
+        };
+        let ca = self
+            .raw(ca_file.0, ca_file.1)
+            .map(|p| PemPath::new(ca_file.0.label(), p));
+        let label = url.0.label();
+        match PgConfig::parse(&text, &label, pw.as_deref(), ca) {
+            Ok(cfg) => Ok((text, cfg)),
+            Err(PgConfigError::Url(why)) => Err(invalid_url(&label, &text, &why)),
+            Err(PgConfigError::Files(why)) => Err(why),
+        }
+    }
+
     /// A secret: never echoed. It travels in an HTTP header, so it must be visible ASCII.
     pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
         match self.raw(def, flag) {
@@ -170,6 +252,27 @@ impl Resolver<'_> {
 /// Parses a Redis URL for the option named `label` (`--to` has no table entry).
 pub(crate) fn redis_url(label: &str, text: &str) -> Result<RedisUrl, String> {
     RedisUrl::parse(text).map_err(|why| invalid_url(label, text, &why))
+}
+
+/// A password kept in a file (a mounted secret): the whole content as UTF-8, less one
+/// trailing newline (`\n` or `\r\n`), which editors and `echo` add. Errors name the option
+/// (`label`) and the file, never the content.
+pub(crate) fn read_secret_file(label: &str, path: &str) -> Result<String, String> {
+    let shown_path = shown(path);
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("{label}: cannot read '{shown_path}': {e}"))?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| format!("{label}: '{shown_path}' is not UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("{label}: '{shown_path}' is empty"));
+    }
+    Ok(text)
 }
 
 fn parse_uint(def: &OptDef, text: &str, min: u64, max: u64) -> Result<u64, String> {

@@ -56,7 +56,15 @@ fn should_use_defaults_when_nothing_is_set() {
         time_buckets: 24,
         redis_url: RedisUrl::parse("redis://127.0.0.1:6379").unwrap(),
         redis_protocol: Protocol::Auto,
+        redis_tls: crate::tls::TlsFiles::default(),
         database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
+        database: crate::pg::PgConfig::parse(
+            "postgres://postgres@127.0.0.1:5432/analytics",
+            "DATABASE_URL",
+            None,
+            None,
+        )
+        .unwrap(),
         bind_address: "0.0.0.0:3000".parse().unwrap(),
         shards: 0,
         duration: None,
@@ -335,6 +343,26 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ("--progress-interval", "PROGRESS_INTERVAL", "3601", "must be between 1 and 3600, got 3601"),
     ("--instance-index", "INSTANCE_INDEX", "1",
         "--instance-index (INSTANCE_INDEX) (1) must be less than --instance-count (INSTANCE_COUNT) (1)"),
+    ("--database-url", "DATABASE_URL", "postgres://h/db?sslmode=verify",
+        "invalid --database-url (DATABASE_URL) 'postgres://h/db?sslmode=verify': sslmode 'verify': unknown value (expected disable, prefer, require, verify-ca or verify-full)"),
+    ("--database-url", "DATABASE_URL", "postgres://h/db?sslmode=allow", "sslmode 'allow': 'allow' is not supported"),
+    ("--database-url", "DATABASE_URL", "postgres://h/db?sslrootcert=/nonexistent/root.crt&sslmode=verify-ca",
+        "sslrootcert in --database-url (DATABASE_URL): cannot read '/nonexistent/root.crt'"),
+    ("--database-url", "DATABASE_URL", "postgres://h/db?sslcert=/nonexistent/c.crt",
+        "sslcert in --database-url (DATABASE_URL) is set but sslkey in --database-url (DATABASE_URL) is not"),
+    ("--database-url", "DATABASE_URL", "postgres://h/db?bogus_option=1", "unknown option"),
+    ("--redis-ca-file", "REDIS_CA_FILE", "/nonexistent/ca.pem",
+        "--redis-ca-file (REDIS_CA_FILE): cannot read '/nonexistent/ca.pem': No such file or directory"),
+    ("--redis-client-cert", "REDIS_CLIENT_CERT", "/nonexistent/client.pem",
+        "--redis-client-cert (REDIS_CLIENT_CERT) is set but --redis-client-key (REDIS_CLIENT_KEY) is not"),
+    ("--redis-client-key", "REDIS_CLIENT_KEY", "/nonexistent/client.key",
+        "--redis-client-key (REDIS_CLIENT_KEY) is set but --redis-client-cert (REDIS_CLIENT_CERT) is not"),
+    ("--redis-password-file", "REDIS_PASSWORD_FILE", "/nonexistent/pw",
+        "--redis-password-file (REDIS_PASSWORD_FILE): cannot read '/nonexistent/pw'"),
+    ("--database-ca-file", "DATABASE_CA_FILE", "/nonexistent/ca.pem",
+        "--database-ca-file (DATABASE_CA_FILE): cannot read '/nonexistent/ca.pem'"),
+    ("--database-password-file", "DATABASE_PASSWORD_FILE", "/nonexistent/pw",
+        "--database-password-file (DATABASE_PASSWORD_FILE): cannot read '/nonexistent/pw'"),
     ("--instance-count", "INSTANCE_COUNT", "0", "must be at least 1, got 0"),
     ("--instance-count", "INSTANCE_COUNT", "501", "is larger than --organizations (ORGANIZATIONS) (500)"),
 ];
@@ -368,6 +396,8 @@ fn should_have_an_invalid_case_for_every_option() {
                 "admin_url",
                 "no_pin",
                 "admin_allow_unauthenticated_loopback",
+                // Any non-empty text; see `should_resolve_passwords_from_files_and_values`.
+                "database_password",
             ]
             .contains(&def.name)
             || super::bench_tests::BENCH_ONLY.contains(&def.name);
@@ -727,5 +757,301 @@ fn should_not_panic_on_odd_input() {
             let _ = outcome(&[&format!("{}={value}", def.flag())], &[]);
             let _ = outcome(&[], &[(def.env, value)]);
         }
+    }
+}
+
+/// A temporary directory with files NAME -> CONTENT; returns the directory and the paths.
+fn files(list: &[(&str, &[u8])]) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = list
+        .iter()
+        .map(|(name, content)| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    (dir, paths)
+}
+
+#[test]
+fn should_resolve_passwords_from_files_and_values() {
+    let (_dir, p) = files(&[
+        ("redis", b"s3cret pass\n"),
+        ("crlf", b"pw\r\n"),
+        ("two", b"pw\n\n"),
+        ("pg", b"pgsecret"),
+    ]);
+    // The file replaces the URL's password; the user name stays.
+    let c = config(
+        &["--redis-password-file", &p[0]],
+        &[("REDIS_URL", "rediss://app:old@cache:6380/2")],
+    );
+    assert_eq!(c.redis_url.password(), Some("s3cret pass"));
+    assert_eq!(c.redis_url.username.as_deref(), Some("app"));
+    assert_eq!(c.redis_url.redacted(), "rediss://app:***@cache:6380/2");
+    // Only one trailing newline goes.
+    let pw = |path: &str| {
+        config(&[], &[("REDIS_PASSWORD_FILE", path)])
+            .redis_url
+            .password()
+            .map(str::to_string)
+    };
+    assert_eq!(pw(&p[1]).as_deref(), Some("pw"));
+    assert_eq!(pw(&p[2]).as_deref(), Some("pw\n"));
+    // PostgreSQL: value or file, replacing the URL's.
+    let pg_pw = |c: &Config| c.database.driver.get_password().map(|p| p.to_vec());
+    let url = ("DATABASE_URL", "postgres://u:urlpw@db/x");
+    assert_eq!(pg_pw(&config(&[], &[url])), Some(b"urlpw".to_vec()));
+    let c = config(&["--database-password", "flagpw"], &[url]);
+    assert_eq!(pg_pw(&c), Some(b"flagpw".to_vec()));
+    let c = config(&[], &[url, ("DATABASE_PASSWORD_FILE", &p[3])]);
+    assert_eq!(pg_pw(&c), Some(b"pgsecret".to_vec()));
+    assert_eq!(
+        c.database_url, "postgres://u:urlpw@db/x",
+        "the URL is kept as given"
+    );
+    let out = error(
+        &["--database-password", "longer-secret"],
+        &[("DATABASE_PASSWORD_FILE", &p[3])],
+    );
+    assert_eq!(
+        out,
+        "error: --database-password (DATABASE_PASSWORD) and --database-password-file \
+         (DATABASE_PASSWORD_FILE) are both set: give one"
+    );
+    let out = error(&["--database-password", ""], &[]);
+    assert_eq!(
+        out,
+        "error: --database-password (DATABASE_PASSWORD) must not be empty"
+    );
+    // verify and bench-redis read the same options; switch has its own file for --to.
+    match command(
+        &["verify", "--redis-password-file", &p[0]],
+        &[("DATABASE_PASSWORD_FILE", &p[3])],
+    ) {
+        Command::Verify(v) => {
+            assert_eq!(v.redis_url.password(), Some("s3cret pass"));
+            assert_eq!(pg_pw_of(&v.database), Some(b"pgsecret".to_vec()));
+        }
+        other => panic!("{other:?}"),
+    }
+    match command(&["bench-redis"], &[("REDIS_PASSWORD_FILE", &p[0])]) {
+        Command::BenchRedis(b) => assert_eq!(b.redis_url.password(), Some("s3cret pass")),
+        other => panic!("{other:?}"),
+    }
+    match command(
+        &[
+            "switch",
+            "--to",
+            "rediss://app@new:6380",
+            "--to-password-file",
+            &p[1],
+        ],
+        &[("REDIS_PASSWORD_FILE", &p[0])],
+    ) {
+        Command::Switch(s) => assert_eq!(s.to.password(), Some("pw")),
+        other => panic!("{other:?}"),
+    }
+    match command(
+        &["switch", "--to=redis://:urlpw@new"],
+        &[("REDIS_PASSWORD_FILE", &p[0])],
+    ) {
+        Command::Switch(s) => assert_eq!(
+            s.to.password(),
+            Some("urlpw"),
+            "REDIS_PASSWORD_FILE is the app's"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn pg_pw_of(c: &crate::pg::PgConfig) -> Option<Vec<u8>> {
+    c.driver.get_password().map(|p| p.to_vec())
+}
+
+#[test]
+fn should_reject_bad_tls_and_password_files_naming_option_and_file() {
+    let (dir, p) = files(&[
+        ("empty", b""),
+        ("newline", b"\n"),
+        ("garbage.pem", b"not a certificate\n"),
+        ("broken.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n"),
+        ("latin1", b"p\xe4ss"),
+    ]);
+    /// (arguments, environment, text the message must contain)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--redis-password-file", &p[0]],
+            vec![],
+            format!(
+                "--redis-password-file (REDIS_PASSWORD_FILE): '{}' is empty",
+                p[0]
+            ),
+        ),
+        (
+            vec![],
+            vec![("DATABASE_PASSWORD_FILE", &p[1])],
+            format!(
+                "--database-password-file (DATABASE_PASSWORD_FILE): '{}' is empty",
+                p[1]
+            ),
+        ),
+        (
+            vec![],
+            vec![("REDIS_PASSWORD_FILE", &p[4])],
+            format!("'{}' is not UTF-8 text", p[4]),
+        ),
+        (
+            vec!["--redis-ca-file", &p[2]],
+            vec![],
+            format!(
+                "--redis-ca-file (REDIS_CA_FILE): '{}' holds no certificate (expected PEM",
+                p[2]
+            ),
+        ),
+        (
+            vec![],
+            vec![("REDIS_CA_FILE", &p[3])],
+            format!(
+                "--redis-ca-file (REDIS_CA_FILE): '{}' is not valid PEM",
+                p[3]
+            ),
+        ),
+        (
+            vec!["--redis-client-cert", &p[2], "--redis-client-key", &p[2]],
+            vec![],
+            format!(
+                "--redis-client-cert (REDIS_CLIENT_CERT): '{}' holds no certificate",
+                p[2]
+            ),
+        ),
+        (
+            vec!["--database-ca-file", &p[2]],
+            vec![],
+            format!(
+                "--database-ca-file (DATABASE_CA_FILE): '{}' holds no certificate",
+                p[2]
+            ),
+        ),
+        (
+            vec![],
+            vec![(
+                "DATABASE_URL",
+                "postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/x",
+            )],
+            "sslrootcert in --database-url (DATABASE_URL): cannot read '/nonexistent/x'"
+                .to_string(),
+        ),
+        (
+            vec!["verify", "--redis-ca-file", &p[2]],
+            vec![],
+            "--redis-ca-file (REDIS_CA_FILE)".to_string(),
+        ),
+        (
+            vec!["bench-redis"],
+            vec![("REDIS_CLIENT_KEY", &p[2])],
+            "--redis-client-key (REDIS_CLIENT_KEY) is set but --redis-client-cert".to_string(),
+        ),
+        (
+            vec![
+                "switch",
+                "--to",
+                "redis://h",
+                "--to-password-file",
+                "/nonexistent/pw",
+            ],
+            vec![],
+            "--to-password-file: cannot read '/nonexistent/pw'".to_string(),
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = error(&args, &env);
+        assert!(
+            out.starts_with("error: ") && out.contains(&want),
+            "{args:?} {env:?}: {out}"
+        );
+    }
+    // DATABASE_CA_FILE replaces sslrootcert (which then is not read at all).
+    let (_d2, ca) = files(&[("ca.pem", b"")]);
+    let out = error(
+        &["--database-ca-file", &ca[0]],
+        &[("DATABASE_URL", "postgres://h/db?sslrootcert=/nonexistent/x")],
+    );
+    assert!(
+        out.contains("--database-ca-file (DATABASE_CA_FILE)"),
+        "{out}"
+    );
+    drop(dir);
+}
+
+#[test]
+fn should_never_show_file_passwords_in_errors() {
+    let (_dir, p) = files(&[("pw", b"hunter2\n")]);
+    for (args, env) in [
+        (vec!["--redis-password-file", &p[0], "--bogus"], vec![]),
+        (
+            vec!["--database-password-file", &p[0], "--seed", "x"],
+            vec![],
+        ),
+        (
+            vec!["--bogus"],
+            vec![("REDIS_PASSWORD_FILE", p[0].as_str())],
+        ),
+        (vec!["--database-password", "hunter2", "--bogus"], vec![]),
+        (
+            vec!["--bogus", "hunter2"],
+            vec![("DATABASE_PASSWORD", "hunter2")],
+        ),
+        (
+            vec![
+                "switch",
+                "--to",
+                "redis://h",
+                "--to-password-file",
+                &p[0],
+                "--x",
+                "hunter2",
+            ],
+            vec![],
+        ),
+    ] {
+        let out = error(&args, &env);
+        assert!(!out.contains("hunter2"), "{args:?} {env:?}: {out}");
+    }
+    let c = config(
+        &[],
+        &[
+            ("REDIS_PASSWORD_FILE", &p[0]),
+            ("DATABASE_PASSWORD", "hunter2"),
+        ],
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn should_map_sslmode_and_keep_other_url_parameters() {
+    use crate::pg::SslMode;
+    let db = |url: &str| config(&[], &[("DATABASE_URL", url)]).database;
+    assert_eq!(db("postgres://h/x").sslmode, SslMode::Prefer);
+    for (name, mode) in [
+        ("disable", SslMode::Disable),
+        ("prefer", SslMode::Prefer),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ] {
+        let c = db(&format!(
+            "postgres://u@h:5433/x?application_name=a&sslmode={name}&sslrootcert=system"
+        ));
+        assert_eq!(c.sslmode, mode, "{name}");
+        assert_eq!(c.driver.get_application_name(), Some("a"));
+        assert_eq!(c.driver.get_ports(), &[5433]);
+        assert_eq!(
+            crate::pg::redacted(&c).ends_with(&format!("sslmode={name}")),
+            mode != SslMode::Prefer
+        );
     }
 }

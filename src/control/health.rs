@@ -105,7 +105,7 @@ pub async fn redis_loop(
     }
 }
 
-pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: tokio_postgres::Config) {
+pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: crate::pg::PgConfig) {
     let endpoint = crate::pg::redacted(&cfg);
     let mut client: Option<tokio_postgres::Client> = None;
     loop {

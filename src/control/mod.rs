@@ -31,7 +31,7 @@ pub struct ControlParams {
     pub bind: std::net::SocketAddr,
     pub redis_url: RedisUrl,
     pub redis_cfg: PoolConfig,
-    pub pg: tokio_postgres::Config,
+    pub pg: crate::pg::PgConfig,
     pub run_id: i64,
     pub duration: Option<Duration>,
     pub progress_interval: Duration,

@@ -3,73 +3,308 @@
 //! read connections live on the same executors as everything else.
 
 pub mod reader;
+mod tls;
 pub mod writer;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use glommio::net::TcpStream;
 use tokio_postgres::config::Host;
+use tokio_postgres::tls::TlsConnect;
 use tokio_postgres::{Client, Config, NoTls};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use crate::tls::{PemPath, TlsFiles, Verify};
 
 /// Schema files, applied in order. Each is idempotent.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../sql/001_schema.sql"))];
 
-/// Parses a `postgres://` URL or key=value string into a driver config.
-pub fn parse_config(url: &str) -> Result<Config, String> {
-    Config::from_str(url).map_err(|e| format!("invalid DATABASE_URL: {e}"))
+/// `sslmode` of DATABASE_URL, with libpq's meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not checked (default).
+    Prefer,
+    /// TLS or fail; the certificate is not checked.
+    Require,
+    /// TLS, certificate signed by a trusted CA (any host name).
+    VerifyCa,
+    /// TLS, certificate signed by a trusted CA and valid for the host.
+    VerifyFull,
 }
 
-/// Where to connect, for logs and /health: `host:port/db` with no user or password.
-pub fn redacted(cfg: &Config) -> String {
-    let host = match cfg.get_hosts().first() {
+impl SslMode {
+    const NAMES: [(&'static str, SslMode); 5] = [
+        ("disable", SslMode::Disable),
+        ("prefer", SslMode::Prefer),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ];
+
+    fn parse(text: &str) -> Result<SslMode, String> {
+        if let Some((_, m)) = Self::NAMES.iter().find(|(n, _)| *n == text) {
+            return Ok(*m);
+        }
+        let shown: String = text.escape_debug().take(40).collect();
+        let why = if text == "allow" {
+            "'allow' is not supported"
+        } else {
+            "unknown value"
+        };
+        Err(format!(
+            "sslmode '{shown}': {why} (expected disable, prefer, require, verify-ca or verify-full)"
+        ))
+    }
+
+    fn verify(self) -> Verify {
+        match self {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Verify::None,
+            SslMode::VerifyCa => Verify::Chain,
+            SslMode::VerifyFull => Verify::Full,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("prefer", |(n, _)| n)
+    }
+}
+
+/// Where and how to reach PostgreSQL: the driver's settings, TLS and credentials. Built (and
+/// its files read) once at startup; cheap to clone.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// The driver's settings: `sslmode` mapped to what it knows, password applied.
+    pub driver: Config,
+    pub sslmode: SslMode,
+    files: TlsFiles,
+    /// `None` with `sslmode=disable`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Query parameters of DATABASE_URL that we handle (the driver knows none but `sslmode`,
+/// and not all of its values).
+const OUR_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+impl PgConfig {
+    /// Parses a `postgres://` URL. `url_label` names the option that gave it; `password`
+    /// (from DATABASE_PASSWORD or its file) replaces the URL's; `ca_file`
+    /// (DATABASE_CA_FILE) replaces `sslrootcert`. TLS files are read and checked here.
+    ///
+    /// `sslrootcert=system` means the system store, as does giving no CA at all.
+    pub fn parse(
+        url: &str,
+        url_label: &str,
+        password: Option<&str>,
+        ca_file: Option<PemPath>,
+    ) -> Result<PgConfig, PgConfigError> {
+        let bad_url = PgConfigError::Url;
+        let mut u = url::Url::parse(url).map_err(|e| bad_url(format!("not a URL ({e})")))?;
+        let mut ours: Vec<(String, String)> = Vec::new();
+        let rest: Vec<(String, String)> = u
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if OUR_PARAMS.contains(&k.as_ref()) {
+                    ours.push((k.into_owned(), v.into_owned()));
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if rest.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        let param = |name: &str| {
+            ours.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let sslmode = match param("sslmode") {
+            Some(m) => SslMode::parse(m).map_err(bad_url)?,
+            None => SslMode::Prefer,
+        };
+        let mut driver = Config::from_str(u.as_str()).map_err(|e| bad_url(describe(&e)))?;
+        driver.ssl_mode(match sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        if let Some(pw) = password {
+            driver.password(pw);
+        }
+        let in_url = |p: &str| format!("{p} in {url_label}");
+        let ca = ca_file.or_else(|| {
+            param("sslrootcert")
+                .filter(|p| *p != "system")
+                .map(|p| PemPath::new(in_url("sslrootcert"), p))
+        });
+        let files = TlsFiles::load(
+            ca,
+            param("sslcert").map(|p| PemPath::new(in_url("sslcert"), p)),
+            param("sslkey").map(|p| PemPath::new(in_url("sslkey"), p)),
+            [&in_url("sslcert"), &in_url("sslkey")],
+        )
+        .map_err(PgConfigError::Files)?;
+        let tls = match sslmode {
+            SslMode::Disable => None,
+            m => Some(
+                files
+                    .client_config(m.verify())
+                    .map_err(PgConfigError::Files)?,
+            ),
+        };
+        Ok(PgConfig {
+            driver,
+            sslmode,
+            files,
+            tls,
+        })
+    }
+}
+
+/// Why [`PgConfig::parse`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgConfigError {
+    /// The URL itself (the message does not repeat it).
+    Url(String),
+    /// A TLS file; the message names the option and the file.
+    Files(String),
+}
+
+impl std::fmt::Display for PgConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgConfigError::Url(m) | PgConfigError::Files(m) => f.write_str(m),
+        }
+    }
+}
+
+impl PartialEq for PgConfig {
+    fn eq(&self, other: &PgConfig) -> bool {
+        self.driver == other.driver && self.sslmode == other.sslmode && self.files == other.files
+    }
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The driver's own Debug hides the password.
+        f.debug_struct("PgConfig")
+            .field("driver", &self.driver)
+            .field("sslmode", &self.sslmode)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+/// Where to connect, for logs and /health: `host:port/db` with no user or password (and the
+/// sslmode when it is not the default).
+pub fn redacted(cfg: &PgConfig) -> String {
+    let d = &cfg.driver;
+    let host = match d.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_string(),
     };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let port = d.get_ports().first().copied().unwrap_or(5432);
+    let mode = match cfg.sslmode {
+        SslMode::Prefer => String::new(),
+        m => format!("?sslmode={}", m.name()),
+    };
     format!(
-        "postgres://{host}:{port}/{}",
-        cfg.get_dbname().unwrap_or("postgres")
+        "postgres://{host}:{port}/{}{mode}",
+        d.get_dbname().unwrap_or("postgres")
     )
 }
 
-async fn resolve(host: String, port: u16) -> std::io::Result<SocketAddr> {
+async fn resolve(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     let found = glommio::executor()
         .spawn_blocking(move || {
             (host.as_str(), port)
                 .to_socket_addrs()
-                .map(|mut a| a.next())
+                .map(|a| a.collect::<Vec<_>>())
         })
         .await?;
-    found.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
+    if found.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address found",
+        ));
+    }
+    Ok(found)
 }
 
 /// Opens one connection on the current glommio executor and spawns its driver task.
-pub async fn connect(cfg: &Config, timeout: Duration) -> Result<Client, String> {
-    let host = match cfg.get_hosts().first() {
+pub async fn connect(cfg: &PgConfig, timeout: Duration) -> Result<Client, String> {
+    let host = match cfg.driver.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(_)) => {
             return Err("unix-socket DATABASE_URL is not supported; use host=127.0.0.1".into())
         }
         None => "localhost".to_string(),
     };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let addr = resolve(host.clone(), port)
+    let port = cfg.driver.get_ports().first().copied().unwrap_or(5432);
+    let addrs = resolve(host.clone(), port)
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?;
-    let stream = glommio::net::TcpStream::connect_timeout(addr, timeout)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    // Every address in turn: `localhost` may resolve to ::1 first, the server listen on 127.0.0.1.
+    let mut last = String::new();
+    let mut connected = None;
+    for addr in addrs {
+        match glommio::net::TcpStream::connect_timeout(addr, timeout).await {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = format!("connecting to {addr}: {e}"),
+        }
+    }
+    let stream = connected.ok_or(last)?;
     let _ = stream.set_nodelay(true);
-    let (client, conn) = glommio::timer::timeout(timeout, async {
-        cfg.connect_raw(stream.compat(), NoTls)
+    match &cfg.tls {
+        None => start(cfg, stream, NoTls, timeout).await,
+        Some(config) => {
+            let name = crate::tls::server_name(&host)?;
+            let config = config.clone();
+            start(cfg, stream, tls::PgTls { config, name }, timeout).await
+        }
+    }
+}
+
+/// Startup (TLS, authentication) within `timeout`, then the driver task.
+async fn start<T>(
+    cfg: &PgConfig,
+    stream: TcpStream,
+    tls: T,
+    timeout: Duration,
+) -> Result<Client, String>
+where
+    T: TlsConnect<Compat<TcpStream>>,
+    T::Stream: 'static,
+{
+    let handshake = async {
+        cfg.driver
+            .connect_raw(stream.compat(), tls)
             .await
-            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(describe(&e))))
-    })
-    .await
-    .map_err(|e| format!("postgres handshake: {e}"))?;
+            .map_err(|e| describe(&e))
+    };
+    let expire = async {
+        glommio::timer::sleep(timeout).await;
+        Err(format!("timed out after {timeout:?}"))
+    };
+    let (client, conn) = futures_lite::future::or(handshake, expire)
+        .await
+        .map_err(|e| format!("postgres handshake: {e}"))?;
     glommio::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %describe(&e), "postgres connection ended");

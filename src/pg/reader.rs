@@ -6,7 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, Statement};
+use super::PgConfig;
+use tokio_postgres::{Client, Statement};
 
 use crate::metrics as m;
 
@@ -17,7 +18,7 @@ struct Conn {
 }
 
 pub struct Reader {
-    cfg: Config,
+    cfg: PgConfig,
     connect_timeout: Duration,
     conn: RefCell<Option<Rc<Conn>>>,
     connecting: Cell<bool>,
@@ -30,7 +31,7 @@ pub struct Reader {
 pub type TypeTotals = [i64; 5];
 
 impl Reader {
-    pub fn new(cfg: Config, connect_timeout: Duration, shard: usize) -> Rc<Reader> {
+    pub fn new(cfg: PgConfig, connect_timeout: Duration, shard: usize) -> Rc<Reader> {
         Rc::new(Reader {
             cfg,
             connect_timeout,

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::PgConfig;
 use glommio::channels::shared_channel::SharedReceiver;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
 use crate::metrics as m;
 use crate::notify;
@@ -54,7 +55,7 @@ impl Backlog {
 }
 
 pub struct WriterConfig {
-    pub pg: Config,
+    pub pg: PgConfig,
     pub run_id: i64,
     pub batch_size: usize,
     pub retention_hours: u32,

@@ -7,15 +7,17 @@
 //! commands out (they all share one timeout, so FIFO order is deadline order and one timer
 //! per connection suffices) and drops a connection whose oldest command is stuck, so a
 //! stalled server cannot pin the pool. Everything is `Rc`/`RefCell`: one executor, no locks.
+//! Under TLS (`rediss://`) the reader and writer still own one fd each and share the rustls
+//! session (see `transport`).
 
 use crate::resp::dial::dial;
 use crate::resp::frame::{encode_command, Decoder};
 use crate::resp::handshake::handshake;
 use crate::resp::stats::Stats;
 use crate::resp::sync::{Latch, Notify};
-use crate::resp::{PoolConfig, RedisError, RedisUrl, Reply};
+use crate::resp::transport::{self, ReadHalf, WriteHalf};
+use crate::resp::{PoolConfig, Protocol, RedisError, RedisUrl, Reply};
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -136,11 +138,12 @@ impl Connection {
         stats: Rc<Stats>,
     ) -> Result<Rc<Connection>, RedisError> {
         let connect_err = |msg: String| RedisError::Connect { msg };
-        if url.tls {
-            return Err(connect_err("TLS (rediss://) is not supported yet".into()));
-        }
-        let stream = dial(url, cfg.connect_timeout).await?;
+        let mut stream = dial(url, cfg.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
+        let tls = match url.tls {
+            true => Some(tls_handshake(&mut stream, url, cfg).await?),
+            false => None,
+        };
         // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
         let fd2 = unsafe { libc::dup(stream.as_raw_fd()) };
         if fd2 < 0 {
@@ -170,11 +173,39 @@ impl Connection {
             idle: Notify::default(),
             closed: Latch::default(),
         });
-        glommio::spawn_local(reader(inner.clone(), stream, cfg.max_reply_bytes)).detach();
-        glommio::spawn_local(writer(inner.clone(), wstream)).detach();
+        let max_reply = cfg.max_reply_bytes;
+        match tls {
+            None => {
+                glommio::spawn_local(reader(inner.clone(), stream, max_reply)).detach();
+                glommio::spawn_local(writer(inner.clone(), wstream)).detach();
+            }
+            Some(tls) => {
+                let wake = Rc::downgrade(&inner);
+                let wake_writer = move || {
+                    if let Some(inner) = wake.upgrade() {
+                        inner.writer_wake.notify();
+                    }
+                };
+                let (r, w) = transport::split(tls, stream, wstream, wake_writer);
+                glommio::spawn_local(reader(inner.clone(), r, max_reply)).detach();
+                glommio::spawn_local(writer(inner.clone(), w)).detach();
+            }
+        }
         glommio::spawn_local(sweeper(inner.clone())).detach();
         let conn = Rc::new(Connection { inner });
         let version = handshake(&conn, url, cfg.protocol).await?;
+        if url.tls && cfg.protocol == Protocol::Resp2 && url.password().is_none() && url.db == 0 {
+            // A TLS 1.3 server checks our certificate after our side of the handshake is
+            // done: one round trip turns its refusal into a connect error (the HELLO of
+            // RESP3 negotiation already made one).
+            match conn.probe(&[b"PING"]).await {
+                Ok(_) => {}
+                Err(e @ RedisError::Server { .. }) => return Err(e),
+                // The transport's message already says "TLS: ...".
+                Err(RedisError::Io { msg, .. }) => return Err(connect_err(msg)),
+                Err(e) => return Err(connect_err(format!("PING after the TLS handshake: {e}"))),
+            }
+        }
         conn.inner.protocol.set(version);
         Ok(conn)
     }
@@ -297,6 +328,34 @@ impl Connection {
     }
 }
 
+/// The TLS handshake on a fresh socket, bounded by the connect timeout.
+async fn tls_handshake(
+    stream: &mut TcpStream,
+    url: &RedisUrl,
+    cfg: &PoolConfig,
+) -> Result<rustls::ClientConnection, RedisError> {
+    let config = match &cfg.tls {
+        Some(c) => c.clone(),
+        None => crate::tls::TlsFiles::default()
+            .client_config(crate::tls::Verify::Full)
+            .map_err(|msg| RedisError::Connect { msg })?,
+    };
+    let shake = async { Some(transport::handshake(stream, config, &url.host).await) };
+    let expire = async {
+        glommio::timer::sleep(cfg.connect_timeout.max(Duration::from_millis(1))).await;
+        None
+    };
+    match futures_lite::future::or(shake, expire).await {
+        Some(Ok(tls)) => Ok(tls),
+        Some(Err(why)) => Err(RedisError::Connect {
+            msg: format!("TLS handshake with {}: {why}", url.redacted()),
+        }),
+        None => Err(RedisError::Connect {
+            msg: format!("TLS handshake with {} timed out", url.redacted()),
+        }),
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
@@ -389,7 +448,7 @@ impl Drop for FdGuard {
     }
 }
 
-async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
+async fn reader(inner: Rc<Inner>, stream: impl ReadHalf, max_reply: usize) {
     // Declared before `stream`'s new binding, so it drops after the stream is closed.
     let _guard = FdGuard(inner.clone());
     let mut stream = stream;
@@ -421,9 +480,9 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
         if inner.closed.is_set() {
             return;
         }
-        match stream.read(&mut scratch).await {
+        match stream.read_into(&mut buf, &mut scratch).await {
             Ok(0) => break (RedisError::Closed { sent: true }, "closed"),
-            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Ok(_) => {}
             Err(e) => {
                 let msg = e.to_string();
                 break (RedisError::Io { sent: true, msg }, "io");
@@ -433,7 +492,7 @@ async fn reader(inner: Rc<Inner>, stream: TcpStream, max_reply: usize) {
     inner.close_with(cause, Some(kind));
 }
 
-async fn writer(inner: Rc<Inner>, mut stream: TcpStream) {
+async fn writer(inner: Rc<Inner>, mut stream: impl WriteHalf) {
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         {
@@ -446,11 +505,11 @@ async fn writer(inner: Rc<Inner>, mut stream: TcpStream) {
                 st.sent_seq = st.next_seq;
             }
         }
-        if wbuf.is_empty() {
+        if wbuf.is_empty() && !stream.wants_flush() {
             inner.writer_wake.notified().await;
             continue;
         }
-        if let Err(e) = stream.write_all(&wbuf).await {
+        if let Err(e) = stream.send(&wbuf).await {
             let msg = e.to_string();
             inner.close_with(RedisError::Io { sent: true, msg }, Some("io"));
             return;

@@ -6,7 +6,8 @@
 //! - [`handshake`]: `HELLO 3` (falling back to RESP2), AUTH, SELECT.
 //! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
 //! - [`error`]: the error type and its bounded `kind()` labels.
-//! - `dial`: resolve and connect; `stats`: cached metric handles; `sync`: single-threaded wake-ups.
+//! - `dial`: resolve and connect; `transport`: plain TCP or TLS under a connection;
+//!   `stats`: cached metric handles; `sync`: single-threaded wake-ups.
 
 pub mod conn;
 mod dial;
@@ -16,6 +17,7 @@ pub mod handshake;
 pub mod pool;
 mod stats;
 pub(crate) mod sync;
+mod transport;
 pub mod url;
 
 pub use conn::Connection;

@@ -15,6 +15,7 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Commands in flight on the connection in use before new ones spill to another.
@@ -38,6 +39,8 @@ pub struct PoolConfig {
     pub shard: usize,
     /// RESP version to negotiate (`--redis-protocol`).
     pub protocol: Protocol,
+    /// TLS settings for `rediss://` targets (`None`: system CAs, no client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PoolConfig {
@@ -51,6 +54,7 @@ impl Default for PoolConfig {
             backoff_max: Duration::from_secs(1),
             shard: 0,
             protocol: Protocol::Auto,
+            tls: None,
         }
     }
 }

@@ -59,6 +59,7 @@ fn cfg() -> PoolConfig {
         shard: 0,
         // These fake servers speak RESP2 and answer whatever comes first: no HELLO.
         protocol: Protocol::Resp2,
+        tls: None,
     }
 }
 
@@ -200,16 +201,30 @@ fn should_fail_fast_when_nothing_is_up() {
         let e = pool.cmd(&[b"PING"]).await.unwrap_err();
         assert_eq!(e.kind(), "not_connected");
         assert!(!e.outcome_unknown());
-        let tls = RedisUrl::parse("rediss://127.0.0.1:1").unwrap();
+        pool.close().await;
+    });
+}
+
+#[test]
+fn should_time_out_a_tls_handshake_with_a_plain_server() {
+    // The fake server never answers the ClientHello (it is not RESP): the handshake must give
+    // up within the connect timeout, as a connect error.
+    let port = fake_server(|_, _, s| s.write_all(b"+PONG\r\n").is_ok());
+    run(move || async move {
+        let tls = RedisUrl::parse(&format!("rediss://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
         let e = crate::resp::Connection::connect(&tls, &cfg())
             .await
             .err()
             .unwrap();
         assert_eq!(e.kind(), "connect");
-        assert!(e
-            .to_string()
-            .contains("TLS (rediss://) is not supported yet"));
-        pool.close().await;
+        assert!(
+            e.to_string()
+                .contains("TLS handshake with rediss://127.0.0.1"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     });
 }
 

@@ -78,6 +78,12 @@ impl RedisUrl {
         self.password.as_deref()
     }
 
+    /// The same endpoint with `password` instead of the URL's (from a password file).
+    pub fn with_password(mut self, password: String) -> RedisUrl {
+        self.password = Some(password);
+        self
+    }
+
     /// The URL with its password, for handing to another process (never for display).
     pub fn to_full_string(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };

@@ -39,7 +39,7 @@ pub struct ShardParams {
     pub time_buckets: u32,
     pub redis_url: RedisUrl,
     pub pool: PoolConfig,
-    pub pg: tokio_postgres::Config,
+    pub pg: crate::pg::PgConfig,
     pub backlog_cap: u64,
     pub seed: u64,
     /// Operations more than this far behind their schedule are skipped as late.

@@ -203,6 +203,16 @@ pub struct RedisServer {
     child: Option<Child>,
     extra_args: Vec<String>,
     password: Option<String>,
+    /// Set by `start_tls`: `port` is then the TLS port (no plain port).
+    tls: Option<RedisTls>,
+    /// ACL user (name, password) the harness's own redis-cli calls authenticate as.
+    acl_user: Option<(String, String)>,
+}
+
+/// How the harness reaches a TLS-only redis-server with redis-cli.
+struct RedisTls {
+    server_args: Vec<String>,
+    cli_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -218,13 +228,72 @@ impl RedisServer {
             .rev()
             .find(|w| w[0] == "--requirepass")
             .map(|w| w[1].to_string());
-        let mut server = RedisServer {
+        let server = RedisServer {
             port: 0,
             dir: temp_dir("ad-redis-"),
             child: None,
             extra_args,
             password,
+            tls: None,
+            acl_user: None,
         };
+        server.start_on_free_port()
+    }
+
+    /// A TLS-only redis-server (`--port 0 --tls-port P`) with CERTS' server certificate and CA,
+    /// `--tls-auth-clients AUTH_CLIENTS` (`no`, `optional` or `yes`), and, with ACL_USER, that
+    /// user (all permissions) while the default user is off.
+    pub fn start_tls(
+        certs: &TestCerts,
+        auth_clients: &str,
+        acl_user: Option<(&str, &str)>,
+    ) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        let mut server_args: Vec<String> = [
+            "--tls-cert-file".to_string(),
+            path(&certs.server_cert),
+            "--tls-key-file".into(),
+            path(&certs.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&certs.ca),
+            "--tls-auth-clients".into(),
+            auth_clients.into(),
+        ]
+        .into();
+        if let Some((user, pw)) = acl_user {
+            for a in ["--user", user, "on", &format!(">{pw}"), "~*", "&*", "+@all"] {
+                server_args.push(a.to_string());
+            }
+            for a in ["--user", "default", "off"] {
+                server_args.push(a.to_string());
+            }
+        }
+        let cli_args = vec![
+            "--tls".to_string(),
+            "--cacert".into(),
+            path(&certs.ca),
+            "--cert".into(),
+            path(&certs.client_cert),
+            "--key".into(),
+            path(&certs.client_key),
+        ];
+        let server = RedisServer {
+            port: 0,
+            dir: temp_dir("ad-redis-tls-"),
+            child: None,
+            extra_args: Vec::new(),
+            password: None,
+            tls: Some(RedisTls {
+                server_args,
+                cli_args,
+            }),
+            acl_user: acl_user.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        server.start_on_free_port()
+    }
+
+    fn start_on_free_port(self) -> Self {
+        let mut server = self;
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
@@ -247,8 +316,15 @@ impl RedisServer {
     fn spawn(&self) -> Result<Child, StartError> {
         let port = self.port.to_string();
         let (out, err) = log_stdio(&self.log_path());
-        let mut child = Command::new(redis_bin("redis-server"))
-            .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
+        let mut cmd = Command::new(redis_bin("redis-server"));
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &port])
+                .args(&tls.server_args),
+        };
+        let mut child = cmd
+            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", "", "--appendonly", "no", "--logfile", ""])
@@ -268,7 +344,14 @@ impl RedisServer {
                     StartError::Other(log)
                 });
             }
-            if redis_answers(self.port) {
+            let ready = match self.tls {
+                None => redis_answers(self.port),
+                Some(_) => {
+                    let pong = self.cli(&["PING"]);
+                    pong == "PONG" || pong.contains("NOAUTH")
+                }
+            };
+            if ready {
                 return Ok(child);
             }
             if Instant::now() >= deadline {
@@ -294,7 +377,12 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(redis_bin("redis-cli"));
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
-        if let Some(pw) = &self.password {
+        if let Some(tls) = &self.tls {
+            cmd.args(&tls.cli_args);
+        }
+        if let Some((user, pw)) = &self.acl_user {
+            cmd.args(["--user", user, "--pass", pw, "--no-auth-warning"]);
+        } else if let Some(pw) = &self.password {
             cmd.args(["-a", pw, "--no-auth-warning"]);
         }
         let out = cmd
@@ -459,7 +547,12 @@ fn cp_a(from: &Path, to: &Path) {
 }
 
 /// Start `postgres` on DATA/PORT and wait until it accepts connections.
-fn spawn_postgres(dir: &Path, data: &Path, port: u16) -> Result<Child, StartError> {
+fn spawn_postgres(
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    extra: &[String],
+) -> Result<Child, StartError> {
     let sock = dir.join("s");
     if !sock.exists() {
         fs::create_dir(&sock).expect("create socket dir");
@@ -478,6 +571,7 @@ fn spawn_postgres(dir: &Path, data: &Path, port: u16) -> Result<Child, StartErro
         .args(["-c", "synchronous_commit=off"])
         .args(["-c", "shared_buffers=64MB", "-c", "max_connections=100"])
         .args(["-c", "logging_collector=off"])
+        .args(extra)
         .stdout(out)
         .stderr(err)
         .spawn()
@@ -516,11 +610,11 @@ fn spawn_postgres(dir: &Path, data: &Path, port: u16) -> Result<Child, StartErro
 }
 
 /// Start postgres on a free port (retrying on port races).
-fn spawn_postgres_anywhere(dir: &Path, data: &Path) -> (u16, Child) {
+fn spawn_postgres_anywhere(dir: &Path, data: &Path, extra: &[String]) -> (u16, Child) {
     let mut last = String::new();
     for _ in 0..START_ATTEMPTS {
         let port = free_port();
-        match spawn_postgres(dir, data, port) {
+        match spawn_postgres(dir, data, port, extra) {
             Ok(child) => return (port, child),
             Err(StartError::AddrInUse(log)) => last = log,
             Err(StartError::Other(log)) => panic!("postgres failed to start:\n{log}"),
@@ -610,7 +704,7 @@ fn pg_template() -> &'static Path {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let (port, mut child) = spawn_postgres_anywhere(work.path(), &data);
+        let (port, mut child) = spawn_postgres_anywhere(work.path(), &data, &[]);
         run_psql(port, "postgres", "create database analytics").unwrap_or_else(|e| panic!("{e}"));
         shut_down(&mut child, libc::SIGINT, Duration::from_secs(60)); // clean (fast) shutdown
         let _ = fs::remove_file(data.join("postmaster.opts"));
@@ -665,19 +759,62 @@ pub struct PgServer {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Extra `postgres` arguments (kept for `restart`).
+    extra: Vec<String>,
 }
 
 impl PgServer {
     pub fn start() -> Self {
+        Self::start_prepared(|_| {}, Vec::new())
+    }
+
+    /// A cluster with TLS on (CERTS' server certificate) and
+    /// HBA as its whole pg_hba.conf. Keep a line that lets `postgres` in over TCP without a
+    /// password (`host all postgres 127.0.0.1/32 trust`): the harness's psql needs it.
+    pub fn start_tls(certs: &TestCerts, hba: &str) -> Self {
+        Self::start_tls_with(&certs.server_cert, &certs.server_key, hba)
+    }
+
+    /// `start_tls` with another server certificate and key.
+    pub fn start_tls_with(cert: &Path, key: &Path, hba: &str) -> Self {
+        let extra = [
+            "ssl=on",
+            "ssl_cert_file=server.crt",
+            "ssl_key_file=server.key",
+        ]
+        .iter()
+        .flat_map(|kv| ["-c".to_string(), kv.to_string()])
+        .collect();
+        Self::start_prepared(
+            |data| {
+                for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                    let dest = data.join(to);
+                    fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {to}: {e}"));
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&dest, fs::Permissions::from_mode(0o600))
+                        .expect("chmod 600");
+                    chown_to_pg(&dest);
+                }
+                let hba_path = data.join("pg_hba.conf");
+                fs::write(&hba_path, hba).expect("write pg_hba.conf");
+                chown_to_pg(&hba_path);
+            },
+            extra,
+        )
+    }
+
+    fn start_prepared(prepare: impl FnOnce(&Path), extra: Vec<String>) -> Self {
         let dir = temp_dir("ad-pg-");
         chown_to_pg(dir.path());
         let data = dir.path().join("data");
         cp_a(pg_template(), &data);
-        let (port, child) = spawn_postgres_anywhere(dir.path(), &data);
+        prepare(&data);
+        let (port, child) = spawn_postgres_anywhere(dir.path(), &data, &extra);
         PgServer {
             port,
             dir,
             child: Some(child),
+            extra,
         }
     }
 
@@ -729,7 +866,7 @@ impl PgServer {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_postgres(self.dir.path(), &self.data(), self.port) {
+            match spawn_postgres(self.dir.path(), &self.data(), self.port, &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -778,6 +915,13 @@ const APP_ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "ADMIN_TOKEN",
     "REDIS_PROTOCOL",
+    "REDIS_CA_FILE",
+    "REDIS_CLIENT_CERT",
+    "REDIS_CLIENT_KEY",
+    "REDIS_PASSWORD_FILE",
+    "DATABASE_CA_FILE",
+    "DATABASE_PASSWORD",
+    "DATABASE_PASSWORD_FILE",
 ];
 
 /// The `analytics-demo` binary running as a child process.
@@ -1264,4 +1408,142 @@ pub fn verify_json_with(redis_url: &str, pg_url: &str, extra: &[&str]) -> (i32, 
         )
     });
     (code, verdict)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throwaway certificates (openssl CLI)
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA, a server certificate it signed (SAN DNS:localhost and IP:127.0.0.1), a server
+/// certificate valid only for DNS:localhost, a client certificate, and an unrelated CA: PEM
+/// files in a temporary directory, made with the `openssl` command (EC P-256 keys, 2 days).
+pub struct TestCerts {
+    dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// Valid for DNS:localhost only (not for 127.0.0.1).
+    pub dns_only_cert: PathBuf,
+    pub dns_only_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed none of the above.
+    pub other_ca: PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate() -> TestCerts {
+        let dir = temp_dir("ad-certs-");
+        // Readable by the postgres account too (it reads its copies, but keep it simple).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let d = dir.path();
+        let ossl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("run openssl (install it: apt-get install openssl): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, cn) in [
+            ("ca", "analytics-demo test CA"),
+            ("other-ca", "some other CA"),
+        ] {
+            let (key, crt, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN={cn}"),
+            );
+            let mut args = vec![
+                "req", "-x509", "-days", "2", "-subj", &subj, "-keyout", &key, "-out", &crt,
+            ];
+            args.extend(ec);
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            ossl(&args);
+        }
+        let leaf = |name: &str, cn: &str, ext: &str| {
+            let ext_file = format!("{name}.ext");
+            fs::write(d.join(&ext_file), ext).expect("write ext file");
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let subj = format!("/CN={cn}");
+            let mut args = vec!["req", "-new", "-subj", &subj, "-keyout", &key, "-out", &csr];
+            args.extend(ec);
+            ossl(&args);
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext_file,
+            ]);
+            fs::set_permissions(d.join(&key), fs::Permissions::from_mode(0o644)).expect("chmod");
+        };
+        let server_ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                          extendedKeyUsage=serverAuth\n";
+        leaf(
+            "server",
+            "localhost",
+            &format!("{server_ext}subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        );
+        leaf(
+            "dns-only",
+            "localhost",
+            &format!("{server_ext}subjectAltName=DNS:localhost\n"),
+        );
+        leaf(
+            "client",
+            "app",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        );
+        TestCerts {
+            ca: d.join("ca.crt"),
+            server_cert: d.join("server.crt"),
+            server_key: d.join("server.key"),
+            dns_only_cert: d.join("dns-only.crt"),
+            dns_only_key: d.join("dns-only.key"),
+            client_cert: d.join("client.crt"),
+            client_key: d.join("client.key"),
+            other_ca: d.join("other-ca.crt"),
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
