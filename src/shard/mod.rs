@@ -86,6 +86,12 @@ pub struct Shard {
     pub adhoc_fraction: Cell<f64>,
     /// Filter windows (hours) that fit in `TIME_BUCKETS`.
     pub windows: Vec<u32>,
+    /// Where the next report's interval starts.
+    pub report_from: Cell<Instant>,
+    /// When the pacing loops stopped: reports never count time after it, so rates are
+    /// operations started over the time they were being started (the drain that follows
+    /// can take up to a command timeout, and a report due during it must not dilute them).
+    pub load_end: Cell<Option<Instant>>,
 }
 
 const ROW_FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -121,6 +127,8 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         inflight: Cell::new(0),
         next_seq: Cell::new(1),
         rows: RefCell::new(Vec::with_capacity(ROW_MESSAGE_MAX)),
+        report_from: Cell::new(Instant::now()),
+        load_end: Cell::new(None),
         backlog: links.backlog,
         p,
     });
@@ -144,6 +152,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         tracing::warn!(shard = shard.p.index, error = %e, "postgres read connection not ready");
     }
     let start = Instant::now();
+    shard.report_from.set(start);
     let mut tasks = Vec::new();
     if shard.p.events_per_second > 0 {
         let (s, stop) = (shard.clone(), stopping.clone());
@@ -176,24 +185,22 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let reporter = {
         let (s, stop) = (shard.clone(), stopping.clone());
         glommio::spawn_local(async move {
-            let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 glommio::timer::sleep(s.p.report_every).await;
-                let now = Instant::now();
-                let report = stats::take_report(&s, now - last, false);
-                last = now;
+                let report = stats::take_report(&s, false);
                 queries::steer_hit_ratio(&s);
                 if reports_tx.send(report).await.is_err() {
                     break;
                 }
             }
-            (reports_tx, last)
+            reports_tx
         })
     };
 
     for t in tasks {
         t.await;
     }
+    shard.load_end.set(Some(Instant::now()));
     // Drain: wait for in-flight operations (they are bounded by the command timeout).
     let drain_limit = Instant::now() + shard.p.pool.command_timeout * 3 + Duration::from_secs(2);
     while shard.inflight.get() > 0 && Instant::now() < drain_limit {
@@ -209,8 +216,8 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     warmup.cancel().await;
     flusher.await;
     flush_rows(&shard, &rows_tx).await;
-    let (reports_tx, last) = reporter.await;
-    let report = stats::take_report(&shard, last.elapsed(), true);
+    let reports_tx = reporter.await;
+    let report = stats::take_report(&shard, true);
     let _ = reports_tx.send(report).await;
     commands.cancel().await;
     shard.pool.close().await;

@@ -271,8 +271,13 @@ pub struct ShardReport {
     pub redis_target: String,
 }
 
-/// Builds the report for the last `interval` and resets the interval counters.
-pub fn take_report(s: &Shard, interval: Duration, last: bool) -> ShardReport {
+/// Builds the report since the previous one (up to the end of the load) and resets the
+/// interval counters.
+pub fn take_report(s: &Shard, last: bool) -> ShardReport {
+    let at = std::time::Instant::now();
+    let end = s.load_end.get().map_or(at, |e| e.min(at));
+    let interval = end.saturating_duration_since(s.report_from.get());
+    s.report_from.set(end.max(s.report_from.get()));
     let now = crate::workload::time::unix_now() as u64;
     let mut st = s.stats.borrow_mut();
     if now >= st.users_window_start + 60 {
