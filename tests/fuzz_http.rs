@@ -59,11 +59,24 @@ impl Target {
                 "20",
                 "--organizations",
                 "10",
+                "--redis-pool-size",
+                "8",
             ],
             &[],
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let app = App::spawn_healthy(&args, &[], Duration::from_secs(60));
+        // Every pool connection up, so the file descriptor count is the steady one.
+        let connected = || {
+            let (_, m) = app.get("/metrics");
+            let up =
+                common::metric_sum(&m, "analytics_redis_connections", &[("state", "connected")]);
+            up.unwrap_or(0.0) >= 8.0
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), connected),
+            "the Redis pool never filled"
+        );
         Target {
             app,
             _redis: redis,
