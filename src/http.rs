@@ -105,8 +105,7 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
             }
         };
         if open.borrow().len() >= MAX_CONNECTIONS && !evict_longest_waiting(&open) {
-            // Every connection is in the middle of a request: the new one waits its turn
-            // in the kernel's backlog no more; it is closed.
+            // Every connection is in the middle of a request: the new one is closed.
             drop(stream);
             continue;
         }
