@@ -317,7 +317,7 @@ migrate-demo-failover: services-install ## Replicated source killed -9, replica 
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
-.PHONY: bench bench-quick bench-micro perf-record perf-stat
+.PHONY: bench bench-quick bench-micro perf-record perf-stat soak
 
 bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
@@ -327,6 +327,14 @@ bench-quick: ## Smoke run of make bench (short durations, 1 repetition)
 
 bench-micro: ## Criterion micro-benchmarks (RESP, keys, sampling, histograms), quick mode
 	$(CARGO) bench --bench resp --bench workload --bench histogram -- --quick
+
+# The soak runs the ultra preset unless EVENTS_PER_SECOND / QUERIES_PER_SECOND are given.
+SOAK_ENV = EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),2000) \
+	QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),8000) \
+	SOAK_SECONDS='$(SOAK_SECONDS)' CARGO_TARGET_DIR=$(TARGET_DIR) NO_BUILD='$(NO_BUILD)'
+
+soak: services-install ## Soak (not CI): ultra preset for SOAK_SECONDS=600, Redis + Postgres restarted once; RSS drift, panics, verify (bench/results/soak-*)
+	@$(SOAK_ENV) bash bench/soak.sh
 
 perf-record: services-install ## Profile the ultra preset ~20 s (perf record -g) and render perf/out/flamegraph.svg
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash perf/profile.sh record

@@ -7,6 +7,11 @@
 #   bash .ci/services.sh status    print state, ports and URLs
 #   bash .ci/services.sh env       print `export REDIS_URL=... DATABASE_URL=...` lines
 #   bash .ci/services.sh clean     stop, then delete the local data (.local/redis, .local/pg, .local/env)
+#   bash .ci/services.sh start-postgres   only PostgreSQL (on SERVICES_PG_PORT as given, else as `start`);
+#                                         prints DATABASE_URL=... on stdout
+#   bash .ci/services.sh stop-postgres    only PostgreSQL (fast shutdown)
+#
+# ANALYTICS_LOCAL_DIR moves all of it elsewhere (bench/soak.sh keeps its own cluster there).
 #
 # Data lives under <repo>/.local/ (git-ignored). The host's own Redis/PostgreSQL services (for
 # example the cluster the Debian package starts on 5432) are never used, stopped or reconfigured:
@@ -416,6 +421,26 @@ cmd_stop() {
     pg_stop
 }
 
+# Only PostgreSQL, for scripts that run their own Redis (bench/soak.sh restarts it mid-run).
+cmd_start_postgres() {
+    pg_bindir >/dev/null || die "PostgreSQL not found: run 'bash .ci/services.sh install'"
+    mkdir -p "$LOCAL"
+    local port want
+    if [ -f "$(pg_data)/postmaster.pid" ] && pg_running; then
+        port="$(pg_running_port)"
+    elif [ -n "${SERVICES_PG_PORT:-}" ]; then
+        # As given: a restart must come back on the same port (the bind check would refuse
+        # it while the previous run's connections sit in TIME_WAIT; postgres itself binds).
+        port="$SERVICES_PG_PORT"
+    else
+        want="$(env_get PG_PORT)"
+        port="$(pick_port "${want:-5432}")"
+        [ -z "$want" ] || [ "$want" = "$port" ] || log "postgres port $want is busy; using $port"
+    fi
+    pg_start "$port"
+    echo "DATABASE_URL=postgres://postgres@127.0.0.1:$(pg_running_port)/$PG_DB"
+}
+
 cmd_status() {
     local rc=0 pid port
     port="$(env_get REDIS_PORT)"
@@ -461,7 +486,7 @@ cmd_clean() {
 }
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -472,6 +497,8 @@ case "${1:-}" in
     status) cmd_status ;;
     env) cmd_env ;;
     clean) cmd_clean ;;
+    start-postgres) cmd_start_postgres ;;
+    stop-postgres) pg_stop ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

@@ -1,15 +1,21 @@
 //! The HTTP server on the control core: hyper (HTTP/1.1) over glommio sockets.
 //!
 //! Routing lives with the caller; this module only moves requests and responses and
-//! enforces limits (connections, header and body sizes).
+//! enforces limits: connections, header and body sizes, and time. A client gets
+//! `HEAD_TIMEOUT` to send a request head (from connecting, or from the previous response)
+//! and `BODY_TIMEOUT` for its body, however slowly it trickles bytes; and when all
+//! `MAX_CONNECTIONS` are taken, the connection that has waited longest for a request head
+//! makes room for the new one. So slow or stuck clients (slowloris) cannot lock probes and
+//! scrapes out of /health and /metrics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -20,11 +26,26 @@ use hyper::{Request, Response};
 
 /// Largest request body we read (admin requests are tiny).
 pub const MAX_BODY: usize = 64 * 1024;
-/// Concurrent connections served; more are closed at once.
+/// Concurrent connections served. At the cap, the one that has waited longest for a request
+/// head is closed to make room; if all are mid-request, the new one is closed.
 pub const MAX_CONNECTIONS: usize = 256;
 /// A connection with no byte read or written for this long is closed (idle keep-alive,
-/// stuck or slow-loris clients), so a few hundred of them cannot lock out /health.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// stuck clients).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head must be complete this long after the connection opened or the previous
+/// response was ready, even if bytes keep trickling in (slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must be complete this long after its head (else 408).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// Since when it waits for a request head (accepted, or last response ready); `None`
+    /// while a request is being served.
+    waiting_since: Cell<Option<Instant>>,
+    /// Set to close it now (evicted to make room).
+    evict: crate::resp::sync::Latch,
+}
 
 /// A request as handlers see it.
 pub struct Req {
@@ -73,49 +94,82 @@ pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
 }
 
 pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
-    let open = Rc::new(Cell::new(0usize));
+    let open: Rc<RefCell<Vec<Rc<Conn>>>> = Rc::default();
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if open.get() >= MAX_CONNECTIONS {
+        if open.borrow().len() >= MAX_CONNECTIONS && !evict_longest_waiting(&open) {
+            // Every connection is in the middle of a request: the new one is closed.
             drop(stream);
             continue;
         }
-        open.set(open.get() + 1);
+        let conn = Rc::new(Conn {
+            waiting_since: Cell::new(Some(Instant::now())),
+            evict: Default::default(),
+        });
+        open.borrow_mut().push(conn.clone());
         let peer = stream.peer_addr().ok();
         let (handler, open) = (handler.clone(), open.clone());
         glommio::spawn_local(async move {
-            let activity = Rc::new(Cell::new(std::time::Instant::now()));
+            let activity = Rc::new(Cell::new(Instant::now()));
             let io = Io(stream, Some(activity.clone()));
+            let phase = conn.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let handler = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&handler, peer, req).await) }
+                let (handler, phase) = (handler.clone(), phase.clone());
+                async move {
+                    phase.waiting_since.set(None);
+                    let resp = respond(&handler, peer, req).await;
+                    phase.waiting_since.set(Some(Instant::now()));
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(16 * 1024)
                 .keep_alive(true)
                 .serve_connection(io, service);
             let watchdog = async {
                 loop {
-                    let idle = activity.get().elapsed();
-                    if idle >= IDLE_TIMEOUT {
+                    let now = Instant::now();
+                    let idle_at = activity.get() + IDLE_TIMEOUT;
+                    let head_at = conn.waiting_since.get().map(|t| t + HEAD_TIMEOUT);
+                    let next = head_at.map_or(idle_at, |h| h.min(idle_at));
+                    if next <= now || conn.evict.is_set() {
                         return Ok(());
                     }
-                    glommio::timer::sleep(IDLE_TIMEOUT - idle).await;
+                    futures_lite::future::or(glommio::timer::sleep(next - now), conn.evict.wait())
+                        .await;
                 }
             };
-            if let Err(e) = futures_lite::future::or(conn, watchdog).await {
+            if let Err(e) = futures_lite::future::or(served, watchdog).await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
-            open.set(open.get() - 1);
+            open.borrow_mut().retain(|c| !Rc::ptr_eq(c, &conn));
         })
         .detach();
+    }
+}
+
+/// Closes the connection that has waited longest for a request head, to make room; false
+/// when every connection is serving a request.
+fn evict_longest_waiting(open: &RefCell<Vec<Rc<Conn>>>) -> bool {
+    let mut open = open.borrow_mut();
+    let oldest = open
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.waiting_since.get().map(|t| (t, i)))
+        .min();
+    match oldest {
+        Some((_, i)) => {
+            open.swap_remove(i).evict.set();
+            true
+        }
+        None => false,
     }
 }
 
@@ -125,12 +179,14 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let collect = Limited::new(body, MAX_BODY).collect();
+    let body = match crate::notify::until(Instant::now() + BODY_TIMEOUT, collect).await {
+        Some(Ok(b)) => b.to_bytes(),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return build(Resp::text(413, "request body too large\n"))
         }
-        Err(_) => return build(Resp::text(400, "malformed request body\n")),
+        Some(Err(_)) => return build(Resp::text(400, "malformed request body\n")),
+        None => return build(Resp::text(408, "request body not received in time\n")),
     };
     let r = Req {
         peer,
@@ -154,15 +210,12 @@ fn build(r: Resp) -> Response<Full<Bytes>> {
 }
 
 /// hyper's I/O traits over a glommio stream; records the time of the last byte moved.
-struct Io(
-    glommio::net::TcpStream,
-    Option<Rc<Cell<std::time::Instant>>>,
-);
+struct Io(glommio::net::TcpStream, Option<Rc<Cell<Instant>>>);
 
 impl Io {
     fn touch(&self) {
         if let Some(a) = &self.1 {
-            a.set(std::time::Instant::now());
+            a.set(Instant::now());
         }
     }
 }
