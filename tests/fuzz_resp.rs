@@ -1009,6 +1009,7 @@ fn should_agree_with_redis_protocol_resp2_decoder() {
             Ok(())
         },
     );
+    let compared = AtomicU64::new(0);
     check(
         "mutated RESP2 streams: frame boundaries and replies, ours vs redis-protocol resp2",
         3000,
@@ -1018,7 +1019,7 @@ fn should_agree_with_redis_protocol_resp2_decoder() {
         ),
         |(frames, mutations)| {
             let input = mutate(encode_all(&frames), &mutations);
-            walk_boundaries(&input, |b| {
+            let n = walk_boundaries(&input, |b| {
                 let (f, n) = lib2_decode(b)?;
                 // Where both accept the frame they must also read the same reply.
                 let mut buf = BytesMut::from(&b[..n]);
@@ -1027,8 +1028,13 @@ fn should_agree_with_redis_protocol_resp2_decoder() {
                 }
                 Some(n)
             })?;
+            compared.fetch_add(n as u64, Ordering::Relaxed);
             Ok(())
         },
+    );
+    eprintln!(
+        "fuzz_resp mutated RESP2 streams: {} frames accepted by both decoders and compared",
+        compared.load(Ordering::Relaxed)
     );
 }
 
@@ -1066,6 +1072,7 @@ fn should_agree_with_redis_protocol_resp3_decoder() {
             Ok(())
         },
     );
+    let compared = AtomicU64::new(0);
     check(
         "mutated RESP3 streams: frame boundaries, ours vs redis-protocol resp3",
         3000,
@@ -1075,9 +1082,14 @@ fn should_agree_with_redis_protocol_resp3_decoder() {
         ),
         |(frames, mutations)| {
             let input = mutate(encode_all(&frames), &mutations);
-            walk_boundaries(&input, |b| lib3_decode(b).map(|x| x.1))?;
+            let n = walk_boundaries(&input, |b| lib3_decode(b).map(|x| x.1))?;
+            compared.fetch_add(n as u64, Ordering::Relaxed);
             Ok(())
         },
+    );
+    eprintln!(
+        "fuzz_resp mutated RESP3 streams: {} frames accepted by both decoders and compared",
+        compared.load(Ordering::Relaxed)
     );
 }
 
