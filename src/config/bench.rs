@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::cli::{opt, BenchRedisCli};
-use super::resolve::Resolver;
+use super::resolve::{redis_flags, Resolver};
 use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_KEYS, MAX_ZIPF_KEYS};
 use crate::resp::{Protocol, RedisUrl};
 use crate::tls::TlsFiles;
@@ -49,17 +49,11 @@ const MAX_IN_FLIGHT: u64 = 1_000_000;
 pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, String> {
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let ratio_text = r.raw(&opt::ratio, c.ratio).unwrap_or_default();
+    let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(c))?;
     let args = BenchRedisArgs {
-        redis_url: r.redis_target(
-            (&opt::redis_url, c.redis_url),
-            (&opt::redis_password_file, c.redis_password_file),
-        )?,
-        redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
-        redis_tls: r.tls_files(
-            (&opt::redis_ca_file, c.redis_ca_file),
-            (&opt::redis_client_cert, c.redis_client_cert),
-            (&opt::redis_client_key, c.redis_client_key),
-        )?,
+        redis_url,
+        redis_protocol,
+        redis_tls,
         connections: r.uint(&opt::connections, c.connections, 1, MAX_CONNECTIONS)? as usize,
         pipeline: r.uint(&opt::pipeline, c.pipeline, 1, MAX_PIPELINE)? as usize,
         ratio: Ratio::parse(&ratio_text).map_err(|why| {

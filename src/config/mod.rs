@@ -34,7 +34,7 @@ use crate::resp::{Protocol, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
-use resolve::Resolver;
+use resolve::{redis_flags, Resolver};
 
 /// What the process should do.
 // Built once at start-up: boxing `Config` would buy nothing.
@@ -280,6 +280,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         (&opt::database_password_file, c.database_password_file),
         (&opt::database_ca_file, c.database_ca_file),
     )?;
+    let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(c))?;
     let cfg = Config {
         events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
         queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second, 0, u64::MAX)?,
@@ -296,16 +297,9 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl, 1, TEN_YEARS)?,
         warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
         time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
-        redis_url: r.redis_target(
-            (&opt::redis_url, c.redis_url),
-            (&opt::redis_password_file, c.redis_password_file),
-        )?,
-        redis_protocol: r.choice(&opt::redis_protocol, c.redis_protocol, &Protocol::CHOICES)?,
-        redis_tls: r.tls_files(
-            (&opt::redis_ca_file, c.redis_ca_file),
-            (&opt::redis_client_cert, c.redis_client_cert),
-            (&opt::redis_client_key, c.redis_client_key),
-        )?,
+        redis_url,
+        redis_protocol,
+        redis_tls,
         database_url,
         database,
         bind_address: r.socket_addr(&opt::bind_address, c.bind_address)?,
@@ -408,21 +402,11 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                 (&opt::database_password_file, v.database_password_file),
                 (&opt::database_ca_file, v.database_ca_file),
             )?;
+            let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(v))?;
             Command::Verify(VerifyArgs {
-                redis_url: r.redis_target(
-                    (&opt::redis_url, v.redis_url),
-                    (&opt::redis_password_file, v.redis_password_file),
-                )?,
-                redis_protocol: r.choice(
-                    &opt::redis_protocol,
-                    v.redis_protocol,
-                    &Protocol::CHOICES,
-                )?,
-                redis_tls: r.tls_files(
-                    (&opt::redis_ca_file, v.redis_ca_file),
-                    (&opt::redis_client_cert, v.redis_client_cert),
-                    (&opt::redis_client_key, v.redis_client_key),
-                )?,
+                redis_url,
+                redis_protocol,
+                redis_tls,
                 database_url,
                 database,
                 json: v.json,

@@ -5,11 +5,37 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::cli::OptDef;
+use super::cli::{opt, OptDef};
 use super::redact::redact_url;
 use crate::pg::{PgConfig, PgConfigError};
-use crate::resp::RedisUrl;
+use crate::resp::{Protocol, RedisUrl};
 use crate::tls::{PemPath, TlsFiles};
+
+/// The Redis connection options every command that talks to Redis takes (the workload,
+/// `verify`, `bench-redis`), raw. Built with [`redis_flags!`] from any of their CLI structs.
+pub(crate) struct RedisFlags {
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub protocol: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+/// `RedisFlags` from a CLI struct that has the `redis_*` connection fields.
+macro_rules! redis_flags {
+    ($c:expr) => {
+        $crate::config::resolve::RedisFlags {
+            url: $c.redis_url,
+            password_file: $c.redis_password_file,
+            protocol: $c.redis_protocol,
+            ca_file: $c.redis_ca_file,
+            client_cert: $c.redis_client_cert,
+            client_key: $c.redis_client_key,
+        }
+    };
+}
+pub(crate) use redis_flags;
 
 /// Looks options up: the flag's value if given, else the environment, else the default.
 pub(crate) struct Resolver<'a> {
@@ -169,6 +195,23 @@ impl Resolver<'_> {
     }
 
     /// CA bundle and client certificate files, read and checked now.
+    /// Where and how to connect to Redis: the URL (with a password file applied), the RESP
+    /// version, and the TLS files.
+    pub fn redis_endpoint(&self, f: RedisFlags) -> Result<(RedisUrl, Protocol, TlsFiles), String> {
+        Ok((
+            self.redis_target(
+                (&opt::redis_url, f.url),
+                (&opt::redis_password_file, f.password_file),
+            )?,
+            self.choice(&opt::redis_protocol, f.protocol, &Protocol::CHOICES)?,
+            self.tls_files(
+                (&opt::redis_ca_file, f.ca_file),
+                (&opt::redis_client_cert, f.client_cert),
+                (&opt::redis_client_key, f.client_key),
+            )?,
+        ))
+    }
+
     pub fn tls_files(
         &self,
         ca: (&OptDef, Option<String>),
