@@ -212,15 +212,10 @@ impl Connection {
 
     /// One command; errors are counted, durations recorded.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        let slot = self.inner.enqueue(args, Instant::now());
-        let r = match &slot {
-            Ok(s) => {
-                self.inner.writer_wake.notify();
-                SlotWait(s).await
-            }
-            Err(e) => Err(e.clone()),
-        };
-        self.settle(&slot, &r, Instant::now());
+        let r = self.round_trip(args).await;
+        if let Err(e) = &r {
+            self.inner.stats.error(e.kind());
+        }
         r
     }
 
@@ -228,12 +223,15 @@ impl Connection {
     /// refusal (HELLO on Redis < 6) is an answer, and a real failure is counted once by
     /// `open`.
     pub(crate) async fn probe(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        self.round_trip(args).await
+    }
+
+    /// Enqueues one command, wakes the writer, waits for the reply, records the duration.
+    async fn round_trip(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let slot = self.inner.enqueue(args, Instant::now())?;
         self.inner.writer_wake.notify();
         let r = SlotWait(&slot).await;
-        self.inner
-            .stats
-            .record(slot.cmd, slot.enqueued.elapsed().as_secs_f64());
+        self.record(&slot, Instant::now());
         r
     }
 
@@ -242,20 +240,10 @@ impl Connection {
         self.inner.protocol.get()
     }
 
-    /// Records a command's duration (from its enqueue to `done`) and counts its error.
-    fn settle(
-        &self,
-        slot: &Result<Rc<Slot>, RedisError>,
-        r: &Result<Reply, RedisError>,
-        done: Instant,
-    ) {
-        if let Ok(slot) = slot {
-            let secs = done.saturating_duration_since(slot.enqueued).as_secs_f64();
-            self.inner.stats.record(slot.cmd, secs);
-        }
-        if let Err(e) = r {
-            self.inner.stats.error(e.kind());
-        }
+    /// Records a command's duration, from its enqueue to `done`.
+    fn record(&self, slot: &Slot, done: Instant) {
+        let secs = done.saturating_duration_since(slot.enqueued).as_secs_f64();
+        self.inner.stats.record(slot.cmd, secs);
     }
 
     /// Commands written back-to-back in one write; replies matched in order. One clock
@@ -275,7 +263,12 @@ impl Connection {
         }
         let done = Instant::now();
         for (s, r) in slots.iter().zip(&out) {
-            self.settle(s, r, done);
+            if let Ok(s) = s {
+                self.record(s, done);
+            }
+            if let Err(e) = r {
+                self.inner.stats.error(e.kind());
+            }
         }
         out
     }
