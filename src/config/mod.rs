@@ -34,7 +34,7 @@ use crate::resp::{Protocol, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
-use resolve::{redis_flags, Resolver};
+use resolve::{database_flags, redis_flags, Resolver};
 
 /// What the process should do.
 // Built once at start-up: boxing `Config` would buy nothing.
@@ -274,12 +274,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
     const USIZE: u64 = usize::MAX as u64;
     // Durations stay far from what would overflow an `Instant` or a Redis EX argument.
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
-    let (database_url, database) = r.postgres(
-        (&opt::database_url, c.database_url),
-        (&opt::database_password, c.database_password),
-        (&opt::database_password_file, c.database_password_file),
-        (&opt::database_ca_file, c.database_ca_file),
-    )?;
+    let (database_url, database) = r.postgres(database_flags!(c))?;
     let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(c))?;
     let cfg = Config {
         events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
@@ -396,12 +391,7 @@ impl Config {
 fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
     Ok(match sub {
         SubCli::Verify(v) => {
-            let (database_url, database) = r.postgres(
-                (&opt::database_url, v.database_url),
-                (&opt::database_password, v.database_password),
-                (&opt::database_password_file, v.database_password_file),
-                (&opt::database_ca_file, v.database_ca_file),
-            )?;
+            let (database_url, database) = r.postgres(database_flags!(v))?;
             let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(v))?;
             Command::Verify(VerifyArgs {
                 redis_url,

@@ -37,6 +37,28 @@ macro_rules! redis_flags {
 }
 pub(crate) use redis_flags;
 
+/// The PostgreSQL connection options of the workload and `verify`, raw. Built with
+/// [`database_flags!`].
+pub(crate) struct DatabaseFlags {
+    pub url: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// `DatabaseFlags` from a CLI struct that has the `database_*` connection fields.
+macro_rules! database_flags {
+    ($c:expr) => {
+        $crate::config::resolve::DatabaseFlags {
+            url: $c.database_url,
+            password: $c.database_password,
+            password_file: $c.database_password_file,
+            ca_file: $c.database_ca_file,
+        }
+    };
+}
+pub(crate) use database_flags;
+
 /// Looks options up: the flag's value if given, else the environment, else the default.
 pub(crate) struct Resolver<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
@@ -246,31 +268,24 @@ impl Resolver<'_> {
 
     /// The PostgreSQL URL (kept as given) and what it resolves to with the password options
     /// (at most one of value and file) and the CA file, whose files are read now.
-    pub fn postgres(
-        &self,
-        url: (&OptDef, Option<String>),
-        password: (&OptDef, Option<String>),
-        password_file: (&OptDef, Option<String>),
-        ca_file: (&OptDef, Option<String>),
-    ) -> Result<(String, PgConfig), String> {
-        let text = self.postgres_url(url.0, url.1)?;
-        let pw_def = password.0;
-        let pw = self.password(password.0, password.1)?;
-        let pw_file = self.secret_file(password_file.0, password_file.1)?;
+    pub fn postgres(&self, f: DatabaseFlags) -> Result<(String, PgConfig), String> {
+        let text = self.postgres_url(&opt::database_url, f.url)?;
+        let pw = self.password(&opt::database_password, f.password)?;
+        let pw_file = self.secret_file(&opt::database_password_file, f.password_file)?;
         let pw = match (pw, pw_file) {
             (Some(_), Some(_)) => {
                 return Err(format!(
                     "{} and {} are both set: give one",
-                    pw_def.label(),
-                    password_file.0.label()
+                    opt::database_password.label(),
+                    opt::database_password_file.label()
                 ))
             }
             (a, b) => a.or(b),
         };
         let ca = self
-            .raw(ca_file.0, ca_file.1)
-            .map(|p| PemPath::new(ca_file.0.label(), p));
-        let label = url.0.label();
+            .raw(&opt::database_ca_file, f.ca_file)
+            .map(|p| PemPath::new(opt::database_ca_file.label(), p));
+        let label = opt::database_url.label();
         match PgConfig::parse(&text, &label, pw.as_deref(), ca) {
             Ok(cfg) => Ok((text, cfg)),
             Err(PgConfigError::Url(why)) => Err(invalid_url(&label, &text, &why)),
