@@ -35,6 +35,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request head must be complete this long after the connection opened or the previous
 /// response was ready, even if bytes keep trickling in (slowloris).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closing connection keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 /// A request body must be complete this long after its head (else 408).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,6 +118,7 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
         });
         open.borrow_mut().push(conn.clone());
         let peer = stream.peer_addr().ok();
+        let linger = dup_stream(&stream);
         let (handler, open) = (handler.clone(), open.clone());
         glommio::spawn_local(async move {
             let activity = Rc::new(Cell::new(Instant::now()));
@@ -150,8 +154,49 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
             open.borrow_mut().retain(|c| !Rc::ptr_eq(c, &conn));
+            if let Some(s) = linger {
+                linger_close(s).await;
+            }
         })
         .detach();
+    }
+}
+
+/// A second handle on the connection's socket, so it outlives hyper's: see [`linger_close`].
+fn dup_stream(stream: &glommio::net::TcpStream) -> Option<glommio::net::TcpStream> {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    // SAFETY: fd is a fresh, open socket fd owned by nobody else.
+    (fd >= 0).then(|| unsafe { glommio::net::TcpStream::from_raw_fd(fd) })
+}
+
+/// Closes a connection without losing what was sent on it. When hyper ends a connection
+/// (an error answered with 400, the client's `Connection: close`) while requests it will not
+/// read are still in the socket's receive buffer, closing the socket makes the kernel send a
+/// reset, and the client may discard responses it has not read yet (HTTP/1.1's "lingering
+/// close", RFC 9112 section 9.6). So: send our FIN after everything written, then read and
+/// drop what the client still sends, until it closes or `LINGER` passes.
+async fn linger_close(s: glommio::net::TcpStream) {
+    use futures_lite::AsyncReadExt;
+    let _ = s.shutdown(std::net::Shutdown::Write).await;
+    let deadline = Instant::now() + LINGER;
+    let mut s = s;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let read = async { Some(s.read(&mut buf).await) };
+        let timeout = async {
+            glommio::timer::sleep(left).await;
+            None
+        };
+        match futures_lite::future::or(read, timeout).await {
+            Some(Ok(n)) if n > 0 => continue,
+            _ => return,
+        }
     }
 }
 
