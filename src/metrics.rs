@@ -11,6 +11,7 @@ pub const QUERIES_TOTAL: &str = "analytics_queries_total";
 pub const QUERY_DURATION: &str = "analytics_query_duration_seconds";
 pub const QUERY_DURATION_UNCORRECTED: &str = "analytics_query_service_duration_seconds";
 pub const EVENT_DURATION: &str = "analytics_event_duration_seconds";
+pub const PACER_LATENESS: &str = "analytics_pacer_lateness_seconds";
 pub const REDIS_COMMAND_DURATION: &str = "analytics_redis_command_duration_seconds";
 pub const REDIS_COMMANDS_TOTAL: &str = "analytics_redis_commands_total";
 pub const REDIS_ERRORS_TOTAL: &str = "analytics_redis_errors_total";
@@ -94,6 +95,7 @@ fn describe() {
         EVENT_DURATION,
         "Event path latency (counter INCR + unique-user record), from the scheduled start"
     );
+    metrics::describe_histogram!(PACER_LATENESS, "How late the load generator woke for its schedule, per pacing wake-up. Large values are stalls of this process or its (virtual) CPU, not of Redis: operations due during one start late and their latency from the schedule includes it");
     metrics::describe_histogram!(REDIS_COMMAND_DURATION, "Round trip of each Redis command (GET, SET, INCR, MGET, PFADD, PFCOUNT, EXPIREAT, PING, ..., other)");
     metrics::describe_counter!(REDIS_COMMANDS_TOTAL, "Redis commands sent");
     metrics::describe_counter!(REDIS_ERRORS_TOTAL, "Redis errors by kind: connect, io, timeout, closed, not_connected, protocol, err, wrongtype, oom, readonly, loading, busy, masterdown, noauth, auth, redirect, reply_too_large, server_other");

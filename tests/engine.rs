@@ -496,6 +496,73 @@ fn should_run_clean_in_resp3_and_in_resp2() {
     }
 }
 
+/// A stall of the generator itself (here: the whole process frozen with SIGSTOP) shows as
+/// pacer lateness, apart from Redis latency, and in the corrected query latency of the
+/// operations that were due during it.
+#[test]
+fn should_show_a_frozen_generator_as_pacer_lateness() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "200",
+            "--queries-per-second",
+            "500",
+            "--organizations",
+            "20",
+        ],
+    );
+    let mut app = spawn_running(&refs(&a));
+    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    std::thread::sleep(Duration::from_secs(2));
+    app.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(600));
+    app.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let (code, metrics) = app.get("/metrics");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    };
+    let wakes = value("analytics_pacer_lateness_seconds_count{shard=\"0\"}");
+    let under_half_second =
+        value("analytics_pacer_lateness_seconds_bucket{shard=\"0\",le=\"0.5\"}");
+    assert!(wakes > 1000.0, "{wakes} pacer wakes in 4 s at 700 ops/s");
+    assert!(
+        under_half_second < wakes,
+        "no wake-up later than 0.5 s after a 0.6 s freeze ({under_half_second} of {wakes})"
+    );
+
+    app.signal(libc::SIGTERM);
+    let (_, summary) = finish(&mut app, Duration::from_secs(30));
+    let ms = |path: &[&str]| {
+        let mut cur = &summary;
+        for p in path {
+            cur = &cur[*p];
+        }
+        cur.as_f64()
+            .unwrap_or_else(|| panic!("{path:?} is not a number in {summary}"))
+    };
+    let stall = ms(&["pacer_lateness_ms", "max"]);
+    assert!(stall >= 550.0, "pacer lateness max {stall} ms: {summary}");
+    assert!(stall < 60_000.0, "pacer lateness max {stall} ms: {summary}");
+    // The operations due during the freeze started late, and their latency says so.
+    assert!(
+        ms(&["query_latency_ms", "max"]) >= 500.0,
+        "query latency max hides the freeze: {summary}"
+    );
+    assert_eq!(u(&summary, &["skipped", "max_workers"]), 0, "{summary}");
+}
+
 #[test]
 fn should_flush_everything_on_sigterm() {
     let redis = RedisServer::start();

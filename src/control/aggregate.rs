@@ -19,6 +19,8 @@ pub struct Window {
     pub query_latency: Histogram<u64>,
     pub query_service: Histogram<u64>,
     pub event_latency: Histogram<u64>,
+    /// How late the shards' pacers woke (µs): stalls of the generator itself.
+    pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
     /// Unix time at which this window was closed (one-second windows only).
     pub at_unix: f64,
@@ -34,6 +36,7 @@ impl Default for Window {
             query_latency: new_histogram(),
             query_service: new_histogram(),
             event_latency: new_histogram(),
+            pacer_lateness: new_histogram(),
             warmups: 0,
             at_unix: 0.0,
         }
@@ -51,6 +54,7 @@ impl Window {
             query_latency: r.query_latency.clone(),
             query_service: r.query_service.clone(),
             event_latency: r.event_latency.clone(),
+            pacer_lateness: r.pacer_lateness.clone(),
             warmups: r.warmups,
             at_unix: 0.0,
         }
@@ -78,6 +82,7 @@ impl Window {
         let _ = self.query_latency.add(&other.query_latency);
         let _ = self.query_service.add(&other.query_service);
         let _ = self.event_latency.add(&other.event_latency);
+        let _ = self.pacer_lateness.add(&other.pacer_lateness);
         self.warmups += other.warmups;
     }
 
@@ -281,6 +286,9 @@ pub struct Summary {
     pub query_latency_ms: Percentiles,
     pub query_latency_uncorrected_ms: Percentiles,
     pub event_latency_ms: Percentiles,
+    /// How late the load generator woke for its schedule: its own stalls (CPU starvation,
+    /// a paused VM), which also show in the latencies above.
+    pub pacer_lateness_ms: Percentiles,
     pub cache_hit_ratio: Option<f64>,
     pub cache_hit_target_ratio: f64,
     pub skipped: BTreeMap<&'static str, u64>,
@@ -334,6 +342,7 @@ impl Summary {
             query_latency_ms: percentiles(&t.query_latency),
             query_latency_uncorrected_ms: percentiles(&t.query_service),
             event_latency_ms: percentiles(&t.event_latency),
+            pacer_lateness_ms: percentiles(&t.pacer_lateness),
             cache_hit_ratio: t.hit_ratio(),
             cache_hit_target_ratio: hit_target,
             skipped: Skip::ALL
@@ -392,6 +401,10 @@ impl Summary {
         s.push_str(&format!(
             "event latency      {}\n",
             lat(&self.event_latency_ms)
+        ));
+        s.push_str(&format!(
+            "pacer lateness     {} (stalls of this process)\n",
+            lat(&self.pacer_lateness_ms)
         ));
         s.push_str(&format!(
             "cache hit ratio    {} (target {:.2}%)\n",

@@ -255,8 +255,20 @@ async fn pace(
     op: impl Fn(Rc<Shard>, Instant),
 ) {
     let mut sched = pacer::Schedule::new(start, rate);
+    // When this loop meant to run again: how late it actually ran is the generator's own
+    // stall (a busy or descheduled CPU), kept apart from the latency of Redis.
+    let mut wake: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if let Some(w) = wake.take() {
+            let late = now.saturating_duration_since(w);
+            s.metrics.pacer_lateness.record(late.as_secs_f64());
+            let _ = s
+                .stats
+                .borrow_mut()
+                .pacer_lateness
+                .record((late.as_micros() as u64).max(1));
+        }
         let due = sched.take_due(now, s.p.late_limit);
         if due.late > 0 {
             s.metrics.skipped(stats::Skip::Late, due.late);
@@ -272,6 +284,7 @@ async fn pace(
         }
         // Both streams of a shard share `start`, so their wakes coincide.
         let next = pacer::grid_ceil(start, sched.next_at(), pacer::PACE_STEP);
+        wake = Some(next);
         let now = Instant::now();
         if next > now {
             glommio::timer::sleep(next - now).await;

@@ -163,6 +163,8 @@ pub struct ShardStats {
     /// Query latency from the actual start (µs): what a closed-loop tool would report.
     pub query_service: Histogram<u64>,
     pub event_latency: Histogram<u64>,
+    /// How late the pacers woke for their schedule (µs), one value per wake-up.
+    pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
     /// Unix second each owned organization last had an event (indexed by org rank).
     pub org_last_seen: Vec<u32>,
@@ -226,6 +228,7 @@ impl ShardStats {
             query_latency: new_histogram(),
             query_service: new_histogram(),
             event_latency: new_histogram(),
+            pacer_lateness: new_histogram(),
             warmups: 0,
             org_last_seen: vec![0; orgs],
             users_now: Default::default(),
@@ -252,6 +255,7 @@ pub struct ShardReport {
     pub query_latency: Histogram<u64>,
     pub query_service: Histogram<u64>,
     pub event_latency: Histogram<u64>,
+    pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
     pub active_orgs: u64,
     pub active_users: u64,
@@ -306,6 +310,7 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
         query_latency: st.query_latency.clone(),
         query_service: st.query_service.clone(),
         event_latency: st.event_latency.clone(),
+        pacer_lateness: st.pacer_lateness.clone(),
         warmups: st.warmups,
         active_orgs,
         active_users,
@@ -331,6 +336,7 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
     st.query_latency.reset();
     st.query_service.reset();
     st.event_latency.reset();
+    st.pacer_lateness.reset();
     report
 }
 
@@ -338,6 +344,7 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
 pub struct ShardMetrics {
     pub events: Vec<Counter>,
     pub event_duration: PromHistogram,
+    pub pacer_lateness: PromHistogram,
     pub queries: Vec<Counter>,
     pub query_duration: Vec<PromHistogram>,
     pub query_service: Vec<PromHistogram>,
@@ -379,6 +386,7 @@ impl ShardMetrics {
         ShardMetrics {
             events,
             event_duration: metrics::histogram!(m::EVENT_DURATION, "shard" => sh.clone()),
+            pacer_lateness: metrics::histogram!(m::PACER_LATENESS, "shard" => sh.clone()),
             queries,
             query_duration,
             query_service,
