@@ -317,10 +317,13 @@ migrate-demo-failover: services-install ## Replicated source killed -9, replica 
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
-.PHONY: bench bench-quick bench-micro perf-record perf-stat soak
+.PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat soak
 
 bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
+
+bench-targets: services-install ## The performance targets, one run each: 100k q/s and 100k ev/s for 60 s, RSS, rate accuracy 10/s-100k/s
+	@BENCH_STEPS=targets BENCH_COMMAND="make bench-targets" CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
 
 bench-quick: ## Smoke run of make bench (short durations, 1 repetition)
 	@BENCH_QUICK=1 CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh

@@ -13,7 +13,10 @@
 #   BENCH_CONNECTIONS=50 BENCH_PIPELINES="1 16" BENCH_KEYS=100000 BENCH_DATA_SIZE=32
 #   BENCH_QUERY_RATES="1000 10000 50000 100000 1000000" BENCH_QUERY_EVENTS=200
 #   BENCH_EVENT_RATES="1000 5000 20000 50000 100000" BENCH_EVENT_QUERIES=100
-#   BENCH_STEPS="raw workload events"
+#   BENCH_STEPS="raw workload events"   (or "targets": make bench-targets)
+#   BENCH_TARGET_SECONDS=60 BENCH_TARGET_WARMUP_SECONDS=15 BENCH_TARGET_RATE=100000
+#   BENCH_TARGET_MAX_WORKERS=4000 BENCH_ACCURACY_RATES="10 100 1000 10000 100000"
+#   BENCH_ACCURACY_SECONDS=10
 #   BENCH_PIN=1              Redis on the first CPU, clients on the others (taskset)
 #   NO_BUILD=1               use the existing release binary
 set -euo pipefail
@@ -30,7 +33,7 @@ done
 if [ -z "${NO_BUILD:-}" ]; then cargo build --release; fi
 [ -x "$BENCH_BIN" ] || { log "$BENCH_BIN not found"; exit 1; }
 
-if [[ " ${BENCH_STEPS:-raw workload events} " =~ \ (workload|events)\  ]]; then
+if [[ " ${BENCH_STEPS:-raw workload events} " =~ \ (workload|events|targets)\  ]]; then
     bash .ci/services.sh start
     set -a; . .local/env; set +a
     export BENCH_PSQL
