@@ -317,7 +317,7 @@ migrate-demo-failover: services-install ## Replicated source killed -9, replica 
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
-.PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat soak
+.PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
 
 bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
@@ -344,3 +344,6 @@ perf-record: services-install ## Profile the ultra preset ~20 s (perf record -g)
 
 perf-stat: services-install ## perf stat counters for one run of the ultra preset
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash perf/profile.sh stat
+
+perf-coop-taskrun: ## Experiment: bench-redis with glommio's rings patched for IORING_SETUP_COOP_TASKRUN (temp build) vs without
+	@bash perf/coop-taskrun.sh

@@ -86,6 +86,62 @@ fn report(args: config::ReportArgs) -> i32 {
     }
 }
 
+/// `switch --wait`: polls the instance's report until switch `seq` says every connection is
+/// up on the new target (exit 0), or `--wait` seconds pass (exit 1, with how far it got).
+fn wait_for_cutover(args: &config::SwitchArgs, seq: u64) -> i32 {
+    let base = args.admin_url.clone();
+    let wait = args.wait;
+    let last = crate::http::block_on(move || async move {
+        let deadline = std::time::Instant::now() + wait;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok((200, body)) =
+                crate::http::request(&base, hyper::Method::GET, "/report", None, None).await
+            {
+                if let Ok(report) = serde_json::from_str::<serde_json::Value>(&body) {
+                    let sw = report["migration"]["switches"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|s| s["seq"].as_u64() == Some(seq)))
+                        .cloned();
+                    if let Some(sw) = sw {
+                        last = sw["cutover"].clone();
+                        if last["complete"].as_bool() == Some(true) {
+                            return last;
+                        }
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return last;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let c = match last {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot wait for the cutover: {e}");
+            return 1;
+        }
+    };
+    if c["complete"].as_bool() == Some(true) {
+        println!(
+            "cutover complete after {:.3} s: {} connections on the new target",
+            c["seconds"].as_f64().unwrap_or(0.0),
+            c["connections"]
+        );
+        0
+    } else {
+        eprintln!(
+            "error: cutover not complete after {} s: {} of {} connections on the new target",
+            wait.as_secs(),
+            c["connections_on_target"].as_u64().unwrap_or(0),
+            c["connections"].as_u64().unwrap_or(0)
+        );
+        1
+    }
+}
+
 /// `analytics-demo switch --to URL`: asks a running instance to switch Redis.
 fn switch(args: config::SwitchArgs) -> i32 {
     let base = args.admin_url.clone();
@@ -116,7 +172,14 @@ fn switch(args: config::SwitchArgs) -> i32 {
     match got {
         Ok(Ok((200, body))) => {
             println!("{}", body.trim());
-            0
+            if args.wait.is_zero() {
+                return 0;
+            }
+            let seq = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0);
+            wait_for_cutover(&args, seq)
         }
         Ok(Ok((status, body))) => {
             eprintln!("error: switch refused ({status}): {}", body.trim());

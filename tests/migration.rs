@@ -172,17 +172,20 @@ fn app_clients(redis: &RedisServer) -> usize {
 // Switch under load
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
+/// Two Redis servers (A, B), a PostgreSQL, and the app loading A at RATES, with the admin token.
+fn app_on_a_with_b(rates: &[&str]) -> (RedisServer, RedisServer, PgServer, App) {
     let a = RedisServer::start();
     let b = RedisServer::start();
     let pg = PgServer::start();
-    let argv = args(
-        &a.url(),
-        &pg.url(),
-        &["--events-per-second", "500", "--queries-per-second", "1000"],
-    );
-    let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    let argv = args(&a.url(), &pg.url(), rates);
+    let app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    (a, b, pg, app)
+}
+
+#[test]
+fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
+    let (a, b, pg, mut app) =
+        app_on_a_with_b(&["--events-per-second", "500", "--queries-per-second", "1000"]);
     replicate(&b, &a);
     std::thread::sleep(Duration::from_secs(2));
 
@@ -244,9 +247,7 @@ fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
 
     // The report, through the `report` subcommand, before the app stops.
     let admin = format!("http://{}", app.http);
-    let out = run_binary(&["report", "--admin-url", &admin, "--json"], &[], LONG);
-    assert_eq!(out.code(), Some(0), "report: {}", out.stderr);
-    let report: Value = serde_json::from_str(out.stdout.trim()).expect("report JSON");
+    let report = report_json(&app);
     let switches = report["migration"]["switches"]
         .as_array()
         .expect("switches");
@@ -273,6 +274,109 @@ fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
     assert_eq!(u(&v, "lost_acknowledged_increments"), 0, "{v}");
     assert_eq!(u(&v, "phantom_increments"), 0, "{v}");
     assert!(u(&v, "acked_total") > 0, "{v}");
+}
+
+/// `switch --wait` returns once every connection of every shard is up on the new Redis, and
+/// the report says when that was; to a Redis that is not there it gives up with exit 1.
+#[test]
+fn should_wait_for_the_cutover_to_complete() {
+    let (_a, b, _pg, mut app) =
+        app_on_a_with_b(&["--events-per-second", "200", "--queries-per-second", "200"]);
+    let admin = format!("http://{}", app.http);
+    let env = [("ADMIN_TOKEN", TOKEN)];
+
+    let out = run_binary(
+        &[
+            "switch",
+            "--to",
+            &b.url(),
+            "--admin-url",
+            &admin,
+            "--wait",
+            "30",
+        ],
+        &env,
+        LONG,
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "switch --wait:\nstdout {}\nstderr {}\napp log:\n{}",
+        out.stdout,
+        out.stderr,
+        app.log()
+    );
+    assert!(
+        out.stdout.contains("cutover complete after"),
+        "{}",
+        out.stdout
+    );
+    let report = report_json(&app);
+    let c = &report["migration"]["switches"][0]["cutover"];
+    assert_eq!(c["complete"], Value::Bool(true), "{report}");
+    let connections = c["connections"].as_u64().expect("connections");
+    assert!(connections > 0, "{report}");
+    assert_eq!(
+        c["connections_on_target"].as_u64(),
+        Some(connections),
+        "{report}"
+    );
+    let secs = c["seconds"].as_f64().expect("seconds");
+    assert!(
+        (0.0..30.0).contains(&secs),
+        "cutover seconds {secs}: {report}"
+    );
+    assert!(
+        app_clients(&b) >= connections as usize,
+        "the report says {connections} connections moved, B has {}",
+        app_clients(&b)
+    );
+
+    // Nothing listens on this port: the cutover cannot complete.
+    let nowhere = format!("redis://127.0.0.1:{}", common::free_port());
+    let out = run_binary(
+        &[
+            "switch",
+            "--to",
+            &nowhere,
+            "--admin-url",
+            &admin,
+            "--wait",
+            "2",
+        ],
+        &env,
+        LONG,
+    );
+    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("cutover not complete after 2 s: 0 of"),
+        "{}",
+        out.stderr
+    );
+    let report = report_json(&app);
+    assert_eq!(
+        report["migration"]["switches"][1]["cutover"]["complete"],
+        Value::Bool(false),
+        "{report}"
+    );
+    let text = run_binary(&["report", "--admin-url", &admin], &[], LONG);
+    assert!(
+        text.stdout.contains("cutover             complete after")
+            && text
+                .stdout
+                .contains("cutover             in progress: 0 of"),
+        "{}",
+        text.stdout
+    );
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+}
+
+fn report_json(app: &App) -> Value {
+    let admin = format!("http://{}", app.http);
+    let out = run_binary(&["report", "--admin-url", &admin, "--json"], &[], LONG);
+    assert_eq!(out.code(), Some(0), "report: {}", out.stderr);
+    serde_json::from_str(out.stdout.trim()).expect("report JSON")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -329,6 +329,11 @@ cli_struct! {
         /// the password of --to
         #[argh(option)]
         pub to_password_file: Option<String>,
+        /// after the switch, wait up to this many seconds until every connection of every
+        /// shard is up on the new Redis; exit 1 if that does not happen in time (0 = do not
+        /// wait)
+        #[argh(option, default = "0")]
+        pub wait: u64,
     }
 }
 

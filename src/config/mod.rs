@@ -162,6 +162,8 @@ pub struct SwitchArgs {
     pub admin_url: String,
     /// Never printed (`Debug` shows `***`).
     pub admin_token: Option<String>,
+    /// How long to wait for the cutover to complete (zero: do not wait).
+    pub wait: std::time::Duration,
 }
 
 impl Config {
@@ -416,6 +418,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
             },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
             admin_token: r.token(&opt::admin_token, v.admin_token)?,
+            wait: std::time::Duration::from_secs(v.wait),
         }),
         SubCli::BenchRedis(v) => Command::BenchRedis(bench::resolve(v, r)?),
     })

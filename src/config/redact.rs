@@ -155,6 +155,7 @@ impl fmt::Debug for SwitchArgs {
             .field("to", &self.to)
             .field("admin_url", &Hidden(&self.admin_url))
             .field("admin_token", &hidden_token(&self.admin_token))
+            .field("wait", &self.wait)
             .finish()
     }
 }

@@ -40,6 +40,11 @@ pub struct Switch {
     pub last_failure: Option<f64>,
     pub series: Vec<Point>,
     pub outages: Vec<Outage>,
+    /// Per shard, from its latest report since the switch: (connections up on the new
+    /// target, pool size, when all of them were up on it).
+    pub on_target: BTreeMap<usize, (usize, usize, Option<f64>)>,
+    /// When every connection of every shard was up on the new target (the cutover is done).
+    pub completed_at: Option<f64>,
 }
 
 #[derive(Default)]
@@ -75,6 +80,8 @@ impl Migration {
             last_failure: None,
             series: Vec::new(),
             outages: Vec::new(),
+            on_target: BTreeMap::new(),
+            completed_at: None,
         };
         for w in recent {
             let t = w.at_unix - at_unix;
@@ -99,9 +106,31 @@ impl Migration {
         self.switches.push(sw);
     }
 
-    /// Takes in a shard report's failure marks and outages.
-    pub fn on_report(&mut self, r: &ShardReport) {
+    /// Takes in a shard report's failure marks, outages and connections; `shards` is the
+    /// number of shards (a cutover is complete once all of them report every connection on
+    /// the new target).
+    pub fn on_report(&mut self, r: &ShardReport, shards: usize) {
         let now = crate::workload::time::unix_now();
+        if let Some(sw) = self.switches.last_mut() {
+            if sw.completed_at.is_none() {
+                let state = if r.redis_target == sw.to {
+                    (
+                        r.redis_on_target,
+                        r.redis_pool_size,
+                        r.redis_all_on_target_at,
+                    )
+                } else {
+                    (0, r.redis_pool_size, None)
+                };
+                sw.on_target.insert(r.shard, state);
+                // Done when every shard's pool has been fully on the new target: at the
+                // latest of the moments each got there (not at this report's time).
+                let done: Option<Vec<f64>> = sw.on_target.values().map(|v| v.2).collect();
+                if let Some(done) = done.filter(|d| d.len() >= shards) {
+                    sw.completed_at = Some(done.into_iter().fold(sw.at_unix, f64::max));
+                }
+            }
+        }
         if let (Some(first), Some(last)) = (r.first_failure_unix, r.last_failure_unix) {
             self.recent_failures.push_back((first, last));
             if let Some(sw) = self.switches.last_mut() {
@@ -236,6 +265,13 @@ impl Switch {
                 (Some(a), Some(b)) => json!({"first_failure_unix": a, "last_failure_unix": b, "seconds": (b - a).max(0.0)}),
                 _ => Value::Null,
             },
+            "cutover": {
+                "complete": self.completed_at.is_some(),
+                "completed_at_unix": self.completed_at,
+                "seconds": self.completed_at.map(|c| (c - self.at_unix).max(0.0)),
+                "connections_on_target": self.on_target.values().map(|v| v.0).sum::<usize>(),
+                "connections": self.on_target.values().map(|v| v.1).sum::<usize>(),
+            },
             "failed_operations": failures.values().sum::<u64>(),
             "failures_by_kind": failures,
             "unavailability_ms_by_shard": by_shard,
@@ -296,6 +332,19 @@ pub fn render(report: &Value) -> String {
             sw["from"].as_str().unwrap_or("?"),
             sw["to"].as_str().unwrap_or("?")
         ));
+        let c = &sw["cutover"];
+        if c["complete"].as_bool() == Some(true) {
+            s.push_str(&format!(
+                "  cutover             complete after {} s ({} connections on the new target)\n",
+                f(&c["seconds"]),
+                c["connections"]
+            ));
+        } else {
+            s.push_str(&format!(
+                "  cutover             in progress: {} of {} connections on the new target\n",
+                c["connections_on_target"], c["connections"]
+            ));
+        }
         match sw["error_window"].as_object() {
             Some(w) => s.push_str(&format!("  error window        {} s\n", f(&w["seconds"]))),
             None => s.push_str("  error window        none (no failed operation)\n"),

@@ -189,7 +189,8 @@ pub async fn run(
             let rx = crate::notify::awake(rx.connect()).await;
             while let Some(r) = rx.recv().await {
                 st.agg.borrow_mut().add(&r);
-                st.migration.borrow_mut().on_report(&r);
+                let shards = st.agg.borrow().shards.len();
+                st.migration.borrow_mut().on_report(&r, shards);
             }
             open.set(open.get() - 1);
         })

@@ -74,6 +74,9 @@ struct Shared {
     rr: Cell<usize>,
     /// The connection new commands go to while it has room (see `pick`).
     current: Cell<usize>,
+    /// Unix time at which every slot was first up on the current target (reset by a switch):
+    /// when this pool's part of a cutover was done.
+    all_on_target_at: Cell<Option<f64>>,
     stats: Rc<Stats>,
     closed: Cell<bool>,
     rng: RefCell<Xoshiro256PlusPlus>,
@@ -112,6 +115,7 @@ impl Pool {
                 .collect(),
             rr: Cell::new(0),
             current: Cell::new(0),
+            all_on_target_at: Cell::new(None),
             stats,
             closed: Cell::new(false),
             rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
@@ -194,6 +198,7 @@ impl Pool {
         tracing::info!(from = %self.sh.target.borrow(), to = %url, "redis target switch");
         *self.sh.target.borrow_mut() = url;
         self.sh.generation.set(self.sh.generation.get() + 1);
+        self.sh.all_on_target_at.set(None);
         // Make before break: each slot keeps serving on its old connection until its
         // connection to the new target is up (or failed), then retires the old one.
         for s in &self.sh.slots {
@@ -216,13 +221,12 @@ impl Pool {
 
     /// Connections up on the current target (after a cutover, the slots already moved).
     pub fn connected_to_target(&self) -> usize {
-        let generation = self.sh.generation.get();
-        self.sh
-            .slots
-            .iter()
-            .filter(|s| s.conn_generation.get() == generation)
-            .filter(|s| s.conn.borrow().as_ref().is_some_and(|c| c.is_usable()))
-            .count()
+        self.sh.connected_to_target()
+    }
+
+    /// When every connection was first up on the current target (None while one is not yet).
+    pub fn all_on_target_at(&self) -> Option<f64> {
+        self.sh.all_on_target_at.get()
     }
 
     /// Commands enqueued on the pool's connections and awaiting a reply.
@@ -286,6 +290,15 @@ impl Shared {
         self.stats.count(cmd);
         self.stats.error("not_connected");
         RedisError::NotConnected
+    }
+
+    fn connected_to_target(&self) -> usize {
+        let generation = self.generation.get();
+        self.slots
+            .iter()
+            .filter(|s| s.conn_generation.get() == generation)
+            .filter(|s| s.conn.borrow().as_ref().is_some_and(|c| c.is_usable()))
+            .count()
     }
 
     fn set_state(&self, i: usize, to: Option<ConnState>) {
@@ -412,6 +425,11 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                     retire(&sh, old);
                 }
                 sh.set_state(i, Some(ConnState::Connected));
+                if sh.all_on_target_at.get().is_none() && sh.connected_to_target() == sh.slots.len()
+                {
+                    sh.all_on_target_at
+                        .set(Some(crate::workload::time::unix_now()));
+                }
                 let woken = async {
                     loop {
                         slot.wake.notified().await;

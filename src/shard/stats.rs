@@ -261,6 +261,10 @@ pub struct ShardReport {
     pub active_users: u64,
     pub redis_connected: usize,
     pub redis_pool_size: usize,
+    /// Connections up on the current target (after a switch: the ones already moved).
+    pub redis_on_target: usize,
+    /// Unix time at which all of them were first up on it (this shard's cutover done).
+    pub redis_all_on_target_at: Option<f64>,
     pub redis_inflight: usize,
     pub pg_read_connected: bool,
     pub inflight_ops: usize,
@@ -316,6 +320,8 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
         active_users,
         redis_connected: s.pool.connected(),
         redis_pool_size: s.p.pool.size,
+        redis_on_target: s.pool.connected_to_target(),
+        redis_all_on_target_at: s.pool.all_on_target_at(),
         redis_inflight: s.pool.inflight(),
         pg_read_connected: s.reader.is_connected(),
         inflight_ops: s.inflight.get(),
