@@ -199,7 +199,8 @@ say "load running on the source"
 switch_to_target() {
     local i
     for i in $(seq 1 100); do # 503 "shards are still starting" right after start-up: retry
-        if "$APP_BIN" switch --to "$TARGET_URL" --admin-url "$APP_URL" >"$WORK/switch.json" 2>"$WORK/switch.err"; then
+        # --wait: returns once every app connection is up on the target (exit 1 if not in 30 s).
+        if "$APP_BIN" switch --to "$TARGET_URL" --admin-url "$APP_URL" --wait 30 >"$WORK/switch.json" 2>"$WORK/switch.err"; then
             break
         fi
         grep -q "still starting" "$WORK/switch.err" || { cat "$WORK/switch.err" >&2; die "analytics-demo switch failed"; }
@@ -298,6 +299,7 @@ BUDGET="$(json_get "$WORK/verify.json" 'd["unknown_budget"]')"
 LANDED="$(json_get "$WORK/verify.json" 'd["unknown_applied"]')"
 MISSING="$(json_get "$WORK/verify.json" 'd["missing_keys"]')"
 SW='d["migration"]["switches"][-1]'
+CUTOVER="$(json_get "$WORK/report.json" "(lambda c: 'complete after %.3f s (%d connections)' % (c['seconds'], c['connections']) if c['complete'] else 'not complete: %d of %d connections' % (c['connections_on_target'], c['connections']))($SW['cutover'])")"
 ERRWIN="$(json_get "$WORK/report.json" "(lambda w: '%.3f s' % w['seconds'] if w else 'none')($SW['error_window'])")"
 FAILOPS="$(json_get "$WORK/report.json" "$SW['failed_operations']")"
 BYKIND="$(json_get "$WORK/report.json" "json.dumps($SW['failures_by_kind'], sort_keys=True)")"
@@ -341,6 +343,7 @@ printf '  %-26s %s\n' \
     "load" "$EVENTS_PER_SECOND events/s, $QUERIES_PER_SECOND queries/s, ${MIGRATE_SECONDS}s before/after" \
     "source -> target" "$SOURCE_URL -> $TARGET_URL" \
     "events (postgres)" "acked $ACKED, failed $FAILED, unknown $UNKNOWN" \
+    "cutover" "$CUTOVER" \
     "error window" "$ERRWIN" \
     "failed operations" "$FAILOPS $BYKIND" \
     "longest unavailability" "$UNAVAIL ms" \
