@@ -40,12 +40,20 @@ fn try_int(pg: &PgServer, sql: &str) -> i64 {
 }
 
 fn u(v: &Value, path: &[&str]) -> u64 {
-    let mut cur = v;
-    for p in path {
-        cur = &cur[*p];
-    }
-    cur.as_u64()
+    at(v, path)
+        .as_u64()
         .unwrap_or_else(|| panic!("{path:?} is not an unsigned integer in {v}"))
+}
+
+/// The number at PATH in V (panics with V when it is not one).
+fn num(v: &Value, path: &[&str]) -> f64 {
+    at(v, path)
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |cur, p| &cur[*p])
 }
 
 fn unix_now() -> f64 {
@@ -523,19 +531,15 @@ fn should_show_a_frozen_generator_as_pacer_lateness() {
     app.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(2));
 
-    let (code, metrics) = app.get("/metrics");
-    assert_eq!(code, 200);
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    let m = metrics(&app);
+    let series = |name: &str, labels: &[(&str, &str)]| {
+        metric_sum(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics"))
     };
-    let wakes = value("analytics_pacer_lateness_seconds_count{shard=\"0\"}");
-    let under_half_second =
-        value("analytics_pacer_lateness_seconds_bucket{shard=\"0\",le=\"0.5\"}");
+    let wakes = series("analytics_pacer_lateness_seconds_count", &[("shard", "0")]);
+    let under_half_second = series(
+        "analytics_pacer_lateness_seconds_bucket",
+        &[("shard", "0"), ("le", "0.5")],
+    );
     assert!(wakes > 1000.0, "{wakes} pacer wakes in 4 s at 700 ops/s");
     assert!(
         under_half_second < wakes,
@@ -544,20 +548,12 @@ fn should_show_a_frozen_generator_as_pacer_lateness() {
 
     app.signal(libc::SIGTERM);
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
-    let ms = |path: &[&str]| {
-        let mut cur = &summary;
-        for p in path {
-            cur = &cur[*p];
-        }
-        cur.as_f64()
-            .unwrap_or_else(|| panic!("{path:?} is not a number in {summary}"))
-    };
-    let stall = ms(&["pacer_lateness_ms", "max"]);
+    let stall = num(&summary, &["pacer_lateness_ms", "max"]);
     assert!(stall >= 550.0, "pacer lateness max {stall} ms: {summary}");
     assert!(stall < 60_000.0, "pacer lateness max {stall} ms: {summary}");
     // The operations due during the freeze started late, and their latency says so.
     assert!(
-        ms(&["query_latency_ms", "max"]) >= 500.0,
+        num(&summary, &["query_latency_ms", "max"]) >= 500.0,
         "query latency max hides the freeze: {summary}"
     );
     assert_eq!(u(&summary, &["skipped", "max_workers"]), 0, "{summary}");

@@ -789,6 +789,36 @@ fn should_bound_memory_during_a_long_postgres_outage() {
     );
 }
 
+/// The load of the Redis outage tests (2000 events/s + 1000 queries/s) on REDIS and PG,
+/// settled: the app, its steady RSS, and its counters before the outage.
+fn redis_outage_load(redis: &RedisServer, pg: &PgServer) -> (App, f64, Costs) {
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "2000",
+            "--queries-per-second",
+            "1000",
+        ],
+    );
+    let app = spawn_running(&refs(&a), &[]);
+    let rss_before = settle(&app, pg);
+    let costs = Costs::read(&app);
+    (app, rss_before, costs)
+}
+
+/// RSS stayed under the bound during the outage and came back near where it started.
+fn assert_rss_bounded_and_back(r: &OutageRecord, rss_after: f64) {
+    assert!(
+        r.rss_max < RSS_BOUND && rss_after < r.rss_before + 64.0 * MIB,
+        "RSS before {:.1} MiB, max {:.1}, after {:.1}",
+        r.rss_before / MIB,
+        r.rss_max / MIB,
+        rss_after / MIB
+    );
+}
+
 /// Redis with persistence (AOF) shut down cleanly for the outage and started again: the app
 /// records the events it cannot apply as failed (rows still written), fails queries fast,
 /// keeps its memory, reconnects, and verify finds every acknowledged increment.
@@ -801,19 +831,7 @@ fn should_bound_memory_during_a_long_redis_outage() {
     let fault = fault.as_str();
     let mut redis = RedisServer::start_with(&["--appendonly", "yes"]);
     let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "2000",
-            "--queries-per-second",
-            "1000",
-        ],
-    );
-    let app = spawn_running(&refs(&a), &[]);
-    let rss_before = settle(&app, &pg);
-    let costs = Costs::read(&app);
+    let (app, rss_before, costs) = redis_outage_load(&redis, &pg);
 
     // SHUTDOWN flushes the AOF; wait for the process to be gone before reaping it (the
     // harness would otherwise SIGKILL a server still writing its file).
@@ -852,13 +870,7 @@ fn should_bound_memory_during_a_long_redis_outage() {
         "no failed queries: {:?}",
         r.costs
     );
-    assert!(
-        r.rss_max < RSS_BOUND && rss_after < r.rss_before + 64.0 * MIB,
-        "RSS before {:.1} MiB, max {:.1}, after {:.1}",
-        r.rss_before / MIB,
-        r.rss_max / MIB,
-        rss_after / MIB
-    );
+    assert_rss_bounded_and_back(&r, rss_after);
     finish(app, &redis, &pg, fault, Expect::Clean, &recovery);
 }
 
@@ -875,19 +887,7 @@ fn should_bound_memory_while_redis_is_frozen_for_long() {
     let fault = fault.as_str();
     let redis = RedisServer::start();
     let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "2000",
-            "--queries-per-second",
-            "1000",
-        ],
-    );
-    let app = spawn_running(&refs(&a), &[]);
-    let rss_before = settle(&app, &pg);
-    let costs = Costs::read(&app);
+    let (app, rss_before, costs) = redis_outage_load(&redis, &pg);
 
     redis.pause();
     let r = ride_out(&app, fault, rss_before, &costs);
@@ -905,13 +905,7 @@ fn should_bound_memory_while_redis_is_frozen_for_long() {
         "no timeouts counted: {:?}",
         r.costs
     );
-    assert!(
-        r.rss_max < RSS_BOUND && rss_after < r.rss_before + 64.0 * MIB,
-        "RSS before {:.1} MiB, max {:.1}, after {:.1}",
-        r.rss_before / MIB,
-        r.rss_max / MIB,
-        rss_after / MIB
-    );
+    assert_rss_bounded_and_back(&r, rss_after);
     finish(app, &redis, &pg, fault, Expect::Clean, &recovery);
 }
 
