@@ -20,7 +20,8 @@ use std::time::Duration;
 use analytics_demo::resp::{Connection, PoolConfig, RedisUrl};
 use analytics_demo::tls::{PemPath, TlsFiles, Verify};
 use common::{
-    metric_sum, run_binary, wait_until, write_file, App, PgServer, RedisServer, TestCerts,
+    metric_sum, run_binary, wait_until, write_file, App, PgServer, RedisServer, RunOutput,
+    TestCerts,
 };
 
 const HEALTHY: Duration = Duration::from_secs(60);
@@ -286,15 +287,16 @@ fn should_report_a_wrong_redis_password_as_auth_without_showing_it() {
     assert!(!log.contains(WRONG) && !log.contains(REDIS_PW), "{log}");
 }
 
-#[test]
-fn should_fail_clearly_when_postgres_tls_is_required_but_not_offered() {
-    let pg = PgServer::start();
-    let redis = RedisServer::start();
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/analytics?sslmode=require",
-        pg.port
-    );
-    let out = run_binary(
+/// `analytics-demo verify` against REDIS and PG as user postgres, with `sslmode` when given.
+fn verify_with_pg(
+    redis: &RedisServer,
+    pg: &PgServer,
+    sslmode: Option<&str>,
+    env: &[(&str, &str)],
+) -> RunOutput {
+    let query = sslmode.map_or(String::new(), |m| format!("?sslmode={m}"));
+    let url = format!("postgres://postgres@127.0.0.1:{}/analytics{query}", pg.port);
+    run_binary(
         &[
             "verify",
             "--redis-url",
@@ -302,9 +304,16 @@ fn should_fail_clearly_when_postgres_tls_is_required_but_not_offered() {
             "--database-url",
             &url,
         ],
-        &[],
+        env,
         Duration::from_secs(60),
-    );
+    )
+}
+
+#[test]
+fn should_fail_clearly_when_postgres_tls_is_required_but_not_offered() {
+    let pg = PgServer::start();
+    let redis = RedisServer::start();
+    let out = verify_with_pg(&redis, &pg, Some("require"), &[]);
     assert_eq!(out.code(), Some(2), "{}\n{}", out.stdout, out.stderr);
     eprintln!("sslmode=require, plain server: {}", out.stderr.trim());
     assert!(
@@ -313,18 +322,7 @@ fn should_fail_clearly_when_postgres_tls_is_required_but_not_offered() {
         out.stderr
     );
     // prefer (the default) falls back to plain TCP.
-    let url = format!("postgres://postgres@127.0.0.1:{}/analytics", pg.port);
-    let out = run_binary(
-        &[
-            "verify",
-            "--redis-url",
-            &redis.url(),
-            "--database-url",
-            &url,
-        ],
-        &[],
-        Duration::from_secs(60),
-    );
+    let out = verify_with_pg(&redis, &pg, None, &[]);
     assert!(!out.stderr.contains("TLS"), "{}", out.stderr);
 }
 
@@ -337,21 +335,7 @@ fn should_check_the_postgres_certificate_as_the_sslmode_says() {
     let ca = certs.ca.to_str().unwrap();
     let other = certs.other_ca.to_str().unwrap();
     let verify = |sslmode: &str, ca_file: &str| {
-        let url = format!(
-            "postgres://postgres@127.0.0.1:{}/analytics?sslmode={sslmode}",
-            pg.port
-        );
-        let out = run_binary(
-            &[
-                "verify",
-                "--redis-url",
-                &redis.url(),
-                "--database-url",
-                &url,
-            ],
-            &[("DATABASE_CA_FILE", ca_file)],
-            Duration::from_secs(60),
-        );
+        let out = verify_with_pg(&redis, &pg, Some(sslmode), &[("DATABASE_CA_FILE", ca_file)]);
         // No schema in this database: a clean TLS start fails later, on the query.
         format!("{}{}", out.stdout, out.stderr)
     };
