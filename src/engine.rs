@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::shared_channel;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 
 use crate::config::{Config, Distribution};
 use crate::control::{self, ControlParams, Flags};
@@ -35,6 +35,12 @@ pub fn shard_orgs(
         .filter(|&o| u64::from(o - 1) % parts == part)
         .collect()
 }
+
+/// Preemption interval of a shard's tasks: a long-running task yields to the reactor (and to
+/// Redis replies) at least this often.
+pub const SHARD_PREEMPT: Duration = Duration::from_millis(10);
+/// Preemption interval of the control core's tasks (writer, HTTP, reports).
+const CONTROL_PREEMPT: Duration = Duration::from_millis(100);
 
 fn seed_from_clock() -> u64 {
     let t = std::time::SystemTime::now()
@@ -173,11 +179,11 @@ pub fn run(cfg: Config) -> i32 {
         } else {
             Placement::Unbound
         };
-        let builder = LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{i}"))
-            .io_memory(64 << 10)
-            .preempt_timer(Duration::from_millis(10));
-        match builder.spawn(move || shard::run(params, links)) {
+        let spawned =
+            crate::executor::spawn(&format!("shard-{i}"), placement, SHARD_PREEMPT, move || {
+                shard::run(params, links)
+            });
+        match spawned {
             Ok(h) => shard_handles.push(h),
             Err(e) => {
                 eprintln!("error: cannot start shard {i} executor: {e}");
@@ -215,20 +221,17 @@ pub fn run(cfg: Config) -> i32 {
         Placement::Unbound
     };
     let control_flags = flags.clone();
-    let control = LocalExecutorBuilder::new(placement)
-        .name("control")
-        .io_memory(64 << 10)
-        .spawn(move || {
-            control::run(
-                params,
-                prom,
-                row_rx,
-                report_rx,
-                backlogs,
-                command_tx,
-                control_flags,
-            )
-        });
+    let control = crate::executor::spawn("control", placement, CONTROL_PREEMPT, move || {
+        control::run(
+            params,
+            prom,
+            row_rx,
+            report_rx,
+            backlogs,
+            command_tx,
+            control_flags,
+        )
+    });
     let code = match control {
         Ok(h) => match h.join() {
             Ok(code) => code,

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`config`]: every option (flag, env var, default, help) and its validation.
 //! - [`engine`]: the topology: which CPU runs the control core and which run shards.
+//! - [`executor`]: starting a glommio executor (and the guard against its parking bug).
 //! - [`shard`]: one pinned executor: pacing, the event and query paths, shard stats.
 //! - [`control`]: the control core: writer, HTTP, health, progress, orderly stop.
 //! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod engine;
+pub mod executor;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 
 use crate::config::BenchRedisArgs;
 use crate::resp::PoolConfig;
@@ -129,11 +129,13 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             Placement::Unbound
         };
         let shard_stop = stop.clone();
-        let builder = LocalExecutorBuilder::new(placement)
-            .name(&format!("bench-{i}"))
-            .io_memory(64 << 10)
-            .preempt_timer(Duration::from_millis(10));
-        match builder.spawn(move || shard::run(plan, shard_stop)) {
+        let spawned = crate::executor::spawn(
+            &format!("bench-{i}"),
+            placement,
+            crate::engine::SHARD_PREEMPT,
+            move || shard::run(plan, shard_stop),
+        );
+        match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
                 eprintln!("error: cannot start shard {i} executor: {e}");
