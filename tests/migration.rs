@@ -480,11 +480,15 @@ fn should_verify_clean_data_with_exact_counts() {
         "keys_with_phantoms",
         "unknown_budget",
         "unknown_applied",
-        "unexpected_keys",
+        "stray_keys",
+        "explained_phantom_increments",
+        "explained_stray_keys",
     ] {
         assert_eq!(u(&v, key), 0, "{key}: {v}");
     }
     assert_eq!(counter_sum(&redis), u(&v, "acked_total"));
+    assert_eq!(v["runs_judged"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["runs_judged"][0]["state"], "clean", "{v}");
 }
 
 #[test]
@@ -527,12 +531,6 @@ fn should_verify_phantom_increments_with_exact_counts() {
         redis.cli(&["INCRBY", &t[1].key, "1"]),
         (t[1].acked + 1).to_string()
     );
-    // A counter Postgres knows nothing about is reported apart.
-    let bucket = t[0].key.rsplit(':').next().unwrap().to_string();
-    assert_eq!(
-        redis.cli(&["SET", &format!("a:{{999999}}:ev:click:{bucket}"), "4"]),
-        "OK"
-    );
     let (code, v, err) = verify(&redis.url(), &pg.url());
     assert_eq!(code, 1, "{v} {err}");
     assert_eq!(v["clean"], Value::Bool(false), "{v}");
@@ -542,7 +540,12 @@ fn should_verify_phantom_increments_with_exact_counts() {
     assert_eq!(u(&v, "phantom_increments"), 8, "{v}");
     assert_eq!(u(&v, "keys_with_phantoms"), 2, "{v}");
     assert_eq!(u(&v, "lost_acknowledged_increments"), 0, "{v}");
-    assert_eq!(u(&v, "unexpected_keys"), 1, "{v}");
+    assert_eq!(u(&v, "stray_keys"), 0, "{v}");
+    assert_eq!(
+        v["problems"],
+        serde_json::json!(["phantom increments"]),
+        "{v}"
+    );
 }
 
 #[test]
@@ -550,10 +553,21 @@ fn should_exit_2_when_verify_cannot_reach_redis_or_postgres() {
     let redis = RedisServer::start();
     let pg = PgServer::start();
     // A schema and a run, so only the unreachable server can fail.
-    pg.psql(&std::fs::read_to_string("sql/001_schema.sql").expect("schema"));
+    for file in ["sql/001_schema.sql", "sql/002_runs_verdict.sql"] {
+        pg.psql(&std::fs::read_to_string(file).expect("schema"));
+    }
     pg.psql("INSERT INTO runs (run_id, config) VALUES (1, '{\"time_buckets\": 24}')");
-    let (code, _, err) = verify(&redis.url(), &pg.url());
-    assert_eq!(code, 0, "reachable servers, empty data: {err}");
+    // An empty Redis declares no run: not clean (exit 1), whatever Postgres holds.
+    let (code, v, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 1, "reachable servers, nothing declared: {v} {err}");
+    assert_eq!(
+        v["problems"],
+        serde_json::json!(["the target declares no runs"]),
+        "{v}"
+    );
+    // Naming the run: clean (it wrote nothing, and nothing is there).
+    let (code, v) = common::verify_json_with(&redis.url(), &pg.url(), &["--run", "1"]);
+    assert_eq!(code, 0, "the run named, empty data: {v}");
 
     let nobody = format!("redis://127.0.0.1:{}", free_port());
     let (code, v, err) = verify(&nobody, &pg.url());
