@@ -93,11 +93,13 @@ fn judged(v: &Value) -> Vec<i64> {
         .collect()
 }
 
-/// (key, acked) of the run's counter keys, most acknowledged first.
+/// (key, acked) of the run's counter keys without unknown outcomes, most acknowledged first,
+/// from its `events` rows (not from the rollups `verify` reads).
 fn run_counters(pg: &PgServer, run_id: i64) -> Vec<(String, u64)> {
     pg.psql(&format!(
-        "SELECT org_id, bucket, event_type, acked FROM run_rollups WHERE run_id = {run_id} \
-         AND unknown = 0 ORDER BY acked DESC, 1, 2, 3"
+        "SELECT org_id, bucket, event_type, count(*) FILTER (WHERE outcome = 0) AS acked \
+         FROM events WHERE run_id = {run_id} GROUP BY 1, 2, 3 \
+         HAVING count(*) FILTER (WHERE outcome = 2) = 0 ORDER BY acked DESC, 1, 2, 3"
     ))
     .lines()
     .filter(|l| !l.is_empty())
@@ -228,7 +230,7 @@ fn should_name_a_killed_run_as_unclean() {
     // Rows in PostgreSQL first (the load runs and the writer commits), then SIGKILL.
     assert!(
         wait_until(Duration::from_secs(60), || pg
-            .try_psql("SELECT count(*) FROM run_rollups")
+            .try_psql("SELECT count(*) FROM events")
             .ok()
             .and_then(|s| s.parse::<i64>().ok())
             .is_some_and(|n| n > 0)),

@@ -79,27 +79,44 @@ impl RunDeclaration {
     }
 
     /// Sends the declaration on `conn`. A server error reply is returned as such (its kind
-    /// counts, e.g. `readonly`); anything else as a connect error naming the step.
+    /// counts, e.g. `loading`); anything else as a connect error naming the step.
+    ///
+    /// A replica refuses the write (READONLY), and every counter write with it; in a
+    /// cutover it is switched to before its promotion. It declares the run when it has
+    /// replicated the declaration from the source (`ZSCORE`): then the connection is fine.
+    /// Otherwise the READONLY error stands (the connection is not used).
     pub(crate) async fn send(&self, conn: &Connection) -> Result<(), RedisError> {
         let (score, member, ttl) = (
             self.start_unix.to_string(),
             self.run_id.to_string(),
             self.ttl_seconds.to_string(),
         );
+        let step = |e: RedisError| match e {
+            RedisError::Server { .. } => e,
+            e => RedisError::Connect {
+                msg: format!("declaring the run in a:runs: {e}"),
+            },
+        };
         let zadd: [&[u8]; 4] = [b"ZADD", RUNS_KEY, score.as_bytes(), member.as_bytes()];
-        let expire: [&[u8]; 3] = [b"EXPIRE", RUNS_KEY, ttl.as_bytes()];
-        for cmd in [&zadd[..], &expire[..]] {
-            match conn.probe(cmd).await {
-                Ok(_) => {}
-                Err(e @ RedisError::Server { .. }) => return Err(e),
-                Err(e) => {
-                    return Err(RedisError::Connect {
-                        msg: format!("declaring the run in a:runs: {e}"),
-                    })
-                }
+        match conn.probe(&zadd).await {
+            Ok(_) => {}
+            Err(
+                e @ RedisError::Server {
+                    kind: "readonly", ..
+                },
+            ) => {
+                return match conn.probe(&[b"ZSCORE", RUNS_KEY, member.as_bytes()]).await {
+                    Ok(Reply::Bulk(_)) => Ok(()),
+                    Ok(_) => Err(e),
+                    Err(other) => Err(step(other)),
+                };
             }
+            Err(e) => return Err(step(e)),
         }
-        Ok(())
+        conn.probe(&[b"EXPIRE", RUNS_KEY, ttl.as_bytes()])
+            .await
+            .map(|_| ())
+            .map_err(step)
     }
 }
 
