@@ -117,7 +117,11 @@ pub fn run(cfg: Config) -> i32 {
         shard: 0,
         protocol: cfg.redis_protocol,
         tls: Some(redis_tls),
+        // Health probes declare nothing; the shards' pools do (below).
+        declare_run: None,
     };
+    let start_unix = crate::workload::time::unix_now();
+    let declaration = crate::resp::RunDeclaration::new(run_id, start_unix as i64, cfg.time_buckets);
     let mut row_rx = Vec::new();
     let mut report_rx = Vec::new();
     let mut backlogs = Vec::new();
@@ -158,6 +162,7 @@ pub fn run(cfg: Config) -> i32 {
             pool: PoolConfig {
                 size: split_rate(cfg.redis_pool_size as u64, shards, i).max(1) as usize,
                 shard: i,
+                declare_run: Some(declaration.clone()),
                 ..pool_base.clone()
             },
             pg: pg.clone(),
@@ -211,7 +216,7 @@ pub fn run(cfg: Config) -> i32 {
         connect_timeout: Duration::from_secs(2),
         config_json: config_json(&cfg, shards, seed),
         shards,
-        start_unix: crate::workload::time::unix_now(),
+        start_unix,
         admin_token: cfg.admin_token.clone(),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
     };

@@ -388,7 +388,7 @@ fn should_run_for_duration_and_reconcile() {
     assert_eq!(u(&v, &["missing_keys"]), 0, "{v}");
     assert_eq!(u(&v, &["unknown_budget"]), 0, "{v}");
     assert_eq!(u(&v, &["acked_total"]), rows, "{v}");
-    assert_eq!(u(&v, &["unexpected_keys"]), 0, "{v}");
+    assert_eq!(u(&v, &["stray_keys"]), 0, "{v}");
 }
 
 /// The app's connections as Redis lists them (`CLIENT LIST`, without redis-cli's own).

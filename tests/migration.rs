@@ -81,17 +81,34 @@ fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
 /// while the app answers 503 "shards are still starting" (its command channels connect a
 /// moment after /health turns 200).
 fn switch(app: &App, to: &str, token: Option<&str>) -> RunOutput {
+    switch_with(app, to, token, &[])
+}
+
+/// `switch` with EXTRA arguments (e.g. `--wait 30`).
+fn switch_with(app: &App, to: &str, token: Option<&str>, extra: &[&str]) -> RunOutput {
     let admin = format!("http://{}", app.http);
     let env: Vec<(&str, &str)> = token.map(|t| ("ADMIN_TOKEN", t)).into_iter().collect();
-    let mut out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+    let mut argv = vec!["switch", "--to", to, "--admin-url", &admin];
+    argv.extend_from_slice(extra);
+    let mut out = run_binary(&argv, &env, LONG);
     for _ in 0..600 {
         if !out.stderr.contains("still starting") {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        out = run_binary(&["switch", "--to", to, "--admin-url", &admin], &env, LONG);
+        out = run_binary(&argv, &env, LONG);
     }
     out
+}
+
+/// The app's run id (from /health).
+fn run_id(app: &App) -> String {
+    let (_, body) = app.get("/health");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["run_id"]
+        .as_i64()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| panic!("no run_id: {body}"))
 }
 
 fn switch_ok(app: &App, to: &str) -> Value {
@@ -480,11 +497,15 @@ fn should_verify_clean_data_with_exact_counts() {
         "keys_with_phantoms",
         "unknown_budget",
         "unknown_applied",
-        "unexpected_keys",
+        "stray_keys",
+        "explained_phantom_increments",
+        "explained_stray_keys",
     ] {
         assert_eq!(u(&v, key), 0, "{key}: {v}");
     }
     assert_eq!(counter_sum(&redis), u(&v, "acked_total"));
+    assert_eq!(v["runs_judged"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["runs_judged"][0]["state"], "clean", "{v}");
 }
 
 #[test]
@@ -527,12 +548,6 @@ fn should_verify_phantom_increments_with_exact_counts() {
         redis.cli(&["INCRBY", &t[1].key, "1"]),
         (t[1].acked + 1).to_string()
     );
-    // A counter Postgres knows nothing about is reported apart.
-    let bucket = t[0].key.rsplit(':').next().unwrap().to_string();
-    assert_eq!(
-        redis.cli(&["SET", &format!("a:{{999999}}:ev:click:{bucket}"), "4"]),
-        "OK"
-    );
     let (code, v, err) = verify(&redis.url(), &pg.url());
     assert_eq!(code, 1, "{v} {err}");
     assert_eq!(v["clean"], Value::Bool(false), "{v}");
@@ -542,7 +557,12 @@ fn should_verify_phantom_increments_with_exact_counts() {
     assert_eq!(u(&v, "phantom_increments"), 8, "{v}");
     assert_eq!(u(&v, "keys_with_phantoms"), 2, "{v}");
     assert_eq!(u(&v, "lost_acknowledged_increments"), 0, "{v}");
-    assert_eq!(u(&v, "unexpected_keys"), 1, "{v}");
+    assert_eq!(u(&v, "stray_keys"), 0, "{v}");
+    assert_eq!(
+        v["problems"],
+        serde_json::json!(["phantom increments"]),
+        "{v}"
+    );
 }
 
 #[test]
@@ -550,10 +570,21 @@ fn should_exit_2_when_verify_cannot_reach_redis_or_postgres() {
     let redis = RedisServer::start();
     let pg = PgServer::start();
     // A schema and a run, so only the unreachable server can fail.
-    pg.psql(&std::fs::read_to_string("sql/001_schema.sql").expect("schema"));
+    for file in ["sql/001_schema.sql", "sql/002_runs_verdict.sql"] {
+        pg.psql(&std::fs::read_to_string(file).expect("schema"));
+    }
     pg.psql("INSERT INTO runs (run_id, config) VALUES (1, '{\"time_buckets\": 24}')");
-    let (code, _, err) = verify(&redis.url(), &pg.url());
-    assert_eq!(code, 0, "reachable servers, empty data: {err}");
+    // An empty Redis declares no run: not clean (exit 1), whatever Postgres holds.
+    let (code, v, err) = verify(&redis.url(), &pg.url());
+    assert_eq!(code, 1, "reachable servers, nothing declared: {v} {err}");
+    assert_eq!(
+        v["problems"],
+        serde_json::json!(["the target declares no runs"]),
+        "{v}"
+    );
+    // Naming the run: clean (it wrote nothing, and nothing is there).
+    let (code, v) = common::verify_json_with(&redis.url(), &pg.url(), &["--run", "1"]);
+    assert_eq!(code, 0, "the run named, empty data: {v}");
 
     let nobody = format!("redis://127.0.0.1:{}", free_port());
     let (code, v, err) = verify(&nobody, &pg.url());
@@ -683,7 +714,22 @@ fn should_fail_writes_on_an_unpromoted_replica_and_resume_once_promoted() {
     );
     let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
     replicate(&b, &a);
-    switch_ok(&app, &b.url());
+    // B replicated the run's declaration (a:runs) from A: the app's connections come up on
+    // it while it is a replica (make before break), and the cutover completes.
+    let out = switch_with(&app, &b.url(), Some(TOKEN), &["--wait", "30"]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        app.log()
+    );
+    assert_ne!(
+        b.cli(&["ZSCORE", "a:runs", &run_id(&app)]),
+        "",
+        "B does not declare the run"
+    );
     let failed_before = events(&app, "failed");
     assert!(
         wait_until(LONG, || redis_errors(&app, "readonly") > 0.0
@@ -722,6 +768,50 @@ fn should_fail_writes_on_an_unpromoted_replica_and_resume_once_promoted() {
         .parse()
         .unwrap();
     assert!(failed >= 20, "failed rows in Postgres: {failed}");
+}
+
+#[test]
+fn should_not_use_a_replica_that_does_not_declare_the_run() {
+    let (a, c, pg, mut app) =
+        app_on_a_with_b(&["--events-per-second", "100", "--queries-per-second", "50"]);
+    // C replicates another primary, which never saw this run: C does not declare it, so no
+    // connection may be used on it (after its promotion counters would land undeclared).
+    let other = RedisServer::start();
+    replicate(&c, &other);
+    let out = switch_with(&app, &c.url(), Some(TOKEN), &["--wait", "3"]);
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("cutover not complete after 3 s: 0 of"),
+        "{}",
+        out.stderr
+    );
+    assert!(redis_errors(&app, "readonly") > 0.0, "{}", metrics(&app));
+    assert_eq!(c.cli(&["ZCARD", "a:runs"]), "0");
+    // Promoted, C takes the declaration first, then the counters.
+    assert_eq!(c.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    let id = run_id(&app);
+    assert!(
+        wait_until(LONG, || !c.cli(&["ZSCORE", "a:runs", &id]).is_empty()
+            && events(&app, "acked") > 0.0
+            && !c.cli(&["--scan", "--pattern", "a:{*}:ev:*"]).is_empty()),
+        "no declaration and counters on C after its promotion:\n{}",
+        app.log()
+    );
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+    // C judged: the run is declared; what it acknowledged on A is not on C.
+    let (code, v, err) = verify(&c.url(), &pg.url());
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(
+        v["runs_judged"][0]["run_id"]
+            .as_i64()
+            .map(|i| i.to_string()),
+        Some(id),
+        "{v}"
+    );
+    assert!(u(&v, "lost_acknowledged_increments") > 0, "{v}");
+    assert_eq!(u(&v, "stray_keys"), 0, "{v}");
+    drop(a);
 }
 
 /// A Redis impostor: answers PING/AUTH/SELECT and rejects everything else with one error line.

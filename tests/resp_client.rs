@@ -94,6 +94,7 @@ fn cfg(size: usize) -> PoolConfig {
         shard: 0,
         protocol: Protocol::Auto,
         tls: None,
+        declare_run: None,
     }
 }
 

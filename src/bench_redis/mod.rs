@@ -105,6 +105,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
                 shard: i,
                 protocol: args.redis_protocol,
                 tls: Some(tls.clone()),
+                declare_run: None,
             },
             pipeline: args.pipeline,
             rate: split_rate(args.rate, shards, i),

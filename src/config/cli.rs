@@ -96,15 +96,17 @@ const fn str_eq(a: &str, b: &str) -> bool {
 macro_rules! option_table {
     ($d:tt
         options { $( #[doc = $doc:tt] $name:ident, )* }
+        lists { $( #[doc = $ldoc:tt] $lname:ident, )* }
         switches { $( #[doc = $sdoc:tt] $sname:ident, )* }
     ) => {
         #[allow(non_upper_case_globals)]
         pub(crate) mod opt {
             use super::OptDef;
             $( pub const $name: OptDef = OptDef::new(stringify!($name), $doc, false); )*
+            $( pub const $lname: OptDef = OptDef::new(stringify!($lname), $ldoc, false); )*
             $( pub const $sname: OptDef = OptDef::new(stringify!($sname), $sdoc, true); )*
             /// Every option of the table, for tests and for `--flag=value` splitting.
-            pub const ALL: &[&OptDef] = &[$(&$name,)* $(&$sname,)*];
+            pub const ALL: &[&OptDef] = &[$(&$name,)* $(&$lname,)* $(&$sname,)*];
         }
 
         macro_rules! cli_struct {
@@ -128,6 +130,13 @@ macro_rules! option_table {
                 (@munch $d hdr:tt [$d($d acc:tt)*] [$name $d($d rest:ident)*]) => {
                     cli_struct!(@munch $d hdr
                         [$d($d acc)* #[doc = $doc] #[argh(option)] pub $name: Option<String>,]
+                        [$d($d rest)*]);
+                };
+            )*
+            $(
+                (@munch $d hdr:tt [$d($d acc:tt)*] [$lname $d($d rest:ident)*]) => {
+                    cli_struct!(@munch $d hdr
+                        [$d($d acc)* #[doc = $ldoc] #[argh(option)] pub $lname: Vec<String>,]
                         [$d($d rest)*]);
                 };
             )*
@@ -156,6 +165,12 @@ trait Given {
 impl Given for Option<String> {
     fn given(&self) -> bool {
         self.is_some()
+    }
+}
+
+impl Given for Vec<String> {
+    fn given(&self) -> bool {
+        !self.is_empty()
     }
 }
 
@@ -253,6 +268,12 @@ option_table! { $
         data_size,
         /// bench-redis: commands per second, all shards together (0 = unlimited: closed loop) [env: BENCH_RATE] [default: 0]
         rate,
+        /// verify: judge the runs started at or after this time (RFC 3339, e.g. 2026-11-25T17:00:00Z, or unix seconds) instead of the runs the target declares [env: VERIFY_SINCE] [default: none]
+        since,
+    }
+    lists {
+        /// verify: judge this run id instead of the runs the target declares (repeat the flag or give a comma-separated list; with --since, both) [env: VERIFY_RUN] [default: none]
+        run,
     }
     switches {
         /// do not pin threads to CPUs (env accepts 1/0/true/false/yes/no) [env: NO_PIN] [default: false]
@@ -294,12 +315,14 @@ pub(crate) enum SubCli {
 }
 
 cli_struct! {
-    /// Check Redis counters against PostgreSQL: lost acknowledged writes and phantom increments.
-    /// Exits 1 when a loss is found.
+    /// Check Redis counters against PostgreSQL for the runs the Redis declares (a:runs): lost
+    /// acknowledged writes, phantom increments, counters no run explains. Exits 0 when clean, 1
+    /// when something is found (or no run is declared), 2 on usage or connection errors.
     #[argh(subcommand, name = "verify")]
     pub(crate) struct VerifyCli [
         redis_url, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key,
-        redis_password_file, database_ca_file, database_password, database_password_file,
+        redis_password_file, database_ca_file, database_password, database_password_file, run,
+        since,
     ] {
         /// print the result as JSON
         #[argh(switch)]

@@ -144,6 +144,10 @@ pub struct VerifyArgs {
     pub database_url: String,
     pub database: PgConfig,
     pub json: bool,
+    /// `--run`: judge these runs (sorted, no duplicates) instead of the declared ones.
+    pub runs: Vec<i64>,
+    /// `--since`: judge the runs started at or after this unix time instead.
+    pub since: Option<i64>,
 }
 
 /// `analytics-demo report`.
@@ -402,6 +406,8 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                 database_url,
                 database,
                 json: v.json,
+                runs: r.run_ids(&opt::run, v.run)?,
+                since: r.instant(&opt::since, v.since)?,
             })
         }
         SubCli::Report(v) => Command::Report(ReportArgs {

@@ -136,6 +136,8 @@ impl fmt::Debug for VerifyArgs {
             .field("database_url", &Hidden(&self.database_url))
             .field("database", &self.database)
             .field("json", &self.json)
+            .field("runs", &self.runs)
+            .field("since", &self.since)
             .finish()
     }
 }

@@ -91,6 +91,57 @@ impl Resolver<'_> {
             .transpose()
     }
 
+    /// Items of a list option: the flag's values (given once or more) if any, else the
+    /// environment; each split on commas, blanks trimmed and dropped.
+    pub fn list(&self, def: &OptDef, flag: Vec<String>) -> Vec<String> {
+        let raw = if flag.is_empty() {
+            self.raw(def, None).into_iter().collect()
+        } else {
+            flag
+        };
+        raw.iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Run ids (non-negative integers), from a list option.
+    pub fn run_ids(&self, def: &OptDef, flag: Vec<String>) -> Result<Vec<i64>, String> {
+        let mut ids = Vec::new();
+        for item in self.list(def, flag) {
+            match item.parse::<i64>() {
+                Ok(id) if id >= 0 => ids.push(id),
+                _ => {
+                    return Err(invalid(
+                        def,
+                        &item,
+                        "expected a run id (a non-negative integer; several: repeat the flag or separate them with commas)",
+                    ))
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// A point in time as unix seconds: RFC 3339 or unix seconds; `None` when not set.
+    pub fn instant(&self, def: &OptDef, flag: Option<String>) -> Result<Option<i64>, String> {
+        self.raw(def, flag)
+            .map(|text| {
+                crate::workload::time::parse_instant(&text).ok_or_else(|| {
+                    invalid(
+                        def,
+                        text.trim(),
+                        "expected an RFC 3339 time such as 2026-11-25T17:00:00Z or unix seconds",
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// Whole seconds in `min..=max`.
     pub fn seconds(
         &self,

@@ -400,7 +400,9 @@ fn should_have_an_invalid_case_for_every_option() {
                 "database_password",
             ]
             .contains(&def.name)
-            || super::bench_tests::BENCH_ONLY.contains(&def.name);
+            || super::bench_tests::BENCH_ONLY.contains(&def.name)
+            // See `should_resolve_verify_run_selection`.
+            || VERIFY_ONLY.contains(&def.name);
         assert!(covered, "no invalid-value test for {}", def.flag());
     }
 }
@@ -536,8 +538,9 @@ fn should_print_help_with_every_env_var_and_default() {
     ]
     .join(" ");
     for def in opt::ALL {
-        let sub_only =
-            def.name == "admin_url" || super::bench_tests::BENCH_ONLY.contains(&def.name);
+        let sub_only = def.name == "admin_url"
+            || super::bench_tests::BENCH_ONLY.contains(&def.name)
+            || VERIFY_ONLY.contains(&def.name);
         let text = if sub_only { &subs } else { &top };
         let default = def.default.unwrap_or("none");
         for want in [
@@ -560,6 +563,87 @@ fn should_have_unique_flags_and_env_names() {
     envs.sort();
     envs.dedup();
     assert_eq!((flags.len(), envs.len()), (opt::ALL.len(), opt::ALL.len()));
+}
+
+/// The options only `verify` takes.
+const VERIFY_ONLY: [&str; 2] = ["run", "since"];
+
+fn verify_args(args: &[&str], env: &[(&str, &str)]) -> VerifyArgs {
+    let argv: Vec<&str> = std::iter::once("verify")
+        .chain(args.iter().copied())
+        .collect();
+    match command(&argv, env) {
+        Command::Verify(v) => v,
+        other => panic!("{args:?}: expected Verify, got {other:?}"),
+    }
+}
+
+#[test]
+fn should_resolve_verify_run_selection() {
+    let v = verify_args(&[], &[]);
+    assert_eq!((v.runs, v.since), (vec![], None));
+    // Repeated flag, comma lists, duplicates, blanks; the flag beats the environment.
+    let v = verify_args(
+        &["--run", "7,3", "--run=12", "--run", " 3 ,"],
+        &[("VERIFY_RUN", "99")],
+    );
+    assert_eq!(v.runs, vec![3, 7, 12]);
+    let v = verify_args(&[], &[("VERIFY_RUN", "5, 6")]);
+    assert_eq!(v.runs, vec![5, 6]);
+    let v = verify_args(&["--since", "2026-11-25T17:23:03Z"], &[]);
+    assert_eq!(v.since, Some(1_795_627_383));
+    let v = verify_args(&[], &[("VERIFY_SINCE", "1795627383")]);
+    assert_eq!(v.since, Some(1_795_627_383));
+    let v = verify_args(
+        &["--since", "2026-11-25T18:23:03+01:00"],
+        &[("VERIFY_SINCE", "0")],
+    );
+    assert_eq!(v.since, Some(1_795_627_383));
+
+    let bad = [
+        (
+            &["--run", "abc"][..],
+            &[][..],
+            "invalid value 'abc' for --run (VERIFY_RUN): expected a run id (a non-negative integer",
+        ),
+        (
+            &["--run", "1,-2"],
+            &[],
+            "invalid value '-2' for --run (VERIFY_RUN)",
+        ),
+        (
+            &[],
+            &[("VERIFY_RUN", "1;2")],
+            "invalid value '1;2' for --run (VERIFY_RUN)",
+        ),
+        (
+            &["--since", "yesterday"],
+            &[],
+            "invalid value 'yesterday' for --since (VERIFY_SINCE): expected an RFC 3339 time",
+        ),
+        (
+            &[],
+            &[("VERIFY_SINCE", "2026-11-25")],
+            "invalid value '2026-11-25' for --since (VERIFY_SINCE)",
+        ),
+        (
+            &["--since", "2026-02-30T00:00:00Z"],
+            &[],
+            "for --since (VERIFY_SINCE)",
+        ),
+    ];
+    for (args, env, expect) in bad {
+        let argv: Vec<&str> = std::iter::once("verify")
+            .chain(args.iter().copied())
+            .collect();
+        let out = error(&argv, env);
+        assert!(
+            out.starts_with("error: ") && out.contains(expect),
+            "{args:?} {env:?}: {out}"
+        );
+    }
+    // Only verify takes them.
+    assert!(error(&["--run", "1"], &[]).contains("--run"));
 }
 
 #[test]

@@ -329,7 +329,8 @@ async fn prepare_db(p: &ControlParams) -> Result<(), String> {
     crate::pg::apply_schema(&client).await?;
     client
         .execute(
-            "INSERT INTO runs (run_id, config) VALUES ($1, $2::text::jsonb) ON CONFLICT (run_id) DO NOTHING",
+            "INSERT INTO runs (run_id, config, last_seen) VALUES ($1, $2::text::jsonb, now()) \
+             ON CONFLICT (run_id) DO NOTHING",
             &[&p.run_id, &p.config_json.to_string()],
         )
         .await

@@ -20,7 +20,10 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use crate::tls::{PemPath, TlsFiles, Verify};
 
 /// Schema files, applied in order. Each is idempotent.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../sql/001_schema.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../sql/001_schema.sql")),
+    (2, include_str!("../../sql/002_runs_verdict.sql")),
+];
 
 /// `sslmode` of DATABASE_URL, with libpq's meanings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

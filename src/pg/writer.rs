@@ -81,6 +81,9 @@ pub struct WriterStatus {
 
 const FLUSH_AFTER: Duration = Duration::from_millis(100);
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often the run's `runs.last_seen` is refreshed; `verify` takes a run not seen for
+/// three times this (and not ended) as one that did not end cleanly.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 fn shard_of(event_id: i64) -> usize {
     (event_id >> 48) as usize
@@ -120,6 +123,10 @@ pub async fn run(
         backlogs,
         status,
         last_retention: Instant::now(),
+        // The first heartbeat at once: `verify` tells a live run from a dead one by it.
+        last_heartbeat: Instant::now()
+            .checked_sub(HEARTBEAT_EVERY)
+            .unwrap_or_else(Instant::now),
         backoff: Duration::from_millis(50),
     };
     let mut batch: Vec<EventRow> = Vec::with_capacity(w.cfg.batch_size * 2);
@@ -147,6 +154,9 @@ pub async fn run(
         if w.last_retention.elapsed() >= RETENTION_EVERY {
             w.retention().await;
         }
+        if w.last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
+            w.heartbeat(None).await;
+        }
         match first_at {
             Some(t) => {
                 notify::until(t + FLUSH_AFTER, bell.notified()).await;
@@ -156,6 +166,7 @@ pub async fn run(
             }
         }
     }
+    w.record_end().await;
     w.status.borrow_mut().connected = false;
 }
 
@@ -166,6 +177,7 @@ struct Writer {
     backlogs: Vec<Arc<Backlog>>,
     status: Rc<RefCell<WriterStatus>>,
     last_retention: Instant,
+    last_heartbeat: Instant,
     backoff: Duration,
 }
 
@@ -270,6 +282,65 @@ impl Writer {
         );
     }
 
+    /// Events started and rows committed so far, all shards together.
+    fn progress(&self) -> (i64, i64) {
+        let (mut started, mut written) = (0u64, 0u64);
+        for b in &self.backlogs {
+            let w = b.written.load(Ordering::Relaxed);
+            started += b.pending() + w + b.dropped.load(Ordering::Relaxed);
+            written += w;
+        }
+        (started as i64, written as i64)
+    }
+
+    /// Records that the run is alive (`end`: None), or how it ended (`end`: the state and
+    /// the rows that never reached PostgreSQL). Best effort: a failure is logged.
+    async fn heartbeat(&mut self, end: Option<(&str, i64)>) {
+        self.last_heartbeat = Instant::now();
+        let (started, written) = self.progress();
+        if self.ensure_client().await.is_err() {
+            return;
+        }
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let run_id = self.cfg.run_id;
+        let r = match end {
+            None => client
+                .execute(
+                    "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3 \
+                         WHERE run_id = $1",
+                    &[&run_id, &started, &written],
+                )
+                .await,
+            Some((state, dropped)) => client
+                .execute(
+                    "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3, \
+                         ended_at = now(), end_state = $4, rows_dropped = $5 WHERE run_id = $1",
+                    &[&run_id, &started, &written, &state, &dropped],
+                )
+                .await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %super::describe(&e), ended = end.is_some(), "recording the run's progress failed");
+        } else if let Some((state, dropped)) = end {
+            tracing::info!(state, rows_dropped = dropped, "run end recorded");
+        }
+    }
+
+    /// At the end: rows dropped after the shutdown grace, plus rows of events started that
+    /// never reached the writer (still counted as pending), make the run end 'rows_dropped'.
+    async fn record_end(&mut self) {
+        let pending: u64 = self.backlogs.iter().map(|b| b.pending()).sum();
+        let dropped = self.status.borrow().rows_dropped + pending;
+        let state = if dropped == 0 {
+            "clean"
+        } else {
+            "rows_dropped"
+        };
+        self.heartbeat(Some((state, dropped as i64))).await;
+    }
+
     async fn write_once(
         &mut self,
         batch: &[EventRow],
@@ -277,6 +348,7 @@ impl Writer {
         retry: bool,
     ) -> Result<(), String> {
         let run_id = self.cfg.run_id;
+        let progress = self.progress();
         let client = self.client.as_mut().ok_or("not connected")?;
         let d = |e: tokio_postgres::Error| super::describe(&e);
         if retry {
@@ -345,6 +417,26 @@ impl Writer {
         .await
         .map_err(d)?;
         tx.execute(
+            "INSERT INTO run_rollups (run_id, org_id, bucket, event_type, events, acked, unknown) \
+             SELECT $1, * FROM UNNEST($2::int4[], $3::int4[], $4::int2[], $5::int8[], $6::int8[], $7::int8[]) \
+             ON CONFLICT (run_id, org_id, bucket, event_type) DO UPDATE SET \
+             events = run_rollups.events + excluded.events, \
+             acked = run_rollups.acked + excluded.acked, \
+             unknown = run_rollups.unknown + excluded.unknown",
+            &[&run_id, &roll.org, &roll.bucket, &roll.ty, &roll.events, &roll.acked, &roll.unknown],
+        )
+        .await
+        .map_err(d)?;
+        // The run's progress as of this commit: what `verify` says a crashed run may miss.
+        let (events_started, written) = progress;
+        tx.execute(
+            "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3 \
+             WHERE run_id = $1",
+            &[&run_id, &events_started, &(written + batch.len() as i64)],
+        )
+        .await
+        .map_err(d)?;
+        tx.execute(
             "INSERT INTO writer_batches (run_id, batch_seq, rows) VALUES ($1, $2, $3)",
             &[&run_id, &seq, &(batch.len() as i32)],
         )
@@ -374,9 +466,12 @@ impl Writer {
                     &[&(hours * 3600.0)],
                 )
                 .await?;
-            client
-                .execute("DELETE FROM event_rollups WHERE bucket < $1", &[&cutoff_bucket])
-                .await?;
+            for sql in [
+                "DELETE FROM event_rollups WHERE bucket < $1",
+                "DELETE FROM run_rollups WHERE bucket < $1",
+            ] {
+                client.execute(sql, &[&cutoff_bucket]).await?;
+            }
             client
                 .execute(
                     "DELETE FROM writer_batches WHERE committed_at < now() - make_interval(secs => $1)",

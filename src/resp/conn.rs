@@ -206,6 +206,11 @@ impl Connection {
                 Err(e) => return Err(connect_err(format!("PING after the TLS handshake: {e}"))),
             }
         }
+        // Before the connection takes a command: no counter lands on a target that does not
+        // name the run (see `RunDeclaration`).
+        if let Some(d) = &cfg.declare_run {
+            d.send(&conn).await?;
+        }
         conn.inner.protocol.set(version);
         Ok(conn)
     }
@@ -233,6 +238,11 @@ impl Connection {
         let r = SlotWait(&slot).await;
         self.record(&slot, Instant::now());
         r
+    }
+
+    /// Counts an error of a command sent with `probe` (errors of `cmd` count themselves).
+    pub(crate) fn count_error(&self, e: &RedisError) {
+        self.inner.stats.error(e.kind());
     }
 
     /// The RESP version in use: 3 after a successful `HELLO 3`, else 2.

@@ -41,6 +41,83 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     /// TLS settings for `rediss://` targets (`None`: system CAs, no client certificate).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The workload's pools declare their run on every connection they open (see
+    /// [`RunDeclaration`]); `None` for `verify`, `bench-redis` and health probes.
+    pub declare_run: Option<RunDeclaration>,
+}
+
+/// The key every workload run declares itself in: a sorted set of run ids scored by their
+/// start (unix seconds). It travels with the data (a replica, a copy, a dump), so `verify`
+/// judges a target against the runs that actually wrote to it.
+pub const RUNS_KEY: &[u8] = b"a:runs";
+
+/// How often a live connection declares its run again, so the key outlives the run's last
+/// counters however long the run and its connections last.
+const DECLARE_EVERY: Duration = Duration::from_secs(600);
+
+/// What a connection of a workload pool writes before it takes commands:
+/// `ZADD a:runs <start> <run_id>` and `EXPIRE a:runs <ttl>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDeclaration {
+    pub run_id: i64,
+    /// Unix seconds at which the run started.
+    pub start_unix: i64,
+    /// At least the lifetime of a counter written now (`TIME_BUCKETS` + 1 hours) plus the
+    /// time between two declarations; see [`RunDeclaration::new`].
+    pub ttl_seconds: u64,
+}
+
+impl RunDeclaration {
+    /// A counter lives until its hour ends plus `time_buckets` hours; the key gets that, one
+    /// more hour, and the re-declaration period on top.
+    pub fn new(run_id: i64, start_unix: i64, time_buckets: u32) -> RunDeclaration {
+        RunDeclaration {
+            run_id,
+            start_unix,
+            ttl_seconds: (u64::from(time_buckets) + 2) * 3600 + DECLARE_EVERY.as_secs(),
+        }
+    }
+
+    /// Sends the declaration on `conn`. A server error reply is returned as such (its kind
+    /// counts, e.g. `loading`); anything else as a connect error naming the step.
+    ///
+    /// A replica refuses the write (READONLY), and every counter write with it; in a
+    /// cutover it is switched to before its promotion. It declares the run when it has
+    /// replicated the declaration from the source (`ZSCORE`): then the connection is fine.
+    /// Otherwise the READONLY error stands (the connection is not used).
+    pub(crate) async fn send(&self, conn: &Connection) -> Result<(), RedisError> {
+        let (score, member, ttl) = (
+            self.start_unix.to_string(),
+            self.run_id.to_string(),
+            self.ttl_seconds.to_string(),
+        );
+        let step = |e: RedisError| match e {
+            RedisError::Server { .. } => e,
+            e => RedisError::Connect {
+                msg: format!("declaring the run in a:runs: {e}"),
+            },
+        };
+        let zadd: [&[u8]; 4] = [b"ZADD", RUNS_KEY, score.as_bytes(), member.as_bytes()];
+        match conn.probe(&zadd).await {
+            Ok(_) => {}
+            Err(
+                e @ RedisError::Server {
+                    kind: "readonly", ..
+                },
+            ) => {
+                return match conn.probe(&[b"ZSCORE", RUNS_KEY, member.as_bytes()]).await {
+                    Ok(Reply::Bulk(_)) => Ok(()),
+                    Ok(_) => Err(e),
+                    Err(other) => Err(step(other)),
+                };
+            }
+            Err(e) => return Err(step(e)),
+        }
+        conn.probe(&[b"EXPIRE", RUNS_KEY, ttl.as_bytes()])
+            .await
+            .map(|_| ())
+            .map_err(step)
+    }
 }
 
 impl Default for PoolConfig {
@@ -55,6 +132,7 @@ impl Default for PoolConfig {
             shard: 0,
             protocol: Protocol::Auto,
             tls: None,
+            declare_run: None,
         }
     }
 }
@@ -385,6 +463,22 @@ fn retire(sh: &Shared, conn: Rc<Connection>) {
     glommio::spawn_local(async move { conn.drain(deadline).await }).detach();
 }
 
+/// Declares the run again every `DECLARE_EVERY` while `conn` lives; never returns (a pool
+/// without a declaration waits forever). A failure is logged and counted; the key still has
+/// at least an hour to live, and the next attempt comes in `DECLARE_EVERY`.
+async fn redeclare(cfg: &PoolConfig, conn: &Connection) {
+    let Some(d) = &cfg.declare_run else {
+        return futures_lite::future::pending().await;
+    };
+    loop {
+        glommio::timer::sleep(DECLARE_EVERY).await;
+        if let Err(e) = d.send(conn).await {
+            conn.count_error(&e);
+            tracing::warn!(kind = e.kind(), error = %e, "declaring the run in a:runs again failed");
+        }
+    }
+}
+
 async fn supervise(sh: Rc<Shared>, i: usize) {
     let slot = &sh.slots[i];
     let mut failures: u32 = 0;
@@ -438,7 +532,7 @@ async fn supervise(sh: Rc<Shared>, i: usize) {
                         }
                     }
                 };
-                or(conn.closed(), woken).await;
+                or(or(conn.closed(), woken), redeclare(&sh.cfg, &conn)).await;
                 if !conn.is_closed() {
                     if sh.closed.get() {
                         slot.conn.borrow_mut().take();

@@ -60,6 +60,7 @@ fn cfg() -> PoolConfig {
         // These fake servers speak RESP2 and answer whatever comes first: no HELLO.
         protocol: Protocol::Resp2,
         tls: None,
+        declare_run: None,
     }
 }
 

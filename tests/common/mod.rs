@@ -922,6 +922,8 @@ const APP_ENV_VARS: &[&str] = &[
     "DATABASE_CA_FILE",
     "DATABASE_PASSWORD",
     "DATABASE_PASSWORD_FILE",
+    "VERIFY_RUN",
+    "VERIFY_SINCE",
 ];
 
 /// The `analytics-demo` binary running as a child process.
