@@ -18,6 +18,7 @@ DS = {"type": "prometheus", "uid": "prometheus"}
 I = 'instance=~"$instance"'
 IS = 'instance=~"$instance",shard=~"$shard"'
 OK = IS + ',result="ok"'
+ERR = IS + ',result="error"'
 RI = "$__rate_interval"
 
 panels = []
@@ -184,8 +185,7 @@ ts("Query latency p50 / p95 / p99 by query type and cache outcome (answered)", [
                         "includes queueing). Failed ones are in the panel beside")
 ts("Query p99: answered, failed, including misses", [
     (q(0.99, "analytics_query_duration_seconds", sel=OK), "p99 answered"),
-    (f'({q(0.99, "analytics_query_duration_seconds", sel=IS + ",result=" + chr(34) + "error" + chr(34))})'
-     " >= 0 or on() vector(0)", "p99 failed"),
+    (f'({q(0.99, "analytics_query_duration_seconds", sel=ERR)}) >= 0 or on() vector(0)', "p99 failed"),
     (q(0.99, "analytics_query_duration_including_misses_seconds"), "p99 including misses"),
 ], "s", w=6, h=9,
    desc="A fast failure is no fast answer: failed queries are kept apart. Including misses: every "
