@@ -607,6 +607,10 @@ impl Summary {
                 o.due, o.ok, o.error, o.skipped, o.skipped_by_reason
             )
         };
+        let errors = |o: &Outcomes, p: &Percentiles| match o.error {
+            0 => "none".to_string(),
+            _ => lat(p),
+        };
         let misses = |m: &WithMisses| {
             format!(
                 "{} (a miss reads {:.0} ms; {} of {} missed)",
@@ -626,7 +630,7 @@ impl Summary {
         ));
         s.push_str(&format!(
             "  errors           {}\n",
-            lat(&self.query_error_latency_ms)
+            errors(&self.query_outcomes, &self.query_error_latency_ms)
         ));
         s.push_str(&format!(
             "  incl. misses     {}\n",
@@ -646,7 +650,7 @@ impl Summary {
         ));
         s.push_str(&format!(
             "  errors           {}\n",
-            lat(&self.event_error_latency_ms)
+            errors(&self.event_outcomes, &self.event_error_latency_ms)
         ));
         s.push_str(&format!(
             "  incl. misses     {}\n",
