@@ -304,7 +304,7 @@ ERRWIN="$(json_get "$WORK/report.json" "(lambda w: '%.3f s' % w['seconds'] if w 
 FAILOPS="$(json_get "$WORK/report.json" "$SW['failed_operations']")"
 BYKIND="$(json_get "$WORK/report.json" "json.dumps($SW['failures_by_kind'], sort_keys=True)")"
 UNAVAIL="$(json_get "$WORK/report.json" "'%.1f' % $SW['longest_unavailability_ms']")"
-HIT="$(json_get "$WORK/report.json" "(lambda c, p: 'before %s, min after switch %s, back within 2 points after %s' % (p(c['before']), p(c['min_after_switch']), 'n/a' if c['recovered_within_2_points_after_seconds'] is None else '%.1f s' % c['recovered_within_2_points_after_seconds']))($SW['cache_hit'], lambda x: 'n/a' if x is None else '%.1f%%' % (100 * x))")"
+HIT="$(json_get "$WORK/report.json" "(lambda c, p, s: 'natural: before %s, min after switch %s, back within 2 points after %s; steered: before %s, min %s' % (p(c['natural']['before']), p(c['natural']['min_after_switch']), s(c['natural']['recovered_within_2_points_after_seconds']), p(c['steered']['before']), p(c['steered']['min_after_switch'])))($SW['cache_hit'], lambda x: 'n/a' if x is None else '%.1f%%' % (100 * x), lambda x: 'n/a' if x is None else '%.1f s' % x)")"
 
 pass=0
 case "$MODE" in

@@ -7,7 +7,9 @@ The JSON is committed; this script is its source. After editing, regenerate and 
 
 Conventions: every expression filters on $instance and (where the series has it) $shard;
 rates use $__rate_interval; panels whose series may legitimately be absent (errors, switches)
-end in `or on() vector(0)` so they always show (and return) a value.
+end in `or on() vector(0)` so they always show (and return) a value. Latency panels show
+answered operations (`result="ok"`) unless they say otherwise; failed ones are drawn apart, and
+the "including misses" histograms count failed and skipped operations as misses (+Inf bucket).
 """
 import json
 import os
@@ -15,6 +17,8 @@ import os
 DS = {"type": "prometheus", "uid": "prometheus"}
 I = 'instance=~"$instance"'
 IS = 'instance=~"$instance",shard=~"$shard"'
+OK = IS + ',result="ok"'
+ERR = IS + ',result="error"'
 RI = "$__rate_interval"
 
 panels = []
@@ -125,13 +129,25 @@ def q(quant, metric, by="", sel=IS):
 
 # --------------------------------------------------------------------------------------------
 row("Overview")
-stat("Events/s", [(f"sum(rate(analytics_events_total{{{IS}}}[{RI}]))", "")], "reqps", w=4,
+stat("Events/s", [(f"sum(rate(analytics_events_total{{{IS}}}[{RI}]))", "")], "reqps", w=3,
      desc="Achieved event rate (all types, all outcomes)")
-stat("Queries/s", [(f"sum(rate(analytics_queries_total{{{IS}}}[{RI}]))", "")], "reqps", w=4,
+stat("Queries/s", [(f"sum(rate(analytics_queries_total{{{IS}}}[{RI}]))", "")], "reqps", w=3,
      desc="Achieved query rate")
-stat("Query p99", [(q(0.99, "analytics_query_duration_seconds"), "")], "s", w=4,
-     desc="p99 of query latency from the scheduled start (coordinated omission corrected)")
-stat("Cache hit ratio", [(f"avg(analytics_cache_hit_ratio{{{I}}})", "")], "percentunit", w=4,
+stat("Query p99 (answered)", [(q(0.99, "analytics_query_duration_seconds", sel=OK), "")], "s", w=3,
+     desc="p99 of successful queries' latency from the scheduled start (coordinated omission "
+          "corrected). Failed and skipped queries are not in it: see p99 including misses")
+stat("Query p99 incl. misses", [(q(0.99, "analytics_query_duration_including_misses_seconds"), "")],
+     "s", w=3,
+     desc="p99 of every query that was due, each failed or skipped one counted as a miss (+Inf "
+          "bucket): 10 s (the top bucket) means more than 1% of the queries missed",
+     thresholds={"mode": "absolute", "steps": [{"color": "green", "value": None},
+                                               {"color": "red", "value": 10}]})
+stat("Cache hit ratio: natural / steered", [
+    (f"avg(analytics_cache_natural_hit_ratio{{{I}}})", "natural"),
+    (f"avg(analytics_cache_hit_ratio{{{I}}})", "steered"),
+], "percentunit", w=4, text_mode="value_and_name",
+     desc="natural: lookups on the queries' own keys (how full the cache is); steered: with the "
+          "one-off keys the steering loop adds to meet CACHE_HIT_TARGET",
      thresholds={"mode": "absolute", "steps": [{"color": "red", "value": None},
                                                {"color": "orange", "value": 0.8},
                                                {"color": "green", "value": 0.9}]})
@@ -161,20 +177,37 @@ ts("Events by type and outcome", [
 
 # --------------------------------------------------------------------------------------------
 row("Query latency")
-ts("Query latency p50 / p95 / p99 by query type and cache outcome", [
-    (q(0.50, "analytics_query_duration_seconds", "query_type, cache"), "p50 {{query_type}} {{cache}}"),
-    (q(0.95, "analytics_query_duration_seconds", "query_type, cache"), "p95 {{query_type}} {{cache}}"),
-    (q(0.99, "analytics_query_duration_seconds", "query_type, cache"), "p99 {{query_type}} {{cache}}"),
-], "s", w=12, h=9, desc="Measured from the scheduled start (open-loop pacing: includes queueing)")
+ts("Query latency p50 / p95 / p99 by query type and cache outcome (answered)", [
+    (q(0.50, "analytics_query_duration_seconds", "query_type, cache", OK), "p50 {{query_type}} {{cache}}"),
+    (q(0.95, "analytics_query_duration_seconds", "query_type, cache", OK), "p95 {{query_type}} {{cache}}"),
+    (q(0.99, "analytics_query_duration_seconds", "query_type, cache", OK), "p99 {{query_type}} {{cache}}"),
+], "s", w=12, h=9, desc="Successful queries, measured from the scheduled start (open-loop pacing: "
+                        "includes queueing). Failed ones are in the panel beside")
+ts("Query p99: answered, failed, including misses", [
+    (q(0.99, "analytics_query_duration_seconds", sel=OK), "p99 answered"),
+    (f'({q(0.99, "analytics_query_duration_seconds", sel=ERR)}) >= 0 or on() vector(0)', "p99 failed"),
+    (q(0.99, "analytics_query_duration_including_misses_seconds"), "p99 including misses"),
+], "s", w=6, h=9,
+   desc="A fast failure is no fast answer: failed queries are kept apart. Including misses: every "
+        "query due, failed and skipped ones as misses (+Inf); at 10 s (the top bucket) more than "
+        "1% missed")
 ts("Query p99: scheduled start vs service time", [
-    (q(0.99, "analytics_query_duration_seconds", "query_type"), "p99 {{query_type}} (from schedule)"),
-    (q(0.99, "analytics_query_service_duration_seconds", "query_type"), "p99 {{query_type}} (service)"),
-], "s", w=6, h=9, desc="A gap between the two means operations started late (back-pressure)")
-ts("Event latency", [
-    (q(0.50, "analytics_event_duration_seconds"), "p50"),
-    (q(0.99, "analytics_event_duration_seconds"), "p99"),
-    (q(0.999, "analytics_event_duration_seconds"), "p99.9"),
-], "s", w=6, h=9, desc="Event path (INCR + unique-user record), from scheduled start")
+    (q(0.99, "analytics_query_duration_seconds", "query_type", OK), "p99 {{query_type}} (from schedule)"),
+    (q(0.99, "analytics_query_service_duration_seconds", "query_type", OK), "p99 {{query_type}} (service)"),
+], "s", w=6, h=9, desc="Answered queries. A gap between the two means operations started late "
+                       "(back-pressure)")
+ts("Event latency (acked) and including misses", [
+    (q(0.50, "analytics_event_duration_seconds", sel=OK), "p50 acked"),
+    (q(0.99, "analytics_event_duration_seconds", sel=OK), "p99 acked"),
+    (q(0.999, "analytics_event_duration_seconds", sel=OK), "p99.9 acked"),
+    (q(0.99, "analytics_event_duration_including_misses_seconds"), "p99 including misses"),
+], "s", w=12, h=9, desc="Event path (INCR + unique-user record), from scheduled start. Including "
+                        "misses: failed, unknown and skipped events count as misses (+Inf)")
+ts("Queries due by result", [
+    (f'sum by (result) (rate(analytics_query_duration_seconds_count{{{IS}}}[{RI}]))', "{{result}}"),
+    (f'sum(rate(analytics_skipped_operations_total{{{IS},operation="query"}}[{RI}]))', "skipped"),
+], "reqps", w=12, h=9, stack=True,
+   desc="Every query that was due: answered (ok), failed (error), skipped (not started)")
 
 # --------------------------------------------------------------------------------------------
 row("Redis")
@@ -204,13 +237,15 @@ ts("Reconnects and in-flight operations", [
 
 # --------------------------------------------------------------------------------------------
 row("Cache")
-ts("Cache hit ratio vs target", [
-    (f"avg(analytics_cache_hit_ratio{{{I}}})", "hit ratio (app, last 10 s)"),
-    (f'sum(rate(analytics_queries_total{{{IS},cache="hit"}}[{RI}])) / '
-     f'sum(rate(analytics_queries_total{{{IS},cache=~"hit|miss"}}[{RI}]))', "hit ratio (counters)"),
+ts("Cache hit ratio: natural, steered, target, ad-hoc share", [
+    (f"avg(analytics_cache_natural_hit_ratio{{{I}}})", "natural (own keys, last 10 s)"),
+    (f"avg(analytics_cache_hit_ratio{{{I}}})", "steered (with one-off keys, last 10 s)"),
     (f"avg(analytics_cache_hit_target_ratio{{{I}}})", "target"),
+    (f"avg(analytics_cache_adhoc_fraction{{{I}}})", "ad-hoc share"),
 ], "percentunit", w=12, overrides=[dashed("target")],
-   desc="A dip after a switch to an empty target is the cache being rebuilt")
+   desc="natural: how full the cache really is; its dip after a switch to an empty target is the "
+        "cache being rebuilt. steered: what CACHE_HIT_TARGET asks for, met by sending the ad-hoc "
+        "share of cacheable queries to one-off keys that always miss")
 ts("Queries by cache outcome", [
     (f"sum by (cache) (rate(analytics_queries_total{{{IS}}}[{RI}]))", "{{cache}}"),
 ], "reqps", w=6, stack=True, desc="hit / miss (read Postgres, then SET) / none (never cached) / error")
@@ -224,9 +259,11 @@ ts("Redis errors by kind", [
     (f"sum by (kind) (rate(analytics_redis_errors_total{{{IS}}}[{RI}])) > 0 or on() vector(0)",
      "{{kind}}"),
 ], "short", w=8, desc="Only kinds with errors in the range are drawn; 0 when there are none")
-ts("Skipped operations by reason", [
-    (f"sum by (reason) (rate(analytics_skipped_operations_total{{{IS}}}[{RI}]))", "{{reason}}"),
-], "short", w=8, desc="late / max_workers / db_backlog: work that was not done, never hidden")
+ts("Skipped operations by operation and reason", [
+    (f"sum by (operation, reason) (rate(analytics_skipped_operations_total{{{IS}}}[{RI}]))",
+     "{{operation}} {{reason}}"),
+], "short", w=8, desc="late / max_workers / db_backlog (events only): work that was not done, "
+                      "never hidden; counted as misses in the p99 including misses")
 ts("Failed writes and query errors", [
     (f'sum by (outcome) (rate(analytics_events_total{{{IS},outcome!="acked"}}[{RI}]))',
      "events {{outcome}}"),
@@ -318,7 +355,8 @@ ts("Error window: errors/s, switches and p99 latency", [
     (f'sum(rate(analytics_events_total{{{IS},outcome!="acked"}}[{RI}])) or on() vector(0)',
      "failed+unknown writes/s"),
     (f"sum(changes(analytics_redis_target_switches_total{{{I}}}[1m])) or on() vector(0)", "switches"),
-    (q(0.99, "analytics_query_duration_seconds"), "query p99"),
+    (q(0.99, "analytics_query_duration_seconds", sel=OK), "query p99"),
+    (f"sum(rate(analytics_skipped_operations_total{{{IS}}}[{RI}]))", "skipped/s"),
 ], "short", w=24, h=9,
    desc="The error window is the span where errors/s is above 0 around a switch (annotations)",
    overrides=[{"matcher": {"id": "byName", "options": "query p99"},

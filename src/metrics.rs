@@ -11,6 +11,8 @@ pub const QUERIES_TOTAL: &str = "analytics_queries_total";
 pub const QUERY_DURATION: &str = "analytics_query_duration_seconds";
 pub const QUERY_DURATION_UNCORRECTED: &str = "analytics_query_service_duration_seconds";
 pub const EVENT_DURATION: &str = "analytics_event_duration_seconds";
+pub const QUERY_DURATION_WITH_MISSES: &str = "analytics_query_duration_including_misses_seconds";
+pub const EVENT_DURATION_WITH_MISSES: &str = "analytics_event_duration_including_misses_seconds";
 pub const PACER_LATENESS: &str = "analytics_pacer_lateness_seconds";
 pub const REDIS_COMMAND_DURATION: &str = "analytics_redis_command_duration_seconds";
 pub const REDIS_COMMANDS_TOTAL: &str = "analytics_redis_commands_total";
@@ -22,6 +24,8 @@ pub const REDIS_POOL_SIZE: &str = "analytics_redis_pool_size";
 pub const REDIS_INFLIGHT: &str = "analytics_redis_inflight";
 pub const CACHE_HIT_RATIO: &str = "analytics_cache_hit_ratio";
 pub const CACHE_HIT_TARGET_RATIO: &str = "analytics_cache_hit_target_ratio";
+pub const CACHE_NATURAL_HIT_RATIO: &str = "analytics_cache_natural_hit_ratio";
+pub const CACHE_ADHOC_FRACTION: &str = "analytics_cache_adhoc_fraction";
 pub const DB_QUERY_DURATION: &str = "analytics_db_query_duration_seconds";
 pub const DB_ROWS_WRITTEN_TOTAL: &str = "analytics_db_rows_written_total";
 pub const DB_WRITER_QUEUE_DEPTH: &str = "analytics_db_writer_queue_depth";
@@ -60,7 +64,15 @@ pub const BATCH_BUCKETS: &[f64] = &[
 fn describe() {
     metrics::describe_gauge!(
         CACHE_HIT_RATIO,
-        "Cache hit ratio over the last 10 s: hit / (hit + miss)"
+        "Steered cache hit ratio over the last 10 s: hit / (hit + miss) of every cacheable query, the one-off (ad-hoc) keys included; held near CACHE_HIT_TARGET by the steering loop"
+    );
+    metrics::describe_gauge!(
+        CACHE_NATURAL_HIT_RATIO,
+        "Natural cache hit ratio over the last 10 s: hit / (hit + miss) of cacheable queries on their own keys, the steered one-off ones left out: how full the cache really is"
+    );
+    metrics::describe_gauge!(
+        CACHE_ADHOC_FRACTION,
+        "Share of cacheable queries over the last 10 s that the steering loop sent to one-off keys (always a miss) to bring the hit ratio down to CACHE_HIT_TARGET"
     );
     metrics::describe_gauge!(CACHE_HIT_TARGET_RATIO, "CACHE_HIT_TARGET as a ratio");
     metrics::describe_counter!(DB_ROWS_WRITTEN_TOTAL, "Event rows committed to PostgreSQL");
@@ -89,12 +101,14 @@ fn describe() {
     );
     metrics::describe_counter!(EVENTS_TOTAL, "Events generated. type: page_view, click, conversion, signup, purchase. outcome of the Redis counter write: acked (reply received), failed (known not applied), unknown (sent, no reply: the connection died)");
     metrics::describe_counter!(QUERIES_TOTAL, "Queries run. query_type: dashboard, filtered, realtime. cache: hit, miss (Postgres read, then SET), none (never cached: realtime), error");
-    metrics::describe_histogram!(QUERY_DURATION, "Query latency measured from the *scheduled* start (coordinated omission corrected: includes time spent waiting behind a slow Redis)");
-    metrics::describe_histogram!(QUERY_DURATION_UNCORRECTED, "Query latency from the actual start (uncorrected service time). A growing gap to the corrected figure means operations start late");
+    metrics::describe_histogram!(QUERY_DURATION, "Query latency measured from the *scheduled* start (coordinated omission corrected: includes time spent waiting behind a slow Redis). result: ok (answered), error (failed: kept apart, a fast failure is no fast answer)");
+    metrics::describe_histogram!(QUERY_DURATION_UNCORRECTED, "Query latency from the actual start (uncorrected service time). A growing gap to the corrected figure means operations start late. result: ok, error");
     metrics::describe_histogram!(
         EVENT_DURATION,
-        "Event path latency (counter INCR + unique-user record), from the scheduled start"
+        "Event path latency (counter INCR + unique-user record), from the scheduled start. result: ok (acked), error (failed or unknown)"
     );
+    metrics::describe_histogram!(QUERY_DURATION_WITH_MISSES, "Every query that was due: successful ones with their latency from the scheduled start, failed and skipped ones as misses recorded at 600 s (only the +Inf bucket), so a quantile that falls among the misses reads as the top bucket. Its _sum is no latency sum");
+    metrics::describe_histogram!(EVENT_DURATION_WITH_MISSES, "Every event that was due: acked ones with their latency from the scheduled start, failed, unknown and skipped ones as misses recorded at 600 s (only the +Inf bucket). Its _sum is no latency sum");
     metrics::describe_histogram!(PACER_LATENESS, "How late the load generator woke for its schedule, per pacing wake-up. Large values are stalls of this process or its (virtual) CPU, not of Redis: operations due during one start late and their latency from the schedule includes it");
     metrics::describe_histogram!(REDIS_COMMAND_DURATION, "Round trip of each Redis command (GET, SET, INCR, MGET, PFADD, PFCOUNT, EXPIREAT, PING, ..., other)");
     metrics::describe_counter!(REDIS_COMMANDS_TOTAL, "Redis commands sent");
@@ -125,7 +139,7 @@ fn describe() {
         DB_READ_ERRORS_TOTAL,
         "Failed cache-miss reads (appears after the first error)"
     );
-    metrics::describe_counter!(SKIPPED_OPERATIONS_TOTAL, "Operations not run: late (too far behind schedule), max_workers (MAX_WORKERS in flight), db_backlog (writer queue full)");
+    metrics::describe_counter!(SKIPPED_OPERATIONS_TOTAL, "Operations not run, by operation (event, query) and reason: late (too far behind schedule), max_workers (MAX_WORKERS in flight), db_backlog (writer queue full; events only)");
     metrics::describe_gauge!(INFLIGHT_OPERATIONS, "Events + queries in progress");
     metrics::describe_gauge!(
         TARGET_RATE,

@@ -389,6 +389,181 @@ fn should_wait_for_the_cutover_to_complete() {
     assert!(status.success(), "exit {status}:\n{}", app.log());
 }
 
+/// A lossy switch: the source freezes under load (its in-flight operations time out, and with
+/// 32 workers at most the due ones are skipped), and the app is switched to an empty
+/// target. /report gives, per phase, the answered, failed and skipped queries and events; the
+/// natural hit ratio (the queries' own keys) dips on the empty target and comes back to its
+/// pre-switch value while the steered one and the ad-hoc share are reported beside it. Then
+/// the target dies and a switch goes nowhere: nothing is answered after it, and neither the
+/// latency nor the cache counts as recovered.
+#[test]
+fn should_report_a_lossy_switch_per_phase_with_the_natural_hit_ratio() {
+    let a = RedisServer::start();
+    let mut b = RedisServer::start();
+    let pg = PgServer::start();
+    let argv = args(
+        &a.url(),
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "100",
+            "--queries-per-second",
+            "300",
+            "--max-workers",
+            "32",
+            "--command-timeout-ms",
+            "300",
+            "--time-buckets",
+            "1",
+        ],
+    );
+    let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
+    // The "before" phase ends 10 s before the switch: let it hold a few seconds.
+    assert!(
+        wait_until(LONG, || status(&app)["history"]
+            .as_array()
+            .is_some_and(|h| h.len() >= 15)),
+        "no 15 s of history:\n{}",
+        app.log()
+    );
+    let skipped = |app: &App| {
+        metric(
+            app,
+            "analytics_skipped_operations_total",
+            &[("operation", "query")],
+        )
+    };
+    let skipped_before = skipped(&app);
+    a.pause();
+    assert!(
+        wait_until(LONG, || skipped(&app) >= skipped_before + 50.0),
+        "no skips with the source frozen:\n{}",
+        app.log()
+    );
+    switch_ok(&app, &b.url());
+    a.resume();
+    let report = |app: &App| report_json(app)["migration"]["switches"][0].clone();
+    let mut sw = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            sw = report(&app);
+            sw["cache_hit"]["natural"]["recovered_within_2_points_after_seconds"].is_number()
+        }),
+        "no recovery reported: {sw}"
+    );
+    let excerpt = serde_json::json!({
+        "phases": sw["phases"], "cache_hit": sw["cache_hit"],
+        "p99_back_to_baseline_after_seconds": sw["p99_back_to_baseline_after_seconds"],
+        "failures_by_kind": sw["failures_by_kind"],
+    });
+    eprintln!("/report, switch 1: {excerpt:#}");
+    let during = &sw["phases"]["during"];
+    let n = |v: &Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("not a count: {v} in {sw}"))
+    };
+    assert!(n(&during["queries"]["error"]) > 0, "{during}");
+    assert!(
+        n(&during["queries"]["skipped_by_reason"]["max_workers"]) > 0,
+        "{during}"
+    );
+    assert!(n(&during["events"]["error"]) > 0, "{during}");
+    assert!(n(&during["events"]["skipped"]) > 0, "{during}");
+    assert!(
+        during["query_latency_including_misses_ms"]["p99"].as_f64()
+            >= during["query_latency_ms"]["p99"].as_f64(),
+        "{during}"
+    );
+    let before = &sw["phases"]["before"];
+    assert!(n(&before["queries"]["ok"]) > 0, "{before}");
+    let c = &sw["cache_hit"];
+    assert_eq!(c["recovery_measured_on"], "natural", "{c}");
+    let nat = &c["natural"];
+    let x = |v: &Value| {
+        v.as_f64()
+            .unwrap_or_else(|| panic!("not a number: {v} in {c}"))
+    };
+    assert!(x(&nat["before"]) >= 0.9, "the warmed cache should hit: {c}");
+    assert!(
+        x(&nat["min_after_switch"]) < x(&nat["before"]) - 0.1,
+        "no natural dip on an empty target: {c}"
+    );
+    assert!(
+        x(&nat["recovered_within_2_points_after_seconds"]) > 0.0,
+        "{c}"
+    );
+    // The steered ratio and the ad-hoc share are there beside it.
+    assert!(x(&c["steered"]["before"]) < x(&nat["before"]), "{c}");
+    assert!(x(&c["adhoc_fraction"]["before"]) > 0.0, "{c}");
+    assert!(c["steered"]["min_after_switch"].is_number(), "{c}");
+    // Every second counted as recovered had answered queries (on a busy machine the latency
+    // may not be back yet: skips and slow seconds count against it).
+    let series = sw["series"].as_array().expect("series");
+    for key in [
+        &sw["p99_back_to_baseline_after_seconds"],
+        &nat["recovered_within_2_points_after_seconds"],
+    ] {
+        let Some(back) = key.as_f64() else { continue };
+        for p in series.iter().filter(|p| x(&p["t"]) >= back).take(3) {
+            assert!(
+                n(&p["queries_ok"]) > 0,
+                "an empty second counted as recovered: {p}"
+            );
+        }
+    }
+
+    // The target dies, and the next switch goes where nothing listens: no query is answered
+    // after it, so nothing is recovered, however fast the failures are. (A point covers the
+    // second before it: the first one after the switch may hold answers from before.)
+    b.stop();
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    switch_ok(&app, &nowhere);
+    let mut sw2 = Value::Null;
+    assert!(
+        wait_until(LONG, || {
+            sw2 = report_json(&app)["migration"]["switches"][1].clone();
+            sw2["series"].as_array().is_some_and(|s| {
+                s.iter()
+                    .filter(|p| p["t"].as_f64().is_some_and(|t| t >= 1.0))
+                    .count()
+                    >= 5
+            })
+        }),
+        "no 5 s of series after the second switch: {sw2}"
+    );
+    let after: Vec<&Value> = sw2["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter(|p| p["t"].as_f64().is_some_and(|t| t >= 1.0))
+        .collect();
+    assert!(after.iter().all(|p| p["queries_ok"] == 0), "{sw2}");
+    assert!(after.iter().any(|p| n(&p["queries_failed"]) > 0), "{sw2}");
+    assert!(sw2["p99_back_to_baseline_after_seconds"].is_null(), "{sw2}");
+    assert!(
+        sw2["cache_hit"]["natural"]["recovered_within_2_points_after_seconds"].is_null(),
+        "{sw2}"
+    );
+    let text = run_binary(
+        &["report", "--admin-url", &format!("http://{}", app.http)],
+        &[],
+        LONG,
+    );
+    assert!(
+        text.stdout.contains("cache hit natural") && text.stdout.contains("skipped"),
+        "{}",
+        text.stdout
+    );
+    let status = app.terminate();
+    assert!(status.success(), "exit {status}:\n{}", app.log());
+}
+
+fn status(app: &App) -> Value {
+    let (code, body) = app.get("/api/status");
+    assert_eq!(code, 200, "/api/status: {body}");
+    serde_json::from_str(&body).expect("status JSON")
+}
+
 fn report_json(app: &App) -> Value {
     let admin = format!("http://{}", app.http);
     let out = run_binary(&["report", "--admin-url", &admin, "--json"], &[], LONG);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::shard::stats::{new_histogram, CacheOutcome, ShardReport, Skip};
+use crate::shard::stats::{new_histogram, CacheOutcome, Op, ShardReport, Skip, MISS_MICROS};
 use crate::workload::{EventType, Outcome, QueryType};
 
 /// Counts over some span (a second, a progress interval, or the whole run).
@@ -14,11 +14,22 @@ use crate::workload::{EventType, Outcome, QueryType};
 pub struct Window {
     pub events: [[u64; 3]; 5],
     pub queries: [[u64; 4]; 3],
-    pub skipped: [u64; 3],
+    /// Hits and lookups of cacheable queries on their own keys (the steered one-off ones
+    /// left out).
+    pub natural_hits: u64,
+    pub natural_lookups: u64,
+    /// By stream (`Op`) and reason (`Skip`).
+    pub skipped: [[u64; 3]; 2],
     pub errors: BTreeMap<&'static str, u64>,
+    /// Successful queries, from the scheduled start (µs).
     pub query_latency: Histogram<u64>,
+    /// Failed queries, from the scheduled start (µs).
+    pub query_error_latency: Histogram<u64>,
+    /// Successful queries, from the actual start (µs).
     pub query_service: Histogram<u64>,
+    /// Acknowledged events, and failed or unknown ones (µs).
     pub event_latency: Histogram<u64>,
+    pub event_error_latency: Histogram<u64>,
     /// How late the shards' pacers woke (µs): stalls of the generator itself.
     pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
@@ -31,11 +42,15 @@ impl Default for Window {
         Window {
             events: [[0; 3]; 5],
             queries: [[0; 4]; 3],
-            skipped: [0; 3],
+            natural_hits: 0,
+            natural_lookups: 0,
+            skipped: [[0; 3]; 2],
             errors: BTreeMap::new(),
             query_latency: new_histogram(),
+            query_error_latency: new_histogram(),
             query_service: new_histogram(),
             event_latency: new_histogram(),
+            event_error_latency: new_histogram(),
             pacer_lateness: new_histogram(),
             warmups: 0,
             at_unix: 0.0,
@@ -49,11 +64,15 @@ impl Window {
         Window {
             events: r.events,
             queries: r.queries,
+            natural_hits: r.natural_hits,
+            natural_lookups: r.natural_lookups,
             skipped: r.skipped,
             errors: r.errors.iter().copied().collect(),
             query_latency: r.query_latency.clone(),
+            query_error_latency: r.query_error_latency.clone(),
             query_service: r.query_service.clone(),
             event_latency: r.event_latency.clone(),
+            event_error_latency: r.event_error_latency.clone(),
             pacer_lateness: r.pacer_lateness.clone(),
             warmups: r.warmups,
             at_unix: 0.0,
@@ -74,14 +93,22 @@ impl Window {
             .flatten()
             .zip(other.queries.iter().flatten());
         pairs.for_each(|(a, b)| *a += b);
-        let pairs = self.skipped.iter_mut().zip(&other.skipped);
+        let pairs = self
+            .skipped
+            .iter_mut()
+            .flatten()
+            .zip(other.skipped.iter().flatten());
         pairs.for_each(|(a, b)| *a += b);
+        self.natural_hits += other.natural_hits;
+        self.natural_lookups += other.natural_lookups;
         for (k, n) in &other.errors {
             *self.errors.entry(k).or_default() += n;
         }
         let _ = self.query_latency.add(&other.query_latency);
+        let _ = self.query_error_latency.add(&other.query_error_latency);
         let _ = self.query_service.add(&other.query_service);
         let _ = self.event_latency.add(&other.event_latency);
+        let _ = self.event_error_latency.add(&other.event_error_latency);
         let _ = self.pacer_lateness.add(&other.pacer_lateness);
         self.warmups += other.warmups;
     }
@@ -99,11 +126,89 @@ impl Window {
     }
 
     pub fn skipped_total(&self) -> u64 {
-        self.skipped.iter().sum()
+        self.skipped.iter().flatten().sum()
     }
 
-    /// Hits / (hits + misses) of cacheable queries; None before any lookup.
-    pub fn hit_ratio(&self) -> Option<f64> {
+    /// Skipped operations of one stream.
+    pub fn skipped_of(&self, op: Op) -> u64 {
+        self.skipped[op as usize].iter().sum()
+    }
+
+    /// Skipped operations by reason (both streams).
+    pub fn skipped_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        Skip::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.skipped.iter().map(|s| s[*r as usize]).sum(),
+                )
+            })
+            .collect()
+    }
+
+    /// Skipped operations of one stream by the reasons that apply to it.
+    pub fn skipped_reasons_of(&self, op: Op) -> BTreeMap<&'static str, u64> {
+        Skip::ALL
+            .iter()
+            .filter(|r| r.applies_to(op))
+            .map(|r| (r.as_str(), self.skipped[op as usize][*r as usize]))
+            .collect()
+    }
+
+    /// Queries that failed (Redis or Postgres error).
+    pub fn queries_failed(&self) -> u64 {
+        self.queries
+            .iter()
+            .map(|q| q[CacheOutcome::Error as usize])
+            .sum()
+    }
+
+    /// Queries answered.
+    pub fn queries_ok(&self) -> u64 {
+        self.queries_total() - self.queries_failed()
+    }
+
+    /// Events whose counter write was acknowledged.
+    pub fn events_ok(&self) -> u64 {
+        self.events.iter().map(|e| e[Outcome::Acked as usize]).sum()
+    }
+
+    /// Events whose counter write failed or has an unknown outcome.
+    pub fn events_failed(&self) -> u64 {
+        self.events_total() - self.events_ok()
+    }
+
+    /// Every operation of OP that was due: ok, error and skipped.
+    pub fn outcomes(&self, op: Op) -> Outcomes {
+        let (ok, error) = match op {
+            Op::Event => (self.events_ok(), self.events_failed()),
+            Op::Query => (self.queries_ok(), self.queries_failed()),
+        };
+        let skipped = self.skipped_of(op);
+        Outcomes {
+            due: ok + error + skipped,
+            ok,
+            error,
+            skipped,
+            skipped_by_reason: self.skipped_reasons_of(op),
+        }
+    }
+
+    /// Latency of successful queries with every failed and skipped one as a miss.
+    pub fn query_latency_with_misses(&self) -> WithMisses {
+        let misses = self.queries_failed() + self.skipped_of(Op::Query);
+        percentiles_with_misses(&self.query_latency, misses)
+    }
+
+    /// Latency of acknowledged events with every failed, unknown and skipped one as a miss.
+    pub fn event_latency_with_misses(&self) -> WithMisses {
+        let misses = self.events_failed() + self.skipped_of(Op::Event);
+        percentiles_with_misses(&self.event_latency, misses)
+    }
+
+    /// Hits and hits + misses of every cacheable query (ad-hoc ones included).
+    fn cacheable(&self) -> (u64, u64) {
         let hits: u64 = self
             .queries
             .iter()
@@ -114,7 +219,27 @@ impl Window {
             .iter()
             .map(|q| q[CacheOutcome::Miss as usize])
             .sum();
-        (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64)
+        (hits, hits + misses)
+    }
+
+    /// The steered hit ratio: hits / (hits + misses) of every cacheable query, the one-off
+    /// keys the steering loop adds included; None before any lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let (hits, lookups) = self.cacheable();
+        (lookups > 0).then(|| hits as f64 / lookups as f64)
+    }
+
+    /// The natural hit ratio: cacheable queries on their own keys only (how full the cache
+    /// really is); None before any such lookup completed.
+    pub fn natural_hit_ratio(&self) -> Option<f64> {
+        (self.natural_lookups > 0).then(|| self.natural_hits as f64 / self.natural_lookups as f64)
+    }
+
+    /// Share of the cacheable lookups that the steering loop sent to one-off keys.
+    pub fn adhoc_fraction(&self) -> Option<f64> {
+        let (_, lookups) = self.cacheable();
+        let adhoc = lookups.saturating_sub(self.natural_lookups);
+        (lookups > 0).then(|| adhoc as f64 / lookups as f64)
     }
 
     pub fn conversion_rate(&self) -> Option<f64> {
@@ -132,6 +257,68 @@ pub struct Percentiles {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+/// What a percentile reads when it falls among missed operations (ms).
+pub const MISS_MS: f64 = MISS_MICROS as f64 / 1000.0;
+
+/// Latency percentiles (ms) of every operation that was due, each missed one (an error or a
+/// skip) counted as later than any deadline: a percentile that falls among them reads
+/// `MISS_MS`. So a run that missed 2% of its operations has a p99 of `MISS_MS`, however fast
+/// the rest were.
+#[derive(Serialize, Clone, Copy, Default, Debug)]
+pub struct WithMisses {
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
+    /// Operations due: completed and skipped.
+    pub operations: u64,
+    /// Of them, missed: failed or skipped.
+    pub missed: u64,
+    /// What a percentile among the misses reads.
+    pub miss_ms: f64,
+}
+
+pub fn percentiles_with_misses(ok: &Histogram<u64>, misses: u64) -> WithMisses {
+    let n = ok.len();
+    let total = n + misses;
+    let at = |q: f64| {
+        if total == 0 {
+            return 0.0;
+        }
+        // Rank of the q-quantile among all operations (1-based), misses ranked last.
+        let rank = ((q * total as f64) - 1e-9).ceil().max(1.0) as u64;
+        if rank > n {
+            MISS_MS
+        } else {
+            ok.value_at_quantile((rank as f64 - 0.5) / n as f64) as f64 / 1000.0
+        }
+    };
+    WithMisses {
+        percentiles: Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: if misses > 0 {
+                MISS_MS
+            } else {
+                ok.max() as f64 / 1000.0
+            },
+        },
+        operations: total,
+        missed: misses,
+        miss_ms: MISS_MS,
+    }
+}
+
+/// Every operation of one stream that was due, by what came of it.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Outcomes {
+    pub due: u64,
+    pub ok: u64,
+    pub error: u64,
+    pub skipped: u64,
+    pub skipped_by_reason: BTreeMap<&'static str, u64>,
 }
 
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -283,14 +470,33 @@ pub struct Summary {
     pub queries_per_second: f64,
     pub queries_target_per_second: u64,
     pub queries_by_type: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Every query and event that was due: ok, error, skipped (by reason).
+    pub query_outcomes: Outcomes,
+    pub event_outcomes: Outcomes,
+    /// Successful queries only, from the scheduled start.
     pub query_latency_ms: Percentiles,
+    /// Failed queries only (a fast failure is no fast answer: kept apart).
+    pub query_error_latency_ms: Percentiles,
+    /// Every query that was due, each failed or skipped one counted as a miss (`MISS_MS`).
+    pub query_latency_including_misses_ms: WithMisses,
+    /// Successful queries, from the actual start.
     pub query_latency_uncorrected_ms: Percentiles,
+    /// Acknowledged events only.
     pub event_latency_ms: Percentiles,
+    /// Failed and unknown-outcome events.
+    pub event_error_latency_ms: Percentiles,
+    pub event_latency_including_misses_ms: WithMisses,
     /// How late the load generator woke for its schedule: its own stalls (CPU starvation,
     /// a paused VM), which also show in the latencies above.
     pub pacer_lateness_ms: Percentiles,
+    /// Steered: every cacheable lookup, the one-off keys of the steering loop included.
     pub cache_hit_ratio: Option<f64>,
+    /// Natural: cacheable lookups on their own keys only.
+    pub cache_natural_hit_ratio: Option<f64>,
+    /// Share of cacheable lookups the steering loop sent to one-off keys.
+    pub cache_adhoc_fraction: Option<f64>,
     pub cache_hit_target_ratio: f64,
+    /// Skipped operations by reason (events and queries).
     pub skipped: BTreeMap<&'static str, u64>,
     pub errors: BTreeMap<&'static str, u64>,
     pub db_rows_written: u64,
@@ -339,16 +545,21 @@ impl Summary {
             queries_per_second: t.queries_total() as f64 / secs,
             queries_target_per_second: targets.1,
             queries_by_type,
+            query_outcomes: t.outcomes(Op::Query),
+            event_outcomes: t.outcomes(Op::Event),
             query_latency_ms: percentiles(&t.query_latency),
+            query_error_latency_ms: percentiles(&t.query_error_latency),
+            query_latency_including_misses_ms: t.query_latency_with_misses(),
             query_latency_uncorrected_ms: percentiles(&t.query_service),
             event_latency_ms: percentiles(&t.event_latency),
+            event_error_latency_ms: percentiles(&t.event_error_latency),
+            event_latency_including_misses_ms: t.event_latency_with_misses(),
             pacer_lateness_ms: percentiles(&t.pacer_lateness),
             cache_hit_ratio: t.hit_ratio(),
+            cache_natural_hit_ratio: t.natural_hit_ratio(),
+            cache_adhoc_fraction: t.adhoc_fraction(),
             cache_hit_target_ratio: hit_target,
-            skipped: Skip::ALL
-                .iter()
-                .map(|s| (s.as_str(), t.skipped[*s as usize]))
-                .collect(),
+            skipped: t.skipped_by_reason(),
             errors: t.errors.clone(),
             db_rows_written: db.rows_written,
             db_rows_dropped: db.rows_dropped,
@@ -390,26 +601,71 @@ impl Summary {
         for (qt, m) in &self.queries_by_type {
             s.push_str(&format!("  {qt:<16} {m:?}\n"));
         }
+        let outcomes = |o: &Outcomes| {
+            format!(
+                "{} due: {} ok, {} error, {} skipped {:?}",
+                o.due, o.ok, o.error, o.skipped, o.skipped_by_reason
+            )
+        };
+        let errors = |o: &Outcomes, p: &Percentiles| match o.error {
+            0 => "none".to_string(),
+            _ => lat(p),
+        };
+        let misses = |m: &WithMisses| {
+            format!(
+                "{} (a miss reads {:.0} ms; {} of {} missed)",
+                lat(&m.percentiles),
+                m.miss_ms,
+                m.missed,
+                m.operations
+            )
+        };
         s.push_str(&format!(
-            "query latency      {} (from schedule)\n",
+            "  outcomes         {}\n",
+            outcomes(&self.query_outcomes)
+        ));
+        s.push_str(&format!(
+            "query latency      {} (successes, from schedule)\n",
             lat(&self.query_latency_ms)
+        ));
+        s.push_str(&format!(
+            "  errors           {}\n",
+            errors(&self.query_outcomes, &self.query_error_latency_ms)
+        ));
+        s.push_str(&format!(
+            "  incl. misses     {}\n",
+            misses(&self.query_latency_including_misses_ms)
         ));
         s.push_str(&format!(
             "  uncorrected      {}\n",
             lat(&self.query_latency_uncorrected_ms)
         ));
         s.push_str(&format!(
-            "event latency      {}\n",
+            "event outcomes     {}\n",
+            outcomes(&self.event_outcomes)
+        ));
+        s.push_str(&format!(
+            "event latency      {} (acked)\n",
             lat(&self.event_latency_ms)
+        ));
+        s.push_str(&format!(
+            "  errors           {}\n",
+            errors(&self.event_outcomes, &self.event_error_latency_ms)
+        ));
+        s.push_str(&format!(
+            "  incl. misses     {}\n",
+            misses(&self.event_latency_including_misses_ms)
         ));
         s.push_str(&format!(
             "pacer lateness     {} (stalls of this process)\n",
             lat(&self.pacer_lateness_ms)
         ));
         s.push_str(&format!(
-            "cache hit ratio    {} (target {:.2}%)\n",
+            "cache hit ratio    {} steered (target {:.2}%), {} natural, ad-hoc share {}\n",
             pct(self.cache_hit_ratio),
-            self.cache_hit_target_ratio * 100.0
+            self.cache_hit_target_ratio * 100.0,
+            pct(self.cache_natural_hit_ratio),
+            pct(self.cache_adhoc_fraction)
         ));
         s.push_str(&format!("skipped            {:?}\n", self.skipped));
         s.push_str(&format!("errors             {:?}\n", self.errors));
@@ -418,5 +674,96 @@ impl Summary {
             self.db_rows_written, self.db_rows_dropped, self.db_write_errors
         ));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(values_us: &[u64]) -> Histogram<u64> {
+        let mut h = new_histogram();
+        for &v in values_us {
+            h.record(v).expect("in range");
+        }
+        h
+    }
+
+    #[test]
+    fn should_count_misses_as_later_than_any_latency() {
+        // 98 fast successes (1 ms) and 2 misses: 2% missed, so p99 is a miss.
+        let ok = hist(&[1000; 98]);
+        let m = percentiles_with_misses(&ok, 2);
+        assert_eq!(m.operations, 100);
+        assert_eq!(m.missed, 2);
+        assert!((m.percentiles.p50 - 1.0).abs() < 0.02, "{m:?}");
+        assert!((m.percentiles.p90 - 1.0).abs() < 0.02, "{m:?}");
+        assert_eq!(m.percentiles.p99, MISS_MS, "{m:?}");
+        assert_eq!(m.percentiles.max, MISS_MS, "{m:?}");
+        // The success-only p99 of the same run stays at 1 ms.
+        assert!((percentiles(&ok).p99 - 1.0).abs() < 0.02);
+
+        // 10 slow successes and 1 miss in 1000: p99 and p99.9 are slow successes, max a miss.
+        let mut values = vec![1000; 989];
+        values.extend([50_000; 10]);
+        let ok = hist(&values);
+        let m = percentiles_with_misses(&ok, 1);
+        assert!((m.percentiles.p99 - 50.0).abs() < 0.6, "{m:?}");
+        assert!((m.percentiles.p999 - 50.0).abs() < 0.6, "{m:?}");
+        assert_eq!(m.percentiles.max, MISS_MS);
+        // Without misses it agrees with the plain percentiles.
+        let plain = percentiles(&ok);
+        let m = percentiles_with_misses(&ok, 0);
+        assert_eq!(m.percentiles.p50, plain.p50);
+        assert_eq!(m.percentiles.p99, plain.p99);
+        assert_eq!(m.percentiles.max, plain.max);
+        // Only misses, or nothing at all.
+        let empty = new_histogram();
+        assert_eq!(percentiles_with_misses(&empty, 3).percentiles.p50, MISS_MS);
+        assert_eq!(percentiles_with_misses(&empty, 0).percentiles.p99, 0.0);
+    }
+
+    /// A window with these dashboard query counts (hit, miss, error).
+    fn dashboards(hit: u64, miss: u64, error: u64) -> Window {
+        let mut w = Window::default();
+        w.queries[QueryType::Dashboard as usize] = [hit, miss, 0, error];
+        w
+    }
+
+    #[test]
+    fn should_keep_errors_and_skips_apart_and_count_them_as_misses() {
+        let mut w = dashboards(90, 5, 3);
+        w.skipped[Op::Query as usize][Skip::MaxWorkers as usize] = 2;
+        w.skipped[Op::Event as usize][Skip::DbBacklog as usize] = 7;
+        for _ in 0..95 {
+            w.query_latency.record(500).expect("in range");
+        }
+        for _ in 0..3 {
+            w.query_error_latency.record(20).expect("in range");
+        }
+        let q = w.outcomes(Op::Query);
+        assert_eq!((q.due, q.ok, q.error, q.skipped), (100, 95, 3, 2));
+        assert_eq!(q.skipped_by_reason.get("max_workers"), Some(&2));
+        assert_eq!(q.skipped_by_reason.get("db_backlog"), None);
+        assert_eq!(w.outcomes(Op::Event).skipped, 7);
+        assert_eq!(w.skipped_by_reason().get("db_backlog"), Some(&7));
+        // Fast errors do not pull the success latency down.
+        assert!((percentiles(&w.query_latency).p50 - 0.5).abs() < 0.01);
+        let m = w.query_latency_with_misses();
+        assert_eq!((m.operations, m.missed), (100, 5));
+        assert_eq!(m.percentiles.p99, MISS_MS);
+    }
+
+    #[test]
+    fn should_tell_natural_from_steered_hit_ratio() {
+        // 100 cacheable lookups: 80 natural (76 hits), 20 ad-hoc (all misses).
+        let mut w = dashboards(76, 24, 0);
+        w.queries[QueryType::Realtime as usize][CacheOutcome::None as usize] = 10;
+        w.natural_hits = 76;
+        w.natural_lookups = 80;
+        assert_eq!(w.hit_ratio(), Some(0.76));
+        assert_eq!(w.natural_hit_ratio(), Some(0.95));
+        assert_eq!(w.adhoc_fraction(), Some(0.2));
+        assert_eq!(Window::default().natural_hit_ratio(), None);
     }
 }

@@ -3,8 +3,14 @@
 //! Per switch at time T: query latency before (T-70 s .. T-10 s), during (T±10 s) and after
 //! (T+10 s .. T+70 s); the error window (first to last failed Redis operation from T-10 s
 //! until the next switch); each shard's longest unavailability (outages as the shards
-//! measured them, see `shard::stats::Outage`); failures by kind; the cache-hit dip and the
-//! time to recover within 2 points of the target; when p99 came back to its baseline.
+//! measured them, see `shard::stats::Outage`); failures by kind; per phase, what came of
+//! every query and event that was due (ok, error, skipped by reason) with the latency of
+//! successes, of errors and including misses kept apart; the natural cache-hit dip and the
+//! time until the natural ratio is back within 2 points of its pre-switch value (the steered
+//! ratio and the ad-hoc share beside it); when p99 came back to its baseline.
+//!
+//! A second counts towards a recovery only if queries completed successfully in it: an
+//! empty second (nothing answered, or only errors) is never "recovered".
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -12,19 +18,32 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::aggregate::{percentiles, Window};
-use crate::shard::stats::{Outage, ShardReport};
+use crate::shard::stats::{Op, Outage, ShardReport};
 
 const DURING: f64 = 10.0;
 const SPAN: f64 = 60.0;
 /// Seconds of per-second series kept per switch.
 const SERIES_SECONDS: f64 = 600.0;
 
-#[derive(Serialize, Clone, Copy, Debug)]
+/// One second around a switch.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
 pub struct Point {
     pub t: f64,
+    /// Steered hit ratio (every cacheable lookup, the one-off keys included).
     pub hit_ratio: Option<f64>,
+    /// Natural hit ratio (lookups on the queries' own keys); None when none completed.
+    pub natural_hit_ratio: Option<f64>,
+    pub adhoc_fraction: Option<f64>,
+    /// p99 of the successful queries.
     pub p99_ms: f64,
+    /// p99 of every query due, failed and skipped ones as misses.
+    pub p99_including_misses_ms: f64,
+    /// Queries completed (ok + error), answered, failed, and skipped.
     pub queries: u64,
+    pub queries_ok: u64,
+    pub queries_failed: u64,
+    pub queries_skipped: u64,
+    /// Failed operations (events and queries, every kind).
     pub errors: u64,
 }
 
@@ -206,10 +225,54 @@ fn point(w: &Window, t: f64) -> Point {
     Point {
         t,
         hit_ratio: w.hit_ratio(),
+        natural_hit_ratio: w.natural_hit_ratio(),
+        adhoc_fraction: w.adhoc_fraction(),
         p99_ms: percentiles(&w.query_latency).p99,
+        p99_including_misses_ms: w.query_latency_with_misses().percentiles.p99,
         queries: w.queries_total(),
+        queries_ok: w.queries_ok(),
+        queries_failed: w.queries_failed(),
+        queries_skipped: w.skipped_of(Op::Query),
         errors: w.errors_total(),
     }
+}
+
+/// A second in which queries completed successfully and, counting failed and skipped ones as
+/// misses, the p99 is within the band of BASELINE_P99 (ms): nothing answered is no recovery.
+fn latency_recovered(p: &Point, baseline_p99: f64) -> bool {
+    p.queries_ok > 0 && p.p99_including_misses_ms <= baseline_p99 * 1.2 + 0.2
+}
+
+/// A second whose natural hit ratio (completed lookups required) is within 2 points of BEFORE.
+fn cache_recovered(p: &Point, before: f64) -> bool {
+    p.natural_hit_ratio.is_some_and(|h| h >= before - 0.02)
+}
+
+/// Everything one phase (before, during, after) saw.
+fn phase_json(w: &Window) -> Value {
+    json!({
+        "queries": w.outcomes(Op::Query),
+        "events": w.outcomes(Op::Event),
+        "errors_by_kind": w.errors,
+        "query_latency_ms": percentiles(&w.query_latency),
+        "query_error_latency_ms": percentiles(&w.query_error_latency),
+        "query_latency_including_misses_ms": w.query_latency_with_misses(),
+        "event_latency_ms": percentiles(&w.event_latency),
+        "event_error_latency_ms": percentiles(&w.event_error_latency),
+        "event_latency_including_misses_ms": w.event_latency_with_misses(),
+        "cache_hit_ratio": w.hit_ratio(),
+        "cache_natural_hit_ratio": w.natural_hit_ratio(),
+        "cache_adhoc_fraction": w.adhoc_fraction(),
+    })
+}
+
+/// Lowest value of F over the points from the switch on.
+fn min_after(series: &[Point], f: impl Fn(&Point) -> Option<f64>) -> Option<f64> {
+    series
+        .iter()
+        .filter(|p| p.t >= 0.0)
+        .filter_map(f)
+        .fold(None, |m: Option<f64>, h| Some(m.map_or(h, |m| m.min(h))))
 }
 
 /// The first `t >= 0` from which `ok` holds for `hold` consecutive points.
@@ -225,7 +288,14 @@ impl Switch {
     pub fn to_json(&self, hit_target: f64) -> Value {
         let lat = |w: &Window| {
             let p = percentiles(&w.query_latency);
-            json!({ "p50": p.p50, "p99": p.p99, "queries": w.queries_total() })
+            json!({
+                "p50": p.p50,
+                "p99": p.p99,
+                "p99_including_misses": w.query_latency_with_misses().percentiles.p99,
+                "queries": w.queries_ok(),
+                "errors": w.queries_failed(),
+                "skipped": w.skipped_of(Op::Query),
+            })
         };
         let mut by_shard: BTreeMap<usize, f64> = BTreeMap::new();
         for o in &self.outages {
@@ -238,24 +308,24 @@ impl Switch {
             *failures.entry(k).or_default() += n;
         }
         let baseline_p99 = percentiles(&self.before.query_latency).p99;
-        let p99_back = (self.before.queries_total() > 0)
-            .then(|| {
-                settled_after(&self.series, 3, |p| {
-                    p.queries == 0 || p.p99_ms <= baseline_p99 * 1.2 + 0.2
-                })
-            })
+        let p99_back = (self.before.queries_ok() > 0)
+            .then(|| settled_after(&self.series, 3, |p| latency_recovered(p, baseline_p99)))
             .flatten();
-        let hit_before = self.before.hit_ratio();
-        let min_hit = self
-            .series
-            .iter()
-            .filter(|p| p.t >= 0.0)
-            .filter_map(|p| p.hit_ratio)
-            .fold(None, |m: Option<f64>, h| Some(m.map_or(h, |m| m.min(h))));
-        // Measured from the switch: 0 when the ratio never left the band.
-        let recovered = settled_after(&self.series, 3, |p| {
+        // Natural: how full the cache really is; measured against its own pre-switch value.
+        let natural_before = self.before.natural_hit_ratio();
+        let natural_min = min_after(&self.series, |p| p.natural_hit_ratio);
+        // From the switch: 0 when the ratio never left the band.
+        let natural_recovered =
+            natural_before.and_then(|b| settled_after(&self.series, 3, |p| cache_recovered(p, b)));
+        let steered_before = self.before.hit_ratio();
+        let steered_min = min_after(&self.series, |p| p.hit_ratio);
+        let steered_recovered = settled_after(&self.series, 3, |p| {
             p.hit_ratio.is_some_and(|h| h >= hit_target - 0.02)
         });
+        let dip = |b: Option<f64>, m: Option<f64>| match (b, m) {
+            (Some(b), Some(m)) => Some(((b - m) * 100.0).max(0.0)),
+            _ => None,
+        };
         json!({
             "seq": self.seq,
             "at_unix": self.at_unix,
@@ -276,6 +346,11 @@ impl Switch {
             "failures_by_kind": failures,
             "unavailability_ms_by_shard": by_shard,
             "longest_unavailability_ms": longest,
+            "phases": {
+                "before": phase_json(&self.before),
+                "during": phase_json(&self.during),
+                "after": phase_json(&self.after),
+            },
             "query_latency_ms": {
                 "before": lat(&self.before),
                 "during": lat(&self.during),
@@ -284,10 +359,24 @@ impl Switch {
             "p99_back_to_baseline_after_seconds": p99_back,
             "cache_hit": {
                 "target": hit_target,
-                "before": hit_before,
-                "min_after_switch": min_hit,
-                "dip_points": match (hit_before, min_hit) { (Some(b), Some(m)) => Some(((b - m) * 100.0).max(0.0)), _ => None },
-                "recovered_within_2_points_after_seconds": recovered,
+                "recovery_measured_on": "natural",
+                "natural": {
+                    "before": natural_before,
+                    "min_after_switch": natural_min,
+                    "dip_points": dip(natural_before, natural_min),
+                    "recovered_within_2_points_after_seconds": natural_recovered,
+                },
+                "steered": {
+                    "before": steered_before,
+                    "min_after_switch": steered_min,
+                    "dip_points": dip(steered_before, steered_min),
+                    "recovered_within_2_points_of_target_after_seconds": steered_recovered,
+                },
+                "adhoc_fraction": {
+                    "before": self.before.adhoc_fraction(),
+                    "during": self.during.adhoc_fraction(),
+                    "after": self.after.adhoc_fraction(),
+                },
             },
             "series": self.series,
         })
@@ -358,27 +447,53 @@ pub fn render(report: &Value) -> String {
             f(&sw["longest_unavailability_ms"]),
             sw["unavailability_ms_by_shard"]
         ));
-        let l = &sw["query_latency_ms"];
         for phase in ["before", "during", "after"] {
+            let p = &sw["phases"][phase];
+            let (q, e) = (&p["queries"], &p["events"]);
             s.push_str(&format!(
-                "  query p50/p99 {:<6} {} / {} ms ({} queries)\n",
+                "  {:<6} queries {} ok / {} error / {} skipped {}; events {} ok / {} error / {} skipped {}\n",
                 phase,
-                f(&l[phase]["p50"]),
-                f(&l[phase]["p99"]),
-                l[phase]["queries"]
+                q["ok"],
+                q["error"],
+                q["skipped"],
+                q["skipped_by_reason"],
+                e["ok"],
+                e["error"],
+                e["skipped"],
+                e["skipped_by_reason"]
+            ));
+            s.push_str(&format!(
+                "         query p50/p99 {} / {} ms (successes), p99 errors {} ms, p99 including misses {} ms\n",
+                f(&p["query_latency_ms"]["p50"]),
+                f(&p["query_latency_ms"]["p99"]),
+                f(&p["query_error_latency_ms"]["p99"]),
+                f(&p["query_latency_including_misses_ms"]["p99"])
+            ));
+            s.push_str(&format!(
+                "         cache hit natural {}, steered {}, ad-hoc share {}\n",
+                pct(&p["cache_natural_hit_ratio"]),
+                pct(&p["cache_hit_ratio"]),
+                pct(&p["cache_adhoc_fraction"])
             ));
         }
         s.push_str(&format!(
-            "  p99 back to baseline after {} s\n",
+            "  p99 back to baseline after {} s (seconds with answered queries only, misses counted)\n",
             f(&sw["p99_back_to_baseline_after_seconds"])
         ));
         let c = &sw["cache_hit"];
+        let (n, st) = (&c["natural"], &c["steered"]);
         s.push_str(&format!(
-            "  cache hit           before {}, min {}, dip {} points, recovered after {} s\n",
-            pct(&c["before"]),
-            pct(&c["min_after_switch"]),
-            f(&c["dip_points"]),
-            f(&c["recovered_within_2_points_after_seconds"])
+            "  cache hit natural   before {}, min {}, dip {} points, back within 2 points after {} s\n",
+            pct(&n["before"]),
+            pct(&n["min_after_switch"]),
+            f(&n["dip_points"]),
+            f(&n["recovered_within_2_points_after_seconds"])
+        ));
+        s.push_str(&format!(
+            "  cache hit steered   before {}, min {}, within 2 points of the target after {} s\n",
+            pct(&st["before"]),
+            pct(&st["min_after_switch"]),
+            f(&st["recovered_within_2_points_of_target_after_seconds"])
         ));
     }
     s
@@ -392,9 +507,12 @@ mod tests {
         Point {
             t,
             hit_ratio: Some(hit),
+            natural_hit_ratio: Some(hit),
             p99_ms: p99,
+            p99_including_misses_ms: p99,
             queries: 10,
-            errors: 0,
+            queries_ok: 10,
+            ..Point::default()
         }
     }
 
@@ -414,5 +532,62 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(settled_after(&s, 3, |x| x.p99_ms <= 0.5), None);
+    }
+
+    /// A second with nothing answered, or only errors, is never a recovered second, even when
+    /// its (empty or error-only) latency looks fine.
+    #[test]
+    fn should_not_count_an_empty_second_as_recovered() {
+        let empty = |t: f64| Point {
+            t,
+            queries: 0,
+            ..Point::default()
+        };
+        let errors_only = |t: f64| Point {
+            t,
+            queries: 50,
+            queries_failed: 50,
+            errors: 50,
+            p99_ms: 0.0,
+            p99_including_misses_ms: crate::control::aggregate::MISS_MS,
+            ..Point::default()
+        };
+        let ok = |t: f64| p(t, 0.97, 1.0);
+        let s = [
+            ok(-1.0),
+            empty(0.0),
+            empty(1.0),
+            errors_only(2.0),
+            empty(3.0),
+            ok(4.0),
+            ok(5.0),
+            ok(6.0),
+        ];
+        assert_eq!(
+            settled_after(&s, 3, |x| latency_recovered(x, 1.0)),
+            Some(4.0)
+        );
+        assert_eq!(
+            settled_after(&s, 3, |x| cache_recovered(x, 0.98)),
+            Some(4.0)
+        );
+        // Nothing answered after the switch at all: no recovery.
+        let s = [
+            ok(-1.0),
+            empty(0.0),
+            errors_only(1.0),
+            empty(2.0),
+            empty(3.0),
+        ];
+        assert_eq!(settled_after(&s, 3, |x| latency_recovered(x, 1.0)), None);
+        assert_eq!(settled_after(&s, 3, |x| cache_recovered(x, 0.9)), None);
+        // Answers, but with 2% of the queries skipped: the p99 counting misses is no recovery.
+        let lossy = |t: f64| Point {
+            p99_including_misses_ms: crate::control::aggregate::MISS_MS,
+            queries_skipped: 2,
+            ..p(t, 0.97, 1.0)
+        };
+        let s = [lossy(0.0), lossy(1.0), lossy(2.0), lossy(3.0)];
+        assert_eq!(settled_after(&s, 3, |x| latency_recovered(x, 1.0)), None);
     }
 }

@@ -20,7 +20,7 @@ use crate::http::{self, Req, Resp};
 use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig, WriterStatus};
 use crate::resp::{PoolConfig, RedisUrl};
-use crate::shard::stats::ShardReport;
+use crate::shard::stats::{Op, ShardReport};
 use crate::shard::ShardCommand;
 use aggregate::{percentiles, Aggregate, Summary};
 use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
@@ -351,6 +351,8 @@ fn static_gauges(p: &ControlParams) {
     metrics::gauge!(m::DB_WRITER_QUEUE_DEPTH).set(0.0);
     metrics::gauge!(m::CONVERSION_RATE).set(0.0);
     metrics::gauge!(m::CACHE_HIT_RATIO).set(0.0);
+    metrics::gauge!(m::CACHE_NATURAL_HIT_RATIO).set(0.0);
+    metrics::gauge!(m::CACHE_ADHOC_FRACTION).set(0.0);
 }
 
 /// Once a second: close the aggregate's window, refresh gauges, run metric upkeep.
@@ -363,6 +365,12 @@ fn tick(st: &State) {
     let recent = agg.recent(10);
     if let Some(h) = recent.hit_ratio() {
         metrics::gauge!(m::CACHE_HIT_RATIO).set(h);
+    }
+    if let Some(h) = recent.natural_hit_ratio() {
+        metrics::gauge!(m::CACHE_NATURAL_HIT_RATIO).set(h);
+    }
+    if let Some(f) = recent.adhoc_fraction() {
+        metrics::gauge!(m::CACHE_ADHOC_FRACTION).set(f);
     }
     if let Some(c) = agg.recent(60).conversion_rate() {
         metrics::gauge!(m::CONVERSION_RATE).set(c);
@@ -378,9 +386,8 @@ fn progress(st: &State) {
     let (w, d) = st.agg.borrow_mut().take_interval();
     let secs = d.as_secs_f64().max(1e-9);
     let p = percentiles(&w.query_latency);
-    let hit = w
-        .hit_ratio()
-        .map_or("n/a".to_string(), |h| format!("{:.1}%", h * 100.0));
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |h| format!("{:.1}%", h * 100.0));
+    let hit = pct(w.hit_ratio());
     let pending: u64 = st.backlogs.iter().map(|b| b.pending()).sum();
     let writer = st.writer.borrow();
     let agg = st.agg.borrow();
@@ -396,8 +403,10 @@ fn progress(st: &State) {
         queries_per_s = format!("{:.1}/{}", w.queries_total() as f64 / secs, st.p.targets.1),
         p50_ms = format!("{:.3}", p.p50),
         p99_ms = format!("{:.3}", p.p99),
+        p99_incl_misses_ms = format!("{:.3}", w.query_latency_with_misses().percentiles.p99),
         pacer_max_ms = format!("{:.3}", w.pacer_lateness.max() as f64 / 1000.0),
         hit = hit,
+        natural_hit = pct(w.natural_hit_ratio()),
         hit_target = format!("{:.1}%", st.p.hit_target * 100.0),
         errors = w.errors_total(),
         error_kinds = errors.join(","),
@@ -509,8 +518,12 @@ fn status_json(st: &State) -> serde_json::Value {
                 "events": w.events_total(),
                 "queries": w.queries_total(),
                 "hit_ratio": w.hit_ratio(),
+                "natural_hit_ratio": w.natural_hit_ratio(),
+                "adhoc_fraction": w.adhoc_fraction(),
                 "p50_ms": percentiles(&w.query_latency).p50,
                 "p99_ms": percentiles(&w.query_latency).p99,
+                "p99_including_misses_ms": w.query_latency_with_misses().percentiles.p99,
+                "queries_failed": w.queries_failed(),
                 "errors": w.errors_total(),
                 "skipped": w.skipped_total(),
             })
@@ -528,14 +541,25 @@ fn status_json(st: &State) -> serde_json::Value {
             "events_per_second": last5.events_total() as f64 / secs5,
             "queries_per_second": last5.queries_total() as f64 / secs5,
         },
+        "query_outcomes_last_10s": last10.outcomes(Op::Query),
+        "event_outcomes_last_10s": last10.outcomes(Op::Event),
+        "query_outcomes_total": agg.total.outcomes(Op::Query),
+        "event_outcomes_total": agg.total.outcomes(Op::Event),
         "query_latency_ms": percentiles(&last10.query_latency),
+        "query_error_latency_ms": percentiles(&last10.query_error_latency),
+        "query_latency_including_misses_ms": last10.query_latency_with_misses(),
         "query_latency_uncorrected_ms": percentiles(&last10.query_service),
         "event_latency_ms": percentiles(&last10.event_latency),
+        "event_error_latency_ms": percentiles(&last10.event_error_latency),
+        "event_latency_including_misses_ms": last10.event_latency_with_misses(),
         "pacer_lateness_ms": percentiles(&last10.pacer_lateness),
         "cache_hit_ratio": last10.hit_ratio(),
+        "cache_natural_hit_ratio": last10.natural_hit_ratio(),
+        "cache_adhoc_fraction": last10.adhoc_fraction(),
         "errors_last_10s": last10.errors,
         "errors_total": agg.total.errors,
-        "skipped_total": crate::shard::stats::Skip::ALL.iter().map(|s| (s.as_str(), agg.total.skipped[*s as usize])).collect::<std::collections::BTreeMap<_, _>>(),
+        "skipped_last_10s": last10.skipped_by_reason(),
+        "skipped_total": agg.total.skipped_by_reason(),
         "totals": { "events": agg.total.events_total(), "queries": agg.total.queries_total() },
         "writer": {
             "connected": writer.connected,

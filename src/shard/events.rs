@@ -9,7 +9,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::stats::Skip;
+use super::stats::{event_result, Op, OpResult, Skip};
 use super::{push_row, Shard};
 use crate::pg::writer::EventRow;
 use crate::resp::Reply;
@@ -18,8 +18,8 @@ use crate::workload::{keys, time, Outcome};
 /// Starts one event due at `due` as its own task (or skips it when the writer is behind).
 pub fn start(s: Rc<Shard>, due: Instant) {
     if s.backlog.pending() >= s.p.backlog_cap {
-        s.metrics.skipped(Skip::DbBacklog, 1);
-        s.stats.borrow_mut().skipped[Skip::DbBacklog as usize] += 1;
+        s.metrics.skipped(Op::Event, Skip::DbBacklog, 1);
+        s.stats.borrow_mut().skipped[Op::Event as usize][Skip::DbBacklog as usize] += 1;
         return;
     }
     // Reserve the row's place before the write, so the cap holds across in-flight events.
@@ -114,7 +114,11 @@ async fn run(s: &Shard, due: Instant) {
     s.metrics.event(ty, outcome, latency.as_secs_f64());
     let mut st = s.stats.borrow_mut();
     st.events[ty as usize][outcome as usize] += 1;
-    let _ = st.event_latency.record((latency.as_micros() as u64).max(1));
+    let latency_us = (latency.as_micros() as u64).max(1);
+    let _ = match event_result(outcome) {
+        OpResult::Ok => st.event_latency.record(latency_us),
+        OpResult::Error => st.event_error_latency.record(latency_us),
+    };
     if let Some(seen) = st.org_last_seen.get_mut(org_rank) {
         *seen = unix as u32;
     }

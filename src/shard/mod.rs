@@ -158,14 +158,14 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         let (s, stop) = (shard.clone(), stopping.clone());
         tasks.push(glommio::spawn_local(async move {
             let rate = s.p.events_per_second;
-            pace(&s, &stop, start, rate, events::start).await
+            pace(&s, &stop, start, rate, stats::Op::Event, events::start).await
         }));
     }
     if shard.p.queries_per_second > 0 {
         let (s, stop) = (shard.clone(), stopping.clone());
         tasks.push(glommio::spawn_local(async move {
             let rate = s.p.queries_per_second;
-            pace(&s, &stop, start, rate, queries::start).await
+            pace(&s, &stop, start, rate, stats::Op::Query, queries::start).await
         }));
     }
     let warmup = {
@@ -245,13 +245,15 @@ pub fn push_row(s: &Shard, row: EventRow) {
     s.rows.borrow_mut().push(row);
 }
 
-/// Drives one open-loop stream: starts every due operation (as its own task), counts the
-/// ones skipped because the in-flight cap is reached or they are too late.
+/// Drives one open-loop stream (KIND): starts every due operation (as its own task), counts
+/// the ones skipped because the in-flight cap is reached or they are too late (by stream and
+/// reason; they are misses in the "including misses" latency).
 async fn pace(
     s: &Rc<Shard>,
     stop: &AtomicBool,
     start: Instant,
     rate: u64,
+    kind: stats::Op,
     op: impl Fn(Rc<Shard>, Instant),
 ) {
     let mut sched = pacer::Schedule::new(start, rate);
@@ -271,13 +273,13 @@ async fn pace(
         }
         let due = sched.take_due(now, s.p.late_limit);
         if due.late > 0 {
-            s.metrics.skipped(stats::Skip::Late, due.late);
-            s.stats.borrow_mut().skipped[stats::Skip::Late as usize] += due.late;
+            s.metrics.skipped(kind, stats::Skip::Late, due.late);
+            s.stats.borrow_mut().skipped[kind as usize][stats::Skip::Late as usize] += due.late;
         }
         for k in due.from..due.to {
             if s.inflight.get() >= s.p.max_inflight {
-                s.metrics.skipped(stats::Skip::MaxWorkers, 1);
-                s.stats.borrow_mut().skipped[stats::Skip::MaxWorkers as usize] += 1;
+                s.metrics.skipped(kind, stats::Skip::MaxWorkers, 1);
+                s.stats.borrow_mut().skipped[kind as usize][stats::Skip::MaxWorkers as usize] += 1;
                 continue;
             }
             op(s.clone(), sched.at(k));

@@ -28,6 +28,10 @@ pub enum Skip {
 
 impl Skip {
     pub const ALL: [Skip; 3] = [Skip::MaxWorkers, Skip::Late, Skip::DbBacklog];
+    /// The reasons that can apply to OP (`db_backlog` holds back events only).
+    pub fn applies_to(self, op: Op) -> bool {
+        !matches!((self, op), (Skip::DbBacklog, Op::Query))
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Skip::MaxWorkers => "max_workers",
@@ -36,6 +40,57 @@ impl Skip {
         }
     }
 }
+
+/// The two open-loop streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Event = 0,
+    Query = 1,
+}
+
+impl Op {
+    pub const ALL: [Op; 2] = [Op::Event, Op::Query];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Event => "event",
+            Op::Query => "query",
+        }
+    }
+}
+
+/// What an operation that was due came to, for the latency figures: `ok` (completed and
+/// succeeded), `error` (completed and failed: a Redis or Postgres error, or an event whose
+/// outcome is failed or unknown). Skipped operations never completed; they are counted
+/// apart (`Skip`) and enter only the "including misses" figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    Ok = 0,
+    Error = 1,
+}
+
+impl OpResult {
+    pub const ALL: [OpResult; 2] = [OpResult::Ok, OpResult::Error];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpResult::Ok => "ok",
+            OpResult::Error => "error",
+        }
+    }
+}
+
+/// An event succeeded when its counter write was acknowledged.
+pub fn event_result(o: Outcome) -> OpResult {
+    match o {
+        Outcome::Acked => OpResult::Ok,
+        Outcome::Failed | Outcome::Unknown => OpResult::Error,
+    }
+}
+
+/// What a missed operation (an error or a skip) counts as in the "including misses"
+/// latency figures: later than any deadline. 600 s is the top of the histograms kept here,
+/// the cap of the command timeout, and above every Prometheus bucket (10 s), so a
+/// percentile that falls among the misses reads 600 000 ms here and `+Inf` bucket there.
+pub const MISS_MICROS: u64 = 600_000_000;
 
 /// How a query was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +103,12 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    pub fn result(self) -> OpResult {
+        match self {
+            CacheOutcome::Error => OpResult::Error,
+            _ => OpResult::Ok,
+        }
+    }
     pub const ALL: [CacheOutcome; 4] = [
         CacheOutcome::Hit,
         CacheOutcome::Miss,
@@ -153,16 +214,26 @@ impl UserSketch {
 pub struct ShardStats {
     pub events: [[u64; 3]; 5],
     pub queries: [[u64; 4]; 3],
-    /// Hits and lookups of cacheable queries on their natural keys (not ad-hoc ones).
+    /// Hits and lookups of cacheable queries on their natural keys (not ad-hoc ones), since
+    /// the last report.
     pub natural_hits: u64,
     pub natural_lookups: u64,
-    pub skipped: [u64; 3],
+    /// The same since the steering loop last used them (`queries::steer_hit_ratio`).
+    pub steer_hits: u64,
+    pub steer_lookups: u64,
+    /// Skipped operations, by stream (`Op`) and reason (`Skip`).
+    pub skipped: [[u64; 3]; 2],
     pub errors: HashMap<&'static str, u64>,
-    /// Query latency from the scheduled start (µs).
+    /// Latency from the scheduled start (µs) of successful queries.
     pub query_latency: Histogram<u64>,
-    /// Query latency from the actual start (µs): what a closed-loop tool would report.
+    /// The same for failed queries (kept apart: a fast failure is no fast answer).
+    pub query_error_latency: Histogram<u64>,
+    /// Successful queries' latency from the actual start (µs): what a closed-loop tool
+    /// would report.
     pub query_service: Histogram<u64>,
+    /// Latency of acknowledged events, and of failed or unknown ones.
     pub event_latency: Histogram<u64>,
+    pub event_error_latency: Histogram<u64>,
     /// How late the pacers woke for their schedule (µs), one value per wake-up.
     pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
@@ -223,11 +294,15 @@ impl ShardStats {
             queries: [[0; 4]; 3],
             natural_hits: 0,
             natural_lookups: 0,
-            skipped: [0; 3],
+            steer_hits: 0,
+            steer_lookups: 0,
+            skipped: [[0; 3]; 2],
             errors: HashMap::new(),
             query_latency: new_histogram(),
+            query_error_latency: new_histogram(),
             query_service: new_histogram(),
             event_latency: new_histogram(),
+            event_error_latency: new_histogram(),
             pacer_lateness: new_histogram(),
             warmups: 0,
             org_last_seen: vec![0; orgs],
@@ -250,11 +325,15 @@ pub struct ShardReport {
     pub interval: Duration,
     pub events: [[u64; 3]; 5],
     pub queries: [[u64; 4]; 3],
-    pub skipped: [u64; 3],
+    pub natural_hits: u64,
+    pub natural_lookups: u64,
+    pub skipped: [[u64; 3]; 2],
     pub errors: Vec<(&'static str, u64)>,
     pub query_latency: Histogram<u64>,
+    pub query_error_latency: Histogram<u64>,
     pub query_service: Histogram<u64>,
     pub event_latency: Histogram<u64>,
+    pub event_error_latency: Histogram<u64>,
     pub pacer_lateness: Histogram<u64>,
     pub warmups: u64,
     pub active_orgs: u64,
@@ -309,11 +388,15 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
         interval,
         events: st.events,
         queries: st.queries,
+        natural_hits: st.natural_hits,
+        natural_lookups: st.natural_lookups,
         skipped: st.skipped,
         errors: st.errors.drain().collect(),
         query_latency: st.query_latency.clone(),
+        query_error_latency: st.query_error_latency.clone(),
         query_service: st.query_service.clone(),
         event_latency: st.event_latency.clone(),
+        event_error_latency: st.event_error_latency.clone(),
         pacer_lateness: st.pacer_lateness.clone(),
         warmups: st.warmups,
         active_orgs,
@@ -337,11 +420,15 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
     };
     st.events = [[0; 3]; 5];
     st.queries = [[0; 4]; 3];
-    st.skipped = [0; 3];
+    st.natural_hits = 0;
+    st.natural_lookups = 0;
+    st.skipped = [[0; 3]; 2];
     st.warmups = 0;
     st.query_latency.reset();
+    st.query_error_latency.reset();
     st.query_service.reset();
     st.event_latency.reset();
+    st.event_error_latency.reset();
     st.pacer_lateness.reset();
     report
 }
@@ -349,11 +436,15 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
 /// Cached Prometheus handles of one shard (no registry lookup on the hot path).
 pub struct ShardMetrics {
     pub events: Vec<Counter>,
-    pub event_duration: PromHistogram,
+    /// Indexed by `OpResult`.
+    pub event_duration: [PromHistogram; 2],
+    pub event_with_misses: PromHistogram,
     pub pacer_lateness: PromHistogram,
     pub queries: Vec<Counter>,
     pub query_duration: Vec<PromHistogram>,
     pub query_service: Vec<PromHistogram>,
+    pub query_with_misses: PromHistogram,
+    /// Indexed by `Op` x `Skip` (all six registered, so each shows from the start at 0).
     pub skipped: Vec<Counter>,
     pub warmups: Counter,
     pub inflight: Gauge,
@@ -375,27 +466,40 @@ impl ShardMetrics {
         let mut query_service = Vec::new();
         for qt in QueryType::ALL {
             for c in CacheOutcome::ALL {
-                let labels = [
+                let counter_labels = [
                     ("query_type", qt.as_str().to_string()),
                     ("cache", c.as_str().to_string()),
                     ("shard", sh.clone()),
                 ];
-                queries.push(metrics::counter!(m::QUERIES_TOTAL, &labels));
+                queries.push(metrics::counter!(m::QUERIES_TOTAL, &counter_labels));
+                let labels = [
+                    ("query_type", qt.as_str().to_string()),
+                    ("cache", c.as_str().to_string()),
+                    ("result", c.result().as_str().to_string()),
+                    ("shard", sh.clone()),
+                ];
                 query_duration.push(metrics::histogram!(m::QUERY_DURATION, &labels));
                 query_service.push(metrics::histogram!(m::QUERY_DURATION_UNCORRECTED, &labels));
             }
         }
-        let skipped = Skip::ALL
-            .iter()
-            .map(|r| metrics::counter!(m::SKIPPED_OPERATIONS_TOTAL, "reason" => r.as_str(), "shard" => sh.clone()))
-            .collect();
+        let mut skipped = Vec::new();
+        for op in Op::ALL {
+            for r in Skip::ALL {
+                skipped.push(metrics::counter!(m::SKIPPED_OPERATIONS_TOTAL, "operation" => op.as_str(), "reason" => r.as_str(), "shard" => sh.clone()));
+            }
+        }
+        let event_duration = OpResult::ALL.map(|r| {
+            metrics::histogram!(m::EVENT_DURATION, "result" => r.as_str(), "shard" => sh.clone())
+        });
         ShardMetrics {
             events,
-            event_duration: metrics::histogram!(m::EVENT_DURATION, "shard" => sh.clone()),
+            event_duration,
+            event_with_misses: metrics::histogram!(m::EVENT_DURATION_WITH_MISSES, "shard" => sh.clone()),
             pacer_lateness: metrics::histogram!(m::PACER_LATENESS, "shard" => sh.clone()),
             queries,
             query_duration,
             query_service,
+            query_with_misses: metrics::histogram!(m::QUERY_DURATION_WITH_MISSES, "shard" => sh.clone()),
             skipped,
             warmups: metrics::counter!(m::WARMUP_REFRESHES_TOTAL, "shard" => sh.clone()),
             inflight: metrics::gauge!(m::INFLIGHT_OPERATIONS, "shard" => sh.clone()),
@@ -404,13 +508,26 @@ impl ShardMetrics {
         }
     }
 
-    pub fn skipped(&self, why: Skip, n: u64) {
-        self.skipped[why as usize].increment(n);
+    /// N operations of stream OP were not started: counted by reason, and as misses in the
+    /// "including misses" histogram.
+    pub fn skipped(&self, op: Op, why: Skip, n: u64) {
+        self.skipped[op as usize * 3 + why as usize].increment(n);
+        let miss = MISS_MICROS as f64 / 1e6;
+        let h = match op {
+            Op::Event => &self.event_with_misses,
+            Op::Query => &self.query_with_misses,
+        };
+        h.record_many(miss, n as usize);
     }
 
     pub fn event(&self, ty: EventType, o: Outcome, secs: f64) {
         self.events[ty as usize * 3 + o as usize].increment(1);
-        self.event_duration.record(secs);
+        let r = event_result(o);
+        self.event_duration[r as usize].record(secs);
+        self.event_with_misses.record(match r {
+            OpResult::Ok => secs,
+            OpResult::Error => MISS_MICROS as f64 / 1e6,
+        });
     }
 
     pub fn query(&self, qt: QueryType, c: CacheOutcome, corrected: f64, service: f64) {
@@ -418,6 +535,10 @@ impl ShardMetrics {
         self.queries[i].increment(1);
         self.query_duration[i].record(corrected);
         self.query_service[i].record(service);
+        self.query_with_misses.record(match c.result() {
+            OpResult::Ok => corrected,
+            OpResult::Error => MISS_MICROS as f64 / 1e6,
+        });
     }
 }
 
