@@ -9,7 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{metric_sum, run_binary, summary_from_log, wait_until, App, PgServer, RedisServer};
+use common::{
+    metric_sum, run_binary, spawn_running, summary_from_log, wait_until, App, PgServer, RedisServer,
+};
 use serde_json::Value;
 
 /// How long an app gets to become healthy (a cold debug binary on a busy machine).
@@ -174,35 +176,6 @@ fn load_running(app: &App) -> bool {
     status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
 }
 
-/// How many times a test starts the app when its load never begins (see
-/// `should_start_the_load_on_every_start`: the shard can hang at start-up).
-const START_ATTEMPTS: usize = 3;
-
-/// Spawn the app with ARGS and wait until its load runs (events counted in /metrics).
-///
-/// Works around a known start-up hang of the app (the shard executor never starts its load;
-/// reproduced and reported by `should_start_the_load_on_every_start`): such a start is
-/// killed and retried, so the other tests keep testing what they are about.
-fn spawn_running(args: &[&str]) -> App {
-    let mut last = String::new();
-    for attempt in 1..=START_ATTEMPTS {
-        let app = App::spawn(args, &[]);
-        if wait_until(Duration::from_secs(60), || {
-            !app.alive() || load_running(&app)
-        }) && app.alive()
-        {
-            return app;
-        }
-        // A --duration run may have finished already: that is fine too.
-        if !app.alive() && summary_from_log(&app.log()).is_some_and(|s| s["events"] != 0) {
-            return app;
-        }
-        last = app.log();
-        eprintln!("attempt {attempt}: the load did not start (known start-up hang); retrying");
-    }
-    panic!("the load never started in {START_ATTEMPTS} attempts:\n{last}")
-}
-
 /// The summary and the rows agree, every row is unique, nothing was dropped, verify is clean.
 fn assert_reconciled(redis: &RedisServer, pg: &PgServer, summary: &Value) {
     let rows = int(pg, "SELECT count(*) FROM events") as u64;
@@ -253,7 +226,7 @@ fn should_run_for_duration_and_reconcile() {
             "50",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     let (_, summary) = finish(&mut app, Duration::from_secs(90));
 
     // Summary against the table: exactly one row per event, all written.
@@ -427,7 +400,7 @@ fn should_run_clean_in_resp3_and_in_resp2() {
                 "8",
             ],
         );
-        let mut app = spawn_running(&refs(&a));
+        let mut app = spawn_running(&refs(&a), &[]);
         std::thread::sleep(Duration::from_secs(3));
         let clients = app_client_lines(&redis);
         // 8 pool connections and the health check's.
@@ -523,7 +496,7 @@ fn should_show_a_frozen_generator_as_pacer_lateness() {
             "20",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     std::thread::sleep(Duration::from_secs(2));
     app.signal(libc::SIGSTOP);
@@ -577,7 +550,7 @@ fn should_flush_everything_on_sigterm() {
             "50",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     std::thread::sleep(Duration::from_secs(4));
     assert!(app.alive(), "exited early:\n{}", app.log());
@@ -614,7 +587,7 @@ fn should_report_unhealthy_while_redis_is_down() {
             "20",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     let (status, h) = health(&app);
     assert_eq!(status, 200, "{h}");
@@ -707,11 +680,9 @@ fn should_report_unhealthy_while_redis_is_down() {
     assert!(u(&v, &["lost_acknowledged_increments"]) > 0, "{v}");
 }
 
-/// One try of the late-Postgres scenario: the app starts while nothing listens on the
-/// Postgres port, waits (503, alive), then gets going once Postgres is up. None when the
-/// load never started after Postgres came up (the start-up hang of
-/// `should_start_the_load_on_every_start`), so the caller can retry.
-fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
+/// The late-Postgres scenario: the app starts while nothing listens on the Postgres port,
+/// waits (503, alive), then gets going once Postgres is up.
+fn start_before_postgres(redis: &RedisServer) -> (App, PgServer) {
     let mut pg = PgServer::start();
     pg.stop(); // nothing listens on pg.port until the restart below
     let a = args(
@@ -779,11 +750,12 @@ fn late_postgres_attempt(redis: &RedisServer) -> Option<(App, PgServer)> {
         "{}",
         app.log()
     );
-    if !wait_until(Duration::from_secs(30), || load_running(&app)) {
-        eprintln!("the load did not start after postgres came up (known start-up hang); retrying");
-        return None;
-    }
-    Some((app, pg))
+    assert!(
+        wait_until(Duration::from_secs(30), || load_running(&app)),
+        "the load did not start after postgres came up:\n{}",
+        app.log()
+    );
+    (app, pg)
 }
 
 /// The JSON log lines saying the app waits for Postgres: (attempts, waited_seconds, has the
@@ -816,9 +788,7 @@ fn waiting_lines(log: &str) -> Vec<(u64, u64, bool)> {
 #[test]
 fn should_wait_for_postgres_at_startup() {
     let redis = RedisServer::start();
-    let (mut app, pg) = (1..=START_ATTEMPTS)
-        .find_map(|_| late_postgres_attempt(&redis))
-        .expect("the load never started after postgres came up");
+    let (mut app, pg) = start_before_postgres(&redis);
     assert!(
         wait_until(Duration::from_secs(30), || try_int(
             &pg,
@@ -910,7 +880,7 @@ fn should_detect_loss_with_verify() {
             "20",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     let (_, summary) = finish(&mut app, Duration::from_secs(90));
     assert!(u(&summary, &["events"]) > 0, "{summary}");
     let (code, v) = verify(&redis, &pg);
@@ -969,7 +939,7 @@ fn hit_ratio_readings(target: &str) -> Vec<f64> {
             "50",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     let started = Instant::now();
     let want = target.parse::<f64>().unwrap() / 100.0;
@@ -1040,7 +1010,7 @@ fn should_not_leak_the_redis_password() {
             "20",
         ],
     );
-    let mut app = spawn_running(&refs(&a));
+    let mut app = spawn_running(&refs(&a), &[]);
     assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
     assert!(
         wait_until(Duration::from_secs(30), || events_with_outcome(
@@ -1092,15 +1062,16 @@ fn should_not_leak_the_redis_password() {
 }
 
 /// Every start must start the load, even with several instances starting at once on a
-/// busy machine. Guards against a start-up hang seen early on: glommio's shared-channel
-/// connect only completes when the connecting executor polls its reactor, so an idle shard
-/// could sleep forever in it (fixed by `notify::awake`).
+/// busy machine (20 rounds of 3 concurrent starts, no retry). Guards against the start-up
+/// hang: glommio 0.9 could park an executor that still had tasks to run, for ever when
+/// nothing else was pending, as at a shard's start (see `executor.rs`).
 #[test]
 fn should_start_the_load_on_every_start() {
+    const ROUNDS: usize = 20;
     let redis = RedisServer::start();
     let pg = PgServer::start();
     let mut failures = Vec::new();
-    for round in 0..4 {
+    for round in 0..ROUNDS {
         let apps: Vec<App> = (0..3)
             .map(|_| {
                 let a = args(
@@ -1126,9 +1097,10 @@ fn should_start_the_load_on_every_start() {
                     let m = metrics(&app);
                     failures.push(format!(
                         "round {round} app {i}: a --duration 3 run did not exit within 40 s; \
-                         events so far {:?}, shard redis pool size {:?}",
+                         events so far {:?}, shard redis pool size {:?}\n{}",
                         metric_sum(&m, "analytics_events_total", &[]),
                         metric_sum(&m, "analytics_redis_pool_size", &[]),
+                        app.log(),
                     ))
                 }
                 Some(status) => {
@@ -1146,8 +1118,9 @@ fn should_start_the_load_on_every_start() {
     }
     assert!(
         failures.is_empty(),
-        "{} of 12 starts never started the load:\n{}",
+        "{} of {} starts never started the load:\n{}",
         failures.len(),
+        ROUNDS * 3,
         failures.join("\n")
     );
 }

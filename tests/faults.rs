@@ -129,28 +129,11 @@ fn health_status(app: &App) -> u16 {
     app.get("/health").0
 }
 
-/// True once the app started its load: /metrics counts at least one event.
-fn load_running(app: &App) -> bool {
-    metric_sum(&metrics(app), "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
-}
-
-/// Spawn the app and wait until its load runs; a start whose load never begins (the known
-/// start-up hang guarded by tests/engine.rs) is killed and retried.
+/// Spawn the app, wait until its load runs and it is healthy.
 fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
-    let mut last = String::new();
-    for attempt in 1..=3 {
-        let app = App::spawn(args, env);
-        if wait_until(Duration::from_secs(60), || {
-            !app.alive() || load_running(&app)
-        }) && app.alive()
-        {
-            assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
-            return app;
-        }
-        last = app.log();
-        eprintln!("attempt {attempt}: the load did not start; retrying");
-    }
-    panic!("the load never started in 3 attempts:\n{last}")
+    let app = common::spawn_running(args, env);
+    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    app
 }
 
 /// The app is alive and has not panicked.

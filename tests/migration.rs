@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    free_port, metric_sum, run_binary, wait_until, App, PgServer, RedisServer, RunOutput,
+    free_port, metric_sum, run_binary, spawn_running, wait_until, App, PgServer, RedisServer,
+    RunOutput,
 };
 use serde_json::Value;
 
@@ -57,24 +58,6 @@ fn events(app: &App, outcome: &str) -> f64 {
 
 fn redis_errors(app: &App, kind: &str) -> f64 {
     metric(app, "analytics_redis_errors_total", &[("kind", kind)])
-}
-
-/// Spawn the app and wait until its load runs (events counted); retried like tests/engine.rs
-/// does, in case of the start-up hang that test guards against.
-fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let app = App::spawn(args, env);
-        let running = || {
-            let (status, body) = app.get("/metrics");
-            status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
-        };
-        if wait_until(LONG, || !app.alive() || running()) && app.alive() {
-            return app;
-        }
-        last = app.log();
-    }
-    panic!("the load never started:\n{last}")
 }
 
 /// `analytics-demo switch --to URL` against APP with TOKEN (from the environment). Retries

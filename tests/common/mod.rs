@@ -1304,6 +1304,24 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Spawns the app and waits until its load runs (events counted in /metrics), or until a
+/// short `--duration` run has finished having made events. Every start must start the load:
+/// one that does not within 60 s fails the test with the app's log (no retry).
+pub fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
+    let app = App::spawn(args, env);
+    let running = || {
+        let (status, body) = app.get("/metrics");
+        status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
+    };
+    let settled = wait_until(Duration::from_secs(60), || !app.alive() || running());
+    let finished_with_events =
+        || summary_from_log(&app.log()).is_some_and(|s| s["events"].as_u64().unwrap_or(0) > 0);
+    if settled && (app.alive() || finished_with_events()) {
+        return app;
+    }
+    panic!("the load did not start within 60 s:\n{}", app.log())
+}
+
 /// The run summary from a `--log-format json` log: the JSON log line with
 /// `"message":"summary"`, whose `summary` field holds the summary as a JSON string.
 pub fn summary_from_log(log: &str) -> Option<serde_json::Value> {
