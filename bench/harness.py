@@ -298,7 +298,8 @@ TARGET_RATE = int(E.get("BENCH_TARGET_RATE", "100000"))
 TARGET_WARMUP_SECS = int(E.get("BENCH_TARGET_WARMUP_SECONDS", "5" if QUICK else "15"))
 # In flight at most during the 100k runs: the default 500 is 5 ms of work at 100k/s, so one
 # scheduling hiccup of the machine skips operations (counted, never hidden) instead of
-# running them late. The target is about the rate; the skipped count is in the table.
+# running them late. A rate counts as held only with nothing skipped: an operation that was
+# due and never started is a miss, however close the started rate came.
 TARGET_MAX_WORKERS = E.get("BENCH_TARGET_MAX_WORKERS", "4000")
 ACCURACY_RATES = [int(r) for r in E.get("BENCH_ACCURACY_RATES",
                                         "10 100 1000 10000 100000").split()]
@@ -307,6 +308,11 @@ ACCURACY_SECS = int(E.get("BENCH_ACCURACY_SECONDS", "5" if QUICK else "10"))
 
 def within(achieved, target, tol=0.01):
     return achieved is not None and abs(achieved - target) <= tol * target
+
+
+def held(achieved, target, skipped):
+    """The rate was reached within 1% and no operation was skipped."""
+    return within(achieved, target) and skipped == 0
 
 
 def step_targets():
@@ -321,10 +327,10 @@ def step_targets():
     log(f"targets: {TARGET_RATE} q/s for {TARGET_SECS} s done")
     if q:
         rows.append({
-            "target": f"{TARGET_RATE} queries/s for {TARGET_SECS} s, achieved within 1%",
+            "target": f"{TARGET_RATE} queries/s for {TARGET_SECS} s, within 1%, none skipped",
             "measured": f"{q['queries_s']:.0f} q/s ({100 * q['queries_s'] / TARGET_RATE:.2f}%), "
                         f"{q['skipped']} skipped",
-            "met": within(q["queries_s"], TARGET_RATE)})
+            "met": held(q["queries_s"], TARGET_RATE, q["skipped"])})
         rows.append({
             "target": "... with query p99 under 2 ms",
             "measured": f"p50 {q['q_p50_ms']:.3f} ms, p99 {q['q_p99_ms']:.3f} ms, "
@@ -337,10 +343,11 @@ def step_targets():
     if e:
         lost = e["rows_dropped"] + (0 if e["pg_rows"] == e["events"] else 1)
         rows.append({
-            "target": f"{TARGET_RATE} events/s into Postgres for {TARGET_SECS} s, achieved within 1%",
+            "target": f"{TARGET_RATE} events/s into Postgres for {TARGET_SECS} s, within 1%, "
+                      "none skipped",
             "measured": f"{e['events_s']:.0f} ev/s ({100 * e['events_s'] / TARGET_RATE:.2f}%), "
                         f"{e['skipped']} skipped",
-            "met": within(e["events_s"], TARGET_RATE)})
+            "met": held(e["events_s"], TARGET_RATE, e["skipped"])})
         rows.append({
             "target": "... zero rows lost, writer lag under 1 s",
             "measured": f"{e['events']} events, {e['pg_rows']} rows, {e['rows_dropped']} dropped; "
@@ -363,9 +370,10 @@ def step_targets():
                 continue
             got = r["queries_s"] if kind == "queries" else r["events_s"]
             rows.append({
-                "target": f"rate accuracy: {rate} {kind}/s within 1% ({ACCURACY_SECS} s)",
+                "target": f"rate accuracy: {rate} {kind}/s within 1%, none skipped "
+                          f"({ACCURACY_SECS} s)",
                 "measured": f"{got:.1f}/s ({100 * got / rate:.2f}%), {r['skipped']} skipped",
-                "met": within(got, rate)})
+                "met": held(got, rate, r["skipped"])})
     return rows
 
 

@@ -70,9 +70,12 @@ struct State {
     target: Rc<RefCell<RedisUrl>>,
     migration: RefCell<migration::Migration>,
     /// Filled in by a task as shards connect (connecting waits for the peer).
-    commands: RefCell<Vec<ConnectedSender<ShardCommand>>>,
+    commands: RefCell<Vec<Rc<ConnectedSender<ShardCommand>>>>,
     /// Where the run is: /health says 503 until the load runs.
     load: std::cell::Cell<Load>,
+    /// A switch is being delivered to the shards (one at a time, so shards never end on
+    /// different targets).
+    switching: std::cell::Cell<bool>,
 }
 
 /// The run's phase, as /health reports it (`"load"`).
@@ -120,6 +123,7 @@ pub async fn run(
         migration: RefCell::default(),
         commands: RefCell::default(),
         load: std::cell::Cell::new(Load::Starting),
+        switching: std::cell::Cell::new(false),
         health: Rc::default(),
         agg: Rc::new(RefCell::new(Aggregate::new(p.shards))),
         writer: Rc::default(),
@@ -133,7 +137,7 @@ pub async fn run(
         glommio::spawn_local(async move {
             for c in commands {
                 let c = crate::notify::awake(c.connect()).await;
-                st.commands.borrow_mut().push(c);
+                st.commands.borrow_mut().push(Rc::new(c));
             }
         })
         .detach();
@@ -142,7 +146,7 @@ pub async fn run(
         let st = state.clone();
         let handler: http::Handler = Rc::new(move |req: Req| {
             let st = st.clone();
-            Box::pin(async move { route(&st, req) })
+            Box::pin(async move { route(&st, req).await })
         });
         glommio::spawn_local(http::serve(listener, handler))
     };
@@ -338,6 +342,9 @@ async fn prepare_db(p: &ControlParams) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a switch may wait for the shards' command queues.
+const SWITCH_DELIVERY: Duration = Duration::from_secs(5);
+
 fn static_gauges(p: &ControlParams) {
     metrics::gauge!(m::CACHE_HIT_TARGET_RATIO).set(p.hit_target);
     metrics::gauge!(m::TARGET_RATE, "kind" => "events").set(p.targets.0 as f64);
@@ -418,7 +425,7 @@ fn progress(st: &State) {
     );
 }
 
-fn route(st: &State, req: Req) -> Resp {
+async fn route(st: &State, req: Req) -> Resp {
     use hyper::Method;
     match (&req.method, req.path.as_str()) {
         (&Method::GET, "/metrics") => {
@@ -446,7 +453,7 @@ fn route(st: &State, req: Req) -> Resp {
             });
             Resp::json(200, body.to_string())
         }
-        (&Method::POST, "/admin/redis-target") => switch_target(st, &req),
+        (&Method::POST, "/admin/redis-target") => switch_target(st, &req).await,
         (&Method::GET, "/api/status") => Resp::json(200, status_json(st).to_string()),
         (&Method::GET, "/") => crate::dashboard::index(),
         (_, "/metrics" | "/health" | "/report" | "/api/status" | "/" | "/admin/redis-target") => {
@@ -628,7 +635,12 @@ fn authorize(st: &State, req: &Req) -> Result<(), Resp> {
 }
 
 /// `POST /admin/redis-target {"url": "redis://..."}`: switches every shard to a new Redis.
-fn switch_target(st: &State, req: &Req) -> Resp {
+///
+/// Each shard's command is awaited (a full queue delays, never drops it). A shard that cannot
+/// take it (its run is stopping, or it does not take it within `SWITCH_DELIVERY`) leaves a
+/// partial switch: it is recorded all the same, since the shards before it did switch, and
+/// the answer (503) says how many took it.
+async fn switch_target(st: &State, req: &Req) -> Resp {
     if let Err(r) = authorize(st, req) {
         return r;
     }
@@ -656,24 +668,36 @@ fn switch_target(st: &State, req: &Req) -> Resp {
     };
     let from = st.target.borrow().redacted();
     let to = url.redacted();
-    let commands = st.commands.borrow();
+    let commands: Vec<_> = st.commands.borrow().clone();
     if commands.len() < shard_count(st) {
         return Resp::json(
             503,
             json!({"error": "shards are still starting; retry"}).to_string(),
         );
     }
-    for (i, tx) in commands.iter().enumerate() {
-        if tx.try_send(ShardCommand::SetTarget(url.clone())).is_err() {
-            tracing::error!(
-                shard = i,
-                "shard command queue full or closed; switch not delivered"
-            );
-            return Resp::json(
-                503,
-                json!({"error": format!("shard {i} did not take the switch")}).to_string(),
-            );
+    if st.switching.replace(true) {
+        return Resp::json(
+            409,
+            json!({"error": "another switch is being delivered; retry"}).to_string(),
+        );
+    }
+    let deadline = Instant::now() + SWITCH_DELIVERY;
+    let mut delivered = 0;
+    for tx in commands.iter() {
+        let sent = crate::notify::until(deadline, tx.send(ShardCommand::SetTarget(url.clone())));
+        if !matches!(sent.await, Some(Ok(()))) {
+            break;
         }
+        delivered += 1;
+    }
+    st.switching.set(false);
+    let shards = commands.len();
+    if delivered == 0 {
+        tracing::error!(to = %to, "no shard took the switch (the run is stopping?)");
+        return Resp::json(
+            503,
+            json!({"error": "no shard took the switch; the target is unchanged"}).to_string(),
+        );
     }
     let at = crate::workload::time::unix_now();
     *st.target.borrow_mut() = url;
@@ -685,11 +709,21 @@ fn switch_target(st: &State, req: &Req) -> Resp {
     metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).increment(1);
     metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(at);
     let seq = st.migration.borrow().switches.len();
+    if delivered < shards {
+        tracing::error!(from = %from, to = %to, seq, delivered, shards, "redis target switch reached only some shards");
+        return Resp::json(
+            503,
+            json!({"switched": "partial", "error": format!("only {delivered} of {shards} shards took the switch"),
+                   "seq": seq, "from": from, "endpoint": to, "at_unix": at, "shards_switched": delivered, "shards": shards})
+                .to_string(),
+        );
+    }
     tracing::warn!(from = %from, to = %to, seq, "redis target switched");
     Resp::json(
         200,
-        json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at})
-            .to_string(),
+        json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at,
+               "shards_switched": delivered, "shards": shards})
+        .to_string(),
     )
 }
 

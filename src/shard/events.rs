@@ -1,6 +1,6 @@
-//! The event path: pick a tenant, a user and a type; INCR the hour's counter and add the
-//! user to the hour's unique-user HyperLogLog (one pipelined write); record the outcome of
-//! the INCR with the event's Postgres row.
+//! The event path: pick a tenant, a user and a type; INCR the hour's counter, add the user to
+//! the hour's unique-user HyperLogLog and set both keys' expiry (one pipelined write); record
+//! the outcome of the INCR with the event's Postgres row.
 //!
 //! INCR is never retried: a retry after a lost reply could apply it twice, and the outcome
 //! `unknown` is exactly what `verify` needs to bound the counter.
@@ -12,7 +12,6 @@ use std::time::Instant;
 use super::stats::{event_result, Op, OpResult, Skip};
 use super::{push_row, Shard};
 use crate::pg::writer::EventRow;
-use crate::resp::Reply;
 use crate::workload::{keys, time, Outcome};
 
 /// Starts one event due at `due` as its own task (or skips it when the writer is behind).
@@ -55,15 +54,26 @@ async fn run(s: &Shard, due: Instant) {
     keys::uniques(&mut uniques, org, bucket);
     let _ = write!(user_buf, "{user}");
 
+    // Every event sets the expiry of its keys in the same pipeline: the time is fixed per
+    // hour, so repeating it is harmless, and a counter whose creating INCR lost its reply (or
+    // was made by a run that crashed) still gets one. `TIME_BUCKETS` hours after its hour ends.
+    let expire_at =
+        time::bucket_start(bucket).unwrap_or(unix) + 3600 * (i64::from(s.p.time_buckets) + 1);
+    let mut at = Vec::with_capacity(12);
+    let _ = write!(at, "{expire_at}");
+
     let started = Instant::now();
     let replies = s
         .pool
-        .pipeline(&[&[b"INCR", &counter], &[b"PFADD", &uniques, &user_buf]])
+        .pipeline(&[
+            &[b"INCR", &counter],
+            &[b"PFADD", &uniques, &user_buf],
+            &[b"EXPIREAT", &counter, &at],
+            &[b"EXPIREAT", &uniques, &at],
+        ])
         .await;
-    let mut first_in_bucket = false;
     let outcome = match replies.first() {
-        Some(Ok(reply)) => {
-            first_in_bucket = matches!(reply, Reply::Int(1));
+        Some(Ok(_)) => {
             s.stats.borrow_mut().redis_ok(s.p.index, started);
             Outcome::Acked
         }
@@ -77,24 +87,10 @@ async fn run(s: &Shard, due: Instant) {
         }
         None => Outcome::Failed,
     };
-    if let Some(Err(e)) = replies.get(1) {
-        if outcome == Outcome::Acked {
+    if outcome == Outcome::Acked {
+        for e in replies.iter().skip(1).filter_map(|r| r.as_ref().err()) {
             *s.stats.borrow_mut().errors.entry(e.kind()).or_default() += 1;
         }
-    }
-    if first_in_bucket {
-        // The counter was just created: make it (and the hour's HLL) expire
-        // `TIME_BUCKETS` hours after its hour ends.
-        let expire_at =
-            time::bucket_start(bucket).unwrap_or(unix) + 3600 * (i64::from(s.p.time_buckets) + 1);
-        let at = expire_at.to_string();
-        let _ = s
-            .pool
-            .pipeline(&[
-                &[b"EXPIREAT", &counter, at.as_bytes()],
-                &[b"EXPIREAT", &uniques, at.as_bytes()],
-            ])
-            .await;
     }
     let done = Instant::now();
 
