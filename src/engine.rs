@@ -237,6 +237,23 @@ pub fn run(cfg: Config) -> i32 {
             control_flags,
         )
     });
+    // A shard whose executor cannot start (or panics) ends its thread early; without a watch
+    // the run would go on short of that shard, and its stop would wait for it for ever.
+    let shard_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchers: Vec<_> = shard_handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let (failed, term) = (shard_failed.clone(), flags.term.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = h.join() {
+                    eprintln!("error: shard {i} stopped: {e}; stopping the run");
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    term.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
     let code = match control {
         Ok(h) => match h.join() {
             Ok(code) => code,
@@ -254,8 +271,11 @@ pub fn run(cfg: Config) -> i32 {
         .stopping
         .store(true, std::sync::atomic::Ordering::SeqCst);
     flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    for h in shard_handles {
-        let _ = h.join();
+    for w in watchers {
+        let _ = w.join();
+    }
+    if shard_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return 1;
     }
     code
 }
