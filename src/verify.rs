@@ -349,7 +349,13 @@ impl Verdict {
             out.push_str(&s);
             out.push('\n');
         };
-        if self.clean {
+        let explained = self.explained_phantom_increments + self.explained_stray_increments;
+        if self.clean && explained > 0 {
+            line(format!(
+                "verify: CLEAN: every acknowledged increment of the judged runs is in Redis; \
+                 {explained} increments have no row because a run did not end cleanly (below)"
+            ));
+        } else if self.clean {
             line(
                 "verify: CLEAN: every acknowledged increment of the judged runs is in Redis, \
                   and no counter is unexplained"
