@@ -162,7 +162,7 @@ pub async fn run(
     tls: Option<Arc<rustls::ClientConfig>>,
     pg: crate::pg::PgConfig,
 ) -> Result<Verdict, String> {
-    let client = crate::pg::connect(&pg, Duration::from_secs(5)).await?;
+    let client = crate::pg::connect(&pg, Duration::from_secs(5), None).await?;
     let d = |e: tokio_postgres::Error| crate::pg::describe(&e);
     let tb: u32 = client
         .query_opt(
