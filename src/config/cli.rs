@@ -231,9 +231,9 @@ option_table! { $
         db_batch_size,
         /// event rows held in memory while PostgreSQL is slow or down (at least the batch size) [env: DB_BUFFER_ROWS] [default: 500000]
         db_buffer_rows,
-        /// timeout of each PostgreSQL operation of the writer and of start-up, in milliseconds: connecting and logging in, one batch's COPY transaction, retention; also the server-side statement_timeout of those connections. A batch that times out is retried on a new connection; raise this with a large --db-batch-size (1..=600000) [env: DB_TIMEOUT_MS] [default: 5000]
+        /// timeout of each PostgreSQL operation of the writer and of start-up, in milliseconds: connecting and logging in, one batch's COPY transaction, retention; 90% of it is the server-side statement_timeout of those connections. A batch that times out is retried on a new connection; raise this with a large --db-batch-size (1..=600000) [env: DB_TIMEOUT_MS] [default: 5000]
         db_timeout_ms,
-        /// timeout of one cache-miss read from PostgreSQL, in milliseconds: a read that takes longer fails its query (counted as an error) and frees its in-flight slot; also the server-side statement_timeout of the read connections (1..=600000) [env: DB_READ_TIMEOUT_MS] [default: 1000]
+        /// timeout of one cache-miss read from PostgreSQL, in milliseconds: a read that takes longer fails its query (counted as an error) and frees its in-flight slot; 90% of it is the server-side statement_timeout of the read connections (1..=600000) [env: DB_READ_TIMEOUT_MS] [default: 1000]
         db_read_timeout_ms,
         /// seconds between progress log lines (1..=3600) [env: PROGRESS_INTERVAL] [default: 5]
         progress_interval,
