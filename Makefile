@@ -45,7 +45,8 @@ QUERIES_PER_SECOND ?= 700
 # Optional application settings: passed to the app only when set (here, in the environment or
 # on the command line); otherwise the application's own defaults apply.
 APP_ENV_VARS := ORGANIZATIONS USERS_PER_ORG CACHE_HIT_TARGET MAX_WORKERS REDIS_POOL_SIZE \
-	CACHE_TTL WARMUP_INTERVAL TIME_BUCKETS SHARDS DURATION SEED LOG_FORMAT ADMIN_TOKEN RUST_LOG
+	CACHE_TTL WARMUP_INTERVAL TIME_BUCKETS SHARDS DURATION SEED LOG_FORMAT ADMIN_TOKEN RUST_LOG \
+	DB_TIMEOUT_MS DB_READ_TIMEOUT_MS
 ARGS ?=
 
 # Shell snippet: succeeds when BIND_ADDRESS can be bound (python3 bind attempt, else ss).

@@ -166,6 +166,8 @@ pub fn run(cfg: Config) -> i32 {
                 ..pool_base.clone()
             },
             pg: pg.clone(),
+            db_timeout: cfg.db_timeout,
+            db_read_timeout: cfg.db_read_timeout,
             backlog_cap: (cfg.db_buffer_rows / shards).max(1) as u64,
             seed,
             late_limit: Duration::from_secs(1),
@@ -213,7 +215,7 @@ pub fn run(cfg: Config) -> i32 {
         hit_target: cfg.cache_hit_target,
         batch_size: cfg.db_batch_size,
         retention_hours: cfg.time_buckets,
-        connect_timeout: Duration::from_secs(2),
+        db_timeout: cfg.db_timeout,
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix,
@@ -295,6 +297,8 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
         "time_buckets": cfg.time_buckets,
         "redis": cfg.redis_url.redacted(),
         "redis_protocol": cfg.redis_protocol.as_str(),
+        "db_timeout_ms": cfg.db_timeout.as_millis() as u64,
+        "db_read_timeout_ms": cfg.db_read_timeout.as_millis() as u64,
         "shards": shards,
         "seed": seed,
     })

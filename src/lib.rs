@@ -33,3 +33,20 @@ pub mod shard;
 pub mod tls;
 pub mod verify;
 pub mod workload;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Runs `f`'s future to completion on a fresh glommio executor thread.
+    pub fn run<F, Fut>(f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

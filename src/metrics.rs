@@ -82,7 +82,7 @@ fn describe() {
         "Rows waiting for the writer (all shards)"
     );
     metrics::describe_gauge!(DB_WRITER_LAG, "Age of the oldest row not yet written");
-    metrics::describe_counter!(DB_WRITE_ERRORS_TOTAL, "Failed batch writes (retried)");
+    metrics::describe_counter!(DB_WRITE_ERRORS_TOTAL, "Failed writer attempts (retried), by kind: timeout (no answer within DB_TIMEOUT_MS: the connection is dropped and reopened; or the server's statement_timeout), connect (no connection), error (the server refused or the connection broke)");
     metrics::describe_counter!(
         DB_ROWS_DROPPED_TOTAL,
         "Rows given up on (the Postgres truth misses them: verification is weaker)"
@@ -135,10 +135,7 @@ fn describe() {
         "Dashboard cache entries refreshed by the warmup scheduler (WARMUP_INTERVAL)"
     );
     metrics::describe_histogram!(DB_QUERY_DURATION, "PostgreSQL latency per operation: copy (writer batch), dashboard / filtered (cache-miss reads)");
-    metrics::describe_counter!(
-        DB_READ_ERRORS_TOTAL,
-        "Failed cache-miss reads (appears after the first error)"
-    );
+    metrics::describe_counter!(DB_READ_ERRORS_TOTAL, "Failed cache-miss reads, by kind: timeout (no answer within DB_READ_TIMEOUT_MS: the connection is dropped; or the server's statement_timeout), not_connected (failed fast while the connection is being reopened), error (the server refused or the connection broke)");
     metrics::describe_counter!(SKIPPED_OPERATIONS_TOTAL, "Operations not run, by operation (event, query) and reason: late (too far behind schedule), max_workers (MAX_WORKERS in flight), db_backlog (writer queue full; events only)");
     metrics::describe_gauge!(INFLIGHT_OPERATIONS, "Events + queries in progress");
     metrics::describe_gauge!(

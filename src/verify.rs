@@ -578,7 +578,7 @@ pub async fn run(
     args: &VerifyArgs,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Verdict, String> {
-    let client = crate::pg::connect(&args.database, Duration::from_secs(5)).await?;
+    let client = crate::pg::connect(&args.database, Duration::from_secs(5), None).await?;
     let redis = redis_connection(&args.redis_url, args.redis_protocol, tls).await?;
     let mut v = Verdict {
         redis_protocol: redis.protocol(),

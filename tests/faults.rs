@@ -206,8 +206,7 @@ enum Expect {
     Loss,
 }
 
-/// SIGTERM, exit 0, no panic, every event has exactly one row, none dropped, and `verify`
-/// says what EXPECT says. Prints the fault matrix line. Returns the summary.
+/// SIGTERM, then `check_end`.
 fn finish(
     mut app: App,
     redis: &RedisServer,
@@ -218,6 +217,20 @@ fn finish(
 ) -> Value {
     assert_alive(&app, "before SIGTERM");
     let status = app.terminate();
+    let servers = (redis, pg);
+    check_end(&app, status, servers, fault, (expect, recovery))
+}
+
+/// The app ended with STATUS: exit 0, no panic, every event has exactly one row, none
+/// dropped, and `verify` says what EXPECT says. Prints the fault matrix line with RECOVERY.
+/// Returns the summary.
+fn check_end(
+    app: &App,
+    status: std::process::ExitStatus,
+    (redis, pg): (&RedisServer, &PgServer),
+    fault: &str,
+    (expect, recovery): (Expect, &str),
+) -> Value {
     let log = app.log();
     assert!(!log.contains("panicked"), "[{fault}] panicked:\n{log}");
     assert_eq!(status.code(), Some(0), "[{fault}] exit {status}:\n{log}");
@@ -532,6 +545,251 @@ fn should_lose_no_row_across_a_postgres_restart() {
         &format!("first row {first_row:.2?}, health {healthy:.2?}, drained {drained:.2?}"),
     );
     assert!(u(&summary, &["db_write_errors"]) > 0, "{summary}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postgres frozen (SIGSTOP): connections stay open, nothing answers
+// ---------------------------------------------------------------------------------------------
+
+/// The writer's shutdown grace, counted from the stop (`SHUTDOWN_GRACE` in src/pg/writer.rs).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The load of the frozen-Postgres tests, running DURATION seconds: 500 events/s and 1000
+/// queries/s, with an 80% hit target so that about 180 cache misses a second read Postgres.
+/// The Postgres timeouts are the defaults (5 s writes, 1 s reads).
+const FROZEN_EVENTS_PER_SECOND: f64 = 500.0;
+fn frozen_pg_run(redis: &RedisServer, pg: &PgServer, duration: Duration) -> (App, Instant) {
+    let duration = duration.as_secs().to_string();
+    let a = args(
+        &redis.url(),
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "500",
+            "--queries-per-second",
+            "1000",
+            "--cache-hit-target",
+            "80",
+            "--cache-ttl",
+            "1",
+            "--duration",
+            &duration,
+        ],
+    );
+    let app = spawn_running(&refs(&a), &[]);
+    // The load started before this: bounds measured from here are generous.
+    (app, Instant::now())
+}
+
+/// `analytics_db_read_errors_total` / `analytics_db_write_errors_total` of KIND.
+fn db_errors(app: &App, family: &str, kind: &str) -> f64 {
+    metric(app, family, &[("kind", kind)])
+}
+
+fn events_total(app: &App) -> f64 {
+    metric(app, "analytics_events_total", &[])
+}
+
+/// The server side of the bounds: every session gets a `statement_timeout` at connect, a
+/// statement running past it is cancelled by the server and counted as a timeout, and the
+/// connection stays usable (only a client-side timeout drops it).
+#[test]
+fn should_set_statement_timeout_on_postgres_sessions() {
+    use analytics_demo::pg::{connect, within, DbError, PgConfig};
+    use tokio_postgres::SimpleQueryMessage;
+    let pg = PgServer::start();
+    let url = pg.url();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let cfg = PgConfig::parse(&url, "DATABASE_URL", None, None).expect("config");
+            let limit = Duration::from_secs(30);
+            let c = connect(&cfg, limit, Some(Duration::from_millis(300)))
+                .await
+                .expect("connect");
+            let shown = c
+                .simple_query("SHOW statement_timeout")
+                .await
+                .expect("SHOW");
+            let value = shown.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(value.as_deref(), Some("300ms"));
+            let e = within(limit, c.simple_query("SELECT pg_sleep(5)"))
+                .await
+                .expect_err("pg_sleep(5) ran past a 300 ms statement_timeout");
+            assert!(matches!(e, DbError::StatementTimeout(_)), "{e:?}");
+            assert_eq!(e.kind(), "timeout");
+            assert!(!e.breaks_connection());
+            assert!(c.is_usable());
+            c.simple_query("SELECT 1")
+                .await
+                .expect("the connection still works");
+        })
+        .expect("executor")
+        .join()
+        .expect("join");
+}
+
+/// Postgres frozen for 15 s in the middle of a 30 s run. Events only need Redis, so their rate
+/// must hold: cache-miss reads time out after 1 s (counted as query errors, kind `timeout`)
+/// instead of piling up to MAX_WORKERS and crowding events out. The run ends on time, and
+/// after the thaw the writer catches up: one row per event, verify clean.
+///
+/// Events per second while frozen: `analytics_events_total` read from /metrics right after
+/// SIGSTOP and right before SIGCONT, divided by the time between the two reads on the test's
+/// clock. Over 15 s, the few ms a scrape takes on a slow machine move it by well under 1%.
+#[test]
+fn should_keep_the_event_rate_while_postgres_is_frozen() {
+    const FAULT: &str = "postgres frozen 15 s (SIGSTOP) in a 30 s run";
+    const DURATION: Duration = Duration::from_secs(30);
+    const FROZEN_FOR: Duration = Duration::from_secs(15);
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let (mut app, loaded) = frozen_pg_run(&redis, &pg, DURATION);
+    warm_up(&app, &pg);
+    let costs = Costs::read(&app);
+    let read_timeouts = db_errors(&app, "analytics_db_read_errors_total", "timeout");
+
+    let frozen = pg.freeze();
+    let (t0, e0) = (Instant::now(), events_total(&app));
+    std::thread::sleep(FROZEN_FOR);
+    let (t1, e1) = (Instant::now(), events_total(&app));
+    let during = Costs::read(&app).since(&costs);
+    let read_timeouts =
+        db_errors(&app, "analytics_db_read_errors_total", "timeout") - read_timeouts;
+    let write_timeouts = db_errors(&app, "analytics_db_write_errors_total", "timeout");
+    let depth = metric(&app, "analytics_db_writer_queue_depth", &[]);
+    frozen.thaw();
+    let rate = (e1 - e0) / (t1 - t0).as_secs_f64();
+    eprintln!(
+        "[{FAULT}] while frozen: {rate:.1} events/s (target {FROZEN_EVENTS_PER_SECOND}), query \
+         errors {}, read timeouts {read_timeouts}, write timeouts {write_timeouts}, writer queue \
+         {depth}, skipped {:?}",
+        during.query_errors, during.skipped
+    );
+    assert_alive(&app, "after the thaw");
+    assert!(
+        (rate - FROZEN_EVENTS_PER_SECOND).abs() <= 0.05 * FROZEN_EVENTS_PER_SECOND,
+        "[{FAULT}] {rate:.1} events/s while postgres was frozen, target \
+         {FROZEN_EVENTS_PER_SECOND}; skipped {:?}",
+        during.skipped
+    );
+    assert!(
+        read_timeouts > 0.0,
+        "no cache-miss read counted as a timeout"
+    );
+    assert!(
+        during.query_errors > 0.0,
+        "no query failed while postgres was frozen"
+    );
+    assert!(depth > 0.0, "no rows buffered while postgres was frozen");
+
+    // The run ends by itself: the stop comes DURATION after the load started (before
+    // `loaded`), and the writer has the grace after it at most.
+    let bound = DURATION + SHUTDOWN_GRACE;
+    let left = bound.saturating_sub(loaded.elapsed());
+    let status = app.wait(left).unwrap_or_else(|| {
+        panic!(
+            "[{FAULT}] still running {:?} after the load started ({DURATION:?} run):\n{}",
+            loaded.elapsed(),
+            app.log()
+        )
+    });
+    let ended = loaded.elapsed();
+    let recovery = format!("ended {ended:.1?} after the load was seen running");
+    let summary = check_end(
+        &app,
+        status,
+        (&redis, &pg),
+        FAULT,
+        (Expect::Clean, &recovery),
+    );
+    eprintln!(
+        "FROZEN | {FAULT} | {rate:.1} events/s while frozen (target {FROZEN_EVENTS_PER_SECOND}) \
+         | ended {ended:.1?} after the load was seen running ({DURATION:?} run) | events {} = \
+         rows {} | read timeouts {read_timeouts}, write timeouts {write_timeouts}, summary errors \
+         {} | verify clean",
+        summary["events"], summary["db_rows_written"], summary["errors"]
+    );
+}
+
+/// Postgres frozen from mid-run until after the app has exited: the stop must not wait for
+/// it longer than the shutdown grace counted from the stop, and the rows it could not write
+/// are counted as dropped in the summary (written + dropped = events).
+#[test]
+fn should_end_within_the_grace_when_postgres_stays_frozen_past_the_stop() {
+    const FAULT: &str = "postgres frozen from mid-run past the stop";
+    const DURATION: Duration = Duration::from_secs(10);
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let (mut app, loaded) = frozen_pg_run(&redis, &pg, DURATION);
+    warm_up(&app, &pg);
+    let frozen = pg.freeze();
+    // When the app says it stops (the log is polled, so this is a little after the stop).
+    let mut stop_seen = None;
+    let exit = wait_until(DURATION + SHUTDOWN_GRACE + Duration::from_secs(15), || {
+        if stop_seen.is_none() && app.log().contains("stopping: finishing in-flight") {
+            stop_seen = Some(Instant::now());
+        }
+        !app.alive()
+    });
+    let ended = Instant::now();
+    assert!(
+        exit,
+        "[{FAULT}] still running {:?} after the load started ({DURATION:?} run, grace \
+         {SHUTDOWN_GRACE:?}):\n{}",
+        loaded.elapsed(),
+        app.log()
+    );
+    let stop_seen = stop_seen.expect("no stop line in the log");
+    let after_stop = ended - stop_seen;
+    let status = app.wait(Duration::from_secs(5)).expect("exited");
+    let log = app.log();
+    assert!(!log.contains("panicked"), "[{FAULT}] panicked:\n{log}");
+    assert_eq!(status.code(), Some(0), "[{FAULT}] exit {status}:\n{log}");
+    // It kept trying for the grace (nothing could be written), and no longer (slack: the
+    // shards' drain and a slow machine).
+    assert!(
+        after_stop >= SHUTDOWN_GRACE - Duration::from_secs(2),
+        "[{FAULT}] gave up {after_stop:?} after the stop, before the grace ended"
+    );
+    assert!(
+        after_stop <= SHUTDOWN_GRACE + Duration::from_secs(10),
+        "[{FAULT}] ended {after_stop:?} after the stop (grace {SHUTDOWN_GRACE:?})"
+    );
+    let summary = summary_from_log(&log).unwrap_or_else(|| panic!("no summary:\n{log}"));
+    let events = u(&summary, &["events"]);
+    let written = u(&summary, &["db_rows_written"]);
+    let dropped = u(&summary, &["db_rows_dropped"]);
+    assert!(
+        dropped > 0,
+        "[{FAULT}] no rows counted as dropped: {summary}"
+    );
+    assert_eq!(written + dropped, events, "[{FAULT}] {summary}");
+    assert!(
+        log.contains("rows dropped"),
+        "no log line about dropped rows"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("postgres write failed") && l.contains(r#""kind":"timeout""#)),
+        "no write attempt logged as timed out:\n{log}"
+    );
+
+    frozen.thaw();
+    // A batch whose attempt was cut by the grace may still have committed on the thawed
+    // server; nothing else can appear.
+    let rows = int(&pg, "SELECT count(*) FROM events") as u64;
+    assert!(
+        (written..=events).contains(&rows),
+        "[{FAULT}] rows {rows}, written {written}, events {events}"
+    );
+    eprintln!(
+        "FROZEN | {FAULT} | ended {after_stop:.1?} after the stop was logged (grace \
+         {SHUTDOWN_GRACE:?}) | events {events}, written {written}, dropped {dropped}, rows in \
+         postgres after the thaw {rows}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -246,6 +246,10 @@ option_table! { $
         db_batch_size,
         /// event rows held in memory while PostgreSQL is slow or down (at least the batch size) [env: DB_BUFFER_ROWS] [default: 500000]
         db_buffer_rows,
+        /// timeout of each PostgreSQL operation of the writer and of start-up, in milliseconds: connecting and logging in, one batch's COPY transaction, retention; 90% of it is the server-side statement_timeout of those connections. A batch that times out is retried on a new connection; raise this with a large --db-batch-size (1..=600000) [env: DB_TIMEOUT_MS] [default: 5000]
+        db_timeout_ms,
+        /// timeout of one cache-miss read from PostgreSQL, in milliseconds: a read that takes longer fails its query (counted as an error) and frees its in-flight slot; 90% of it is the server-side statement_timeout of the read connections (1..=600000) [env: DB_READ_TIMEOUT_MS] [default: 1000]
+        db_read_timeout_ms,
         /// seconds between progress log lines (1..=3600) [env: PROGRESS_INTERVAL] [default: 5]
         progress_interval,
         /// this instance's index among --instance-count instances sharing the organizations [env: INSTANCE_INDEX] [default: 0]
@@ -294,7 +298,7 @@ cli_struct! {
         database_ca_file, database_password, database_password_file,
         bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
-        progress_interval, no_pin, instance_index, instance_count,
+        db_timeout_ms, db_read_timeout_ms, progress_interval, no_pin, instance_index, instance_count,
         admin_allow_unauthenticated_loopback,
     ] {
         #[argh(subcommand)]

@@ -111,6 +111,10 @@ pub struct Config {
     pub db_batch_size: usize,
     /// Rows held in memory while PostgreSQL is slow or down; at least `db_batch_size`.
     pub db_buffer_rows: usize,
+    /// Bound of each writer / start-up operation on PostgreSQL (connect, one batch, retention).
+    pub db_timeout: Duration,
+    /// Bound of one cache-miss read.
+    pub db_read_timeout: Duration,
     pub progress_interval: Duration,
     /// Pin threads to CPUs (`--no-pin` turns it off).
     pub pin: bool,
@@ -337,6 +341,18 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         max_reply_bytes: r.uint(&opt::max_reply_bytes, c.max_reply_bytes, 1024, USIZE)? as usize,
         db_batch_size: r.uint(&opt::db_batch_size, c.db_batch_size, 1, 1_000_000)? as usize,
         db_buffer_rows: r.uint(&opt::db_buffer_rows, c.db_buffer_rows, 1, USIZE)? as usize,
+        db_timeout: Duration::from_millis(r.uint(
+            &opt::db_timeout_ms,
+            c.db_timeout_ms,
+            1,
+            600_000,
+        )?),
+        db_read_timeout: Duration::from_millis(r.uint(
+            &opt::db_read_timeout_ms,
+            c.db_read_timeout_ms,
+            1,
+            600_000,
+        )?),
         progress_interval: r.seconds(&opt::progress_interval, c.progress_interval, 1, 3600)?,
         pin: !r.switch(&opt::no_pin, c.no_pin)?,
         admin_allow_unauthenticated_loopback: r.switch(

@@ -119,6 +119,8 @@ impl fmt::Debug for Config {
             .field("max_reply_bytes", &self.max_reply_bytes)
             .field("db_batch_size", &self.db_batch_size)
             .field("db_buffer_rows", &self.db_buffer_rows)
+            .field("db_timeout", &self.db_timeout)
+            .field("db_read_timeout", &self.db_read_timeout)
             .field("progress_interval", &self.progress_interval)
             .field("pin", &self.pin)
             .field("instance_index", &self.instance_index)

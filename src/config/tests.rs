@@ -77,6 +77,8 @@ fn should_use_defaults_when_nothing_is_set() {
         max_reply_bytes: 16_777_216,
         db_batch_size: 5000,
         db_buffer_rows: 500_000,
+        db_timeout: Duration::from_millis(5000),
+        db_read_timeout: Duration::from_millis(1000),
         progress_interval: Duration::from_secs(5),
         pin: true,
         admin_allow_unauthenticated_loopback: false,
@@ -192,6 +194,16 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         "5000",
         "1000000",
         |c| format!("{:?}", c.db_buffer_rows),
+    ),
+    ("--db-timeout-ms", "DB_TIMEOUT_MS", "1", "600000", |c| {
+        format!("{:?}", c.db_timeout)
+    }),
+    (
+        "--db-read-timeout-ms",
+        "DB_READ_TIMEOUT_MS",
+        "250",
+        "600000",
+        |c| format!("{:?}", c.db_read_timeout),
     ),
     (
         "--progress-interval",
@@ -335,6 +347,9 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ("--zipf-exponent", "ZIPF_EXPONENT", "inf", "invalid value 'inf'"),
     ("--command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "0", "must be between 1 and 600000, got 0"),
     ("--command-timeout-ms", "REDIS_COMMAND_TIMEOUT_MS", "600001", "must be between 1 and 600000"),
+    ("--db-timeout-ms", "DB_TIMEOUT_MS", "0", "must be between 1 and 600000, got 0"),
+    ("--db-timeout-ms", "DB_TIMEOUT_MS", "5s", "invalid value '5s' for --db-timeout-ms (DB_TIMEOUT_MS)"),
+    ("--db-read-timeout-ms", "DB_READ_TIMEOUT_MS", "600001", "must be between 1 and 600000, got 600001"),
     ("--max-reply-bytes", "REDIS_MAX_REPLY_BYTES", "1023", "must be at least 1024, got 1023"),
     ("--db-batch-size", "DB_BATCH_SIZE", "0", "must be between 1 and 1000000, got 0"),
     ("--db-batch-size", "DB_BATCH_SIZE", "1000001", "must be between 1 and 1000000"),

@@ -107,27 +107,22 @@ pub async fn redis_loop(
 
 pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: crate::pg::PgConfig) {
     let endpoint = crate::pg::redacted(&cfg);
-    let mut client: Option<tokio_postgres::Client> = None;
+    let mut client: Option<crate::pg::Conn> = None;
     loop {
         let started = Instant::now();
-        if client.as_ref().is_some_and(|c| c.is_closed()) {
+        if client.as_ref().is_some_and(|c| !c.is_usable()) {
             client = None;
         }
-        let result: Result<(), String> = async {
+        // Connecting and the query together stay within the check's timeout, so a frozen
+        // server shows as down within a second, like a stopped one.
+        let result = crate::pg::within(CHECK_TIMEOUT, async {
             if client.is_none() {
-                client = Some(crate::pg::connect(&cfg, CHECK_TIMEOUT).await?);
+                client = Some(crate::pg::connect(&cfg, CHECK_TIMEOUT, None).await?);
             }
-            let c = client.as_ref().ok_or("not connected")?;
-            let q = async {
-                c.simple_query("SELECT 1").await.map_err(|e| {
-                    glommio::GlommioError::IoError(std::io::Error::other(crate::pg::describe(&e)))
-                })
-            };
-            glommio::timer::timeout(CHECK_TIMEOUT, q)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
+            let c = client.as_ref().ok_or(crate::pg::DbError::NotConnected)?;
+            c.simple_query("SELECT 1").await?;
+            Ok::<(), crate::pg::DbError>(())
+        })
         .await;
         let status = match result {
             Ok(()) => DepStatus::checked(
@@ -136,8 +131,10 @@ pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: crate::pg::PgConfig
                 None,
             ),
             Err(e) => {
-                client = None;
-                DepStatus::checked(endpoint.clone(), None, Some(e))
+                if let Some(c) = client.take() {
+                    c.mark_broken();
+                }
+                DepStatus::checked(endpoint.clone(), None, Some(e.to_string()))
             }
         };
         health.borrow_mut().postgres = status;

@@ -39,7 +39,8 @@ pub struct ControlParams {
     pub hit_target: f64,
     pub batch_size: usize,
     pub retention_hours: u32,
-    pub connect_timeout: Duration,
+    /// Bound of each PostgreSQL operation (`DB_TIMEOUT_MS`): connect, schema, writer batches.
+    pub db_timeout: Duration,
     pub config_json: serde_json::Value,
     pub shards: usize,
     pub start_unix: f64,
@@ -172,18 +173,20 @@ pub async fn run(
     flags.ready.store(true, Ordering::SeqCst);
     tracing::info!(run_id = state.p.run_id, "load started");
 
+    // When the stop was asked for: the writer's shutdown grace counts from it.
+    let stopped_at: Rc<std::cell::Cell<Option<Instant>>> = Rc::default();
     let writer_task = glommio::spawn_local(writer::run(
         WriterConfig {
             pg: state.p.pg.clone(),
             run_id: state.p.run_id,
             batch_size: state.p.batch_size,
             retention_hours: state.p.retention_hours,
-            connect_timeout: state.p.connect_timeout,
-            shutdown_grace: Duration::from_secs(30),
+            db_timeout: state.p.db_timeout,
+            shutdown_grace: writer::SHUTDOWN_GRACE,
         },
         rows,
         backlogs,
-        flags.stopping.clone(),
+        stopped_at.clone(),
         state.writer.clone(),
     ));
     let open_reports = Rc::new(std::cell::Cell::new(reports.len()));
@@ -224,6 +227,7 @@ pub async fn run(
             progress(&state);
         }
     }
+    stopped_at.set(Some(Instant::now()));
     flags.stopping.store(true, Ordering::SeqCst);
     writer_task.await;
     while open_reports.get() > 0 {
@@ -328,18 +332,33 @@ async fn wait_for_schema(state: &State, flags: &Flags) {
     }
 }
 
+/// Connects, applies the schema and records the run, each step within `DB_TIMEOUT_MS`.
 async fn prepare_db(p: &ControlParams) -> Result<(), String> {
-    let client = crate::pg::connect(&p.pg, p.connect_timeout).await?;
-    crate::pg::apply_schema(&client).await?;
-    client
-        .execute(
-            "INSERT INTO runs (run_id, config, last_seen) VALUES ($1, $2::text::jsonb, now()) \
-             ON CONFLICT (run_id) DO NOTHING",
-            &[&p.run_id, &p.config_json.to_string()],
+    let statement_timeout = crate::pg::statement_timeout_for(p.db_timeout);
+    let client = crate::pg::connect(&p.pg, p.db_timeout, Some(statement_timeout)).await?;
+    let result = async {
+        crate::pg::within(p.db_timeout, async {
+            crate::pg::apply_schema(&client)
+                .await
+                .map_err(crate::pg::DbError::Failed)
+        })
+        .await?;
+        crate::pg::within(
+            p.db_timeout,
+            client.execute(
+                "INSERT INTO runs (run_id, config, last_seen) VALUES ($1, $2::text::jsonb, now()) \
+                 ON CONFLICT (run_id) DO NOTHING",
+                &[&p.run_id, &p.config_json.to_string()],
+            ),
         )
-        .await
-        .map_err(|e| crate::pg::describe(&e))?;
-    Ok(())
+        .await?;
+        Ok::<(), crate::pg::DbError>(())
+    }
+    .await;
+    if result.is_err() {
+        client.mark_broken();
+    }
+    Ok(result?)
 }
 
 /// How long a switch may wait for the shards' command queues.
@@ -352,7 +371,9 @@ fn static_gauges(p: &ControlParams) {
     metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => p.redis_url.redacted()).set(1.0);
     metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).absolute(0);
     metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(0.0);
-    metrics::counter!(m::DB_WRITE_ERRORS_TOTAL).absolute(0);
+    for kind in crate::pg::DbError::WRITE_KINDS {
+        metrics::counter!(m::DB_WRITE_ERRORS_TOTAL, "kind" => kind).absolute(0);
+    }
     metrics::counter!(m::DB_ROWS_WRITTEN_TOTAL).absolute(0);
     metrics::counter!(m::DB_ROWS_DROPPED_TOTAL).absolute(0);
     metrics::gauge!(m::DB_WRITER_QUEUE_DEPTH).set(0.0);

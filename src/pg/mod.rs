@@ -3,13 +3,17 @@
 //! read connections live on the same executors as everything else.
 
 pub mod reader;
+#[cfg(test)]
+mod timeout_tests;
 mod tls;
 pub mod writer;
 
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 use tokio_postgres::config::Host;
@@ -247,24 +251,227 @@ async fn resolve(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     Ok(found)
 }
 
-/// Opens one connection on the current glommio executor and spawns its driver task.
-pub async fn connect(cfg: &PgConfig, timeout: Duration) -> Result<Client, String> {
+/// How a PostgreSQL operation failed: the `kind` label of the error counters, and a message
+/// for logs (never with credentials: the driver's errors and ours name no password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbError {
+    /// No answer within the bound. The connection is dropped: a frozen or unreachable server's
+    /// connection cannot be trusted (a reply may still arrive for a request we gave up on).
+    Timeout(Duration),
+    /// The server cancelled a statement that ran past the session's `statement_timeout`; the
+    /// connection is fine.
+    StatementTimeout(String),
+    /// No connection could be opened (refused, unresolvable, TLS or login failed).
+    Connect(String),
+    /// Reads only: no connection, and the next attempt is not due yet or is under way (reads
+    /// fail fast meanwhile instead of waiting).
+    NotConnected,
+    /// The server answered with an error, or the connection broke.
+    Failed(String),
+}
+
+impl DbError {
+    /// The `kind` values a read can fail with (reads never connect themselves), and those of
+    /// writer operations: every series is created at zero.
+    pub const READ_KINDS: [&'static str; 3] = ["timeout", "not_connected", "error"];
+    pub const WRITE_KINDS: [&'static str; 3] = ["timeout", "connect", "error"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DbError::Timeout(_) | DbError::StatementTimeout(_) => "timeout",
+            DbError::Connect(_) => "connect",
+            DbError::NotConnected => "not_connected",
+            DbError::Failed(_) => "error",
+        }
+    }
+
+    /// Either side gave up waiting.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == "timeout"
+    }
+
+    /// The client gave up waiting: the connection must not be used again.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(self, DbError::Timeout(_))
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Timeout(d) => write!(f, "no answer from postgres within {d:?}"),
+            DbError::StatementTimeout(m) => write!(f, "statement timeout: {m}"),
+            DbError::Connect(m) => write!(f, "cannot connect to postgres: {m}"),
+            DbError::NotConnected => f.write_str("postgres not connected"),
+            DbError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> DbError {
+        // We never send cancel requests: a cancelled statement ran past `statement_timeout`.
+        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+            DbError::StatementTimeout(describe(&e))
+        } else {
+            DbError::Failed(describe(&e))
+        }
+    }
+}
+
+/// The `statement_timeout` for a client-side bound of `limit`: a little shorter, so that on a
+/// live but slow server the server cancels the statement (and the connection stays usable)
+/// before the client gives up on the connection.
+pub fn statement_timeout_for(limit: Duration) -> Duration {
+    (limit * 9 / 10).max(Duration::from_millis(1))
+}
+
+impl From<DbError> for String {
+    fn from(e: DbError) -> String {
+        e.to_string()
+    }
+}
+
+/// Runs `op` for at most `limit`: the client's own bound, which holds even when the server is
+/// frozen and can enforce nothing (`statement_timeout` covers the other case, a live server
+/// with a slow statement). Dropping `op` at the limit cancels whatever it awaited.
+pub async fn within<T, E: Into<DbError>>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    let op = async { op.await.map_err(Into::into) };
+    let expire = async {
+        glommio::timer::sleep(limit).await;
+        Err(DbError::Timeout(limit))
+    };
+    futures_lite::future::or(op, expire).await
+}
+
+/// TCP keepalive on PostgreSQL sockets: an idle connection to a host that went away (network
+/// cut, machine gone) is found dead after about `KEEPALIVE_IDLE + KEEPALIVE_COUNT *
+/// KEEPALIVE_INTERVAL` (30 s) instead of the system's two hours. A frozen server process is
+/// not found this way (its kernel still answers probes): the timeouts handle that case.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_COUNT: u32 = 3;
+
+fn set_keepalive(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt on an open socket we own, with a pointer to a live c_int and its
+        // size; the kernel copies the value.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        KEEPALIVE_IDLE.as_secs() as libc::c_int,
+    )?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        KEEPALIVE_INTERVAL.as_secs() as libc::c_int,
+    )?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        KEEPALIVE_COUNT as libc::c_int,
+    )
+}
+
+/// One connection: the driver's client and its connection task. Derefs to the client.
+pub struct Conn {
+    client: Client,
+    driver: glommio::task::JoinHandle<()>,
+    broken: std::cell::Cell<bool>,
+}
+
+impl Conn {
+    /// Marks the connection as not to be trusted (an operation on it timed out): it is no
+    /// longer usable, and dropping it stops its task and closes the socket at once, instead
+    /// of leaving the task waiting on a server that may never answer.
+    pub fn mark_broken(&self) {
+        self.broken.set(true);
+    }
+
+    /// Neither closed nor marked broken.
+    pub fn is_usable(&self) -> bool {
+        !self.broken.get() && !self.client.is_closed()
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // A healthy connection's task ends by itself once the client is gone (it says goodbye
+        // to the server first); a broken one's might wait forever.
+        if self.broken.get() {
+            self.driver.cancel();
+        }
+    }
+}
+
+/// Opens one connection on the current glommio executor and spawns its driver task, all
+/// within `limit` (resolving, TCP, TLS, login, and the `SET`). With `statement_timeout`, the
+/// server cancels any statement of this session that runs longer (see
+/// [`statement_timeout_for`]).
+pub async fn connect(
+    cfg: &PgConfig,
+    limit: Duration,
+    statement_timeout: Option<Duration>,
+) -> Result<Conn, DbError> {
+    let deadline = Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(Instant::now());
     let host = match cfg.driver.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(_)) => {
-            return Err("unix-socket DATABASE_URL is not supported; use host=127.0.0.1".into())
+            return Err(DbError::Connect(
+                "unix-socket DATABASE_URL is not supported; use host=127.0.0.1".into(),
+            ))
         }
         None => "localhost".to_string(),
     };
     let port = cfg.driver.get_ports().first().copied().unwrap_or(5432);
-    let addrs = resolve(host.clone(), port)
-        .await
-        .map_err(|e| format!("resolving {host}: {e}"))?;
+    let addrs = within(left(), async {
+        resolve(host.clone(), port)
+            .await
+            .map_err(|e| DbError::Connect(format!("resolving {host}: {e}")))
+    })
+    .await?;
     // Every address in turn: `localhost` may resolve to ::1 first, the server listen on 127.0.0.1.
     let mut last = String::new();
     let mut connected = None;
     for addr in addrs {
-        match glommio::net::TcpStream::connect_timeout(addr, timeout).await {
+        let wait = left();
+        if wait.is_zero() {
+            return Err(DbError::Timeout(limit));
+        }
+        match glommio::net::TcpStream::connect_timeout(addr, wait).await {
             Ok(s) => {
                 connected = Some(s);
                 break;
@@ -272,25 +479,43 @@ pub async fn connect(cfg: &PgConfig, timeout: Duration) -> Result<Client, String
             Err(e) => last = format!("connecting to {addr}: {e}"),
         }
     }
-    let stream = connected.ok_or(last)?;
+    let stream = connected.ok_or(DbError::Connect(last))?;
     let _ = stream.set_nodelay(true);
-    match &cfg.tls {
-        None => start(cfg, stream, NoTls, timeout).await,
+    if let Err(e) = set_keepalive(stream.as_raw_fd()) {
+        tracing::debug!(error = %e, "postgres socket: cannot set TCP keepalive");
+    }
+    let conn = match &cfg.tls {
+        None => start(cfg, stream, NoTls, left()).await,
         Some(config) => {
-            let name = crate::tls::server_name(&host)?;
+            let name = crate::tls::server_name(&host).map_err(DbError::Connect)?;
             let config = config.clone();
-            start(cfg, stream, tls::PgTls { config, name }, timeout).await
+            start(cfg, stream, tls::PgTls { config, name }, left()).await
         }
     }
+    .map_err(|e| match e {
+        DbError::Timeout(_) => DbError::Timeout(limit),
+        e => e,
+    })?;
+    if let Some(t) = statement_timeout {
+        let set = format!("SET statement_timeout = {}", t.as_millis().max(1));
+        if let Err(e) = within(left(), conn.batch_execute(&set)).await {
+            conn.mark_broken();
+            return Err(match e {
+                DbError::Timeout(_) => DbError::Timeout(limit),
+                e => e,
+            });
+        }
+    }
+    Ok(conn)
 }
 
-/// Startup (TLS, authentication) within `timeout`, then the driver task.
+/// Startup (TLS, authentication) within `limit`, then the driver task.
 async fn start<T>(
     cfg: &PgConfig,
     stream: TcpStream,
     tls: T,
-    timeout: Duration,
-) -> Result<Client, String>
+    limit: Duration,
+) -> Result<Conn, DbError>
 where
     T: TlsConnect<Compat<TcpStream>>,
     T::Stream: 'static,
@@ -299,22 +524,20 @@ where
         cfg.driver
             .connect_raw(stream.compat(), tls)
             .await
-            .map_err(|e| describe(&e))
+            .map_err(|e| DbError::Connect(format!("postgres handshake: {}", describe(&e))))
     };
-    let expire = async {
-        glommio::timer::sleep(timeout).await;
-        Err(format!("timed out after {timeout:?}"))
-    };
-    let (client, conn) = futures_lite::future::or(handshake, expire)
-        .await
-        .map_err(|e| format!("postgres handshake: {e}"))?;
-    glommio::spawn_local(async move {
+    let (client, conn) = within(limit, handshake).await?;
+    let driver = glommio::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %describe(&e), "postgres connection ended");
         }
     })
     .detach();
-    Ok(client)
+    Ok(Conn {
+        client,
+        driver,
+        broken: std::cell::Cell::new(false),
+    })
 }
 
 /// A one-line description of a driver error (its Display alone says only "db error").

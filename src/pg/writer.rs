@@ -5,19 +5,23 @@
 //! takes it; a retried batch is written once (see `writer_batches`). Memory stays bounded
 //! because shards stop starting events when their rows-not-yet-committed reach their share
 //! of `DB_BUFFER_ROWS` (counted as skipped, reason `db_backlog`).
+//!
+//! Every attempt (connecting included) is bounded by `DB_TIMEOUT_MS`, so a frozen or
+//! unreachable Postgres cannot hold the writer: a timed-out attempt drops its connection and
+//! the batch is retried on a new one. After a stop the writer keeps trying for
+//! `SHUTDOWN_GRACE` counted from the stop; what is still unwritten then is dropped and counted.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::PgConfig;
+use super::{Conn, DbError, PgConfig};
 use glommio::channels::shared_channel::SharedReceiver;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
 
 use crate::metrics as m;
 use crate::notify;
@@ -57,13 +61,18 @@ impl Backlog {
 /// Longest wait between two attempts at a failed batch.
 const WRITE_RETRY_MAX: Duration = Duration::from_millis(250);
 
+/// How long the writer keeps trying to write pending rows after a stop, counted from the stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 pub struct WriterConfig {
     pub pg: PgConfig,
     pub run_id: i64,
     pub batch_size: usize,
     pub retention_hours: u32,
-    pub connect_timeout: Duration,
-    /// How long to keep retrying pending rows after a stop is requested.
+    /// Bound of each attempt at a batch (connecting included) and of retention; a little more
+    /// than the connection's `statement_timeout`.
+    pub db_timeout: Duration,
+    /// How long to keep retrying pending rows after the stop (counted from the stop).
     pub shutdown_grace: Duration,
 }
 
@@ -89,14 +98,14 @@ fn shard_of(event_id: i64) -> usize {
     (event_id >> 48) as usize
 }
 
-/// Runs until every shard's channel is closed and every row is written (or, after a stop,
-/// `shutdown_grace` has passed with Postgres still failing: then the rest are counted as
-/// dropped).
+/// Runs until every shard's channel is closed and every row is written (or `shutdown_grace`
+/// after the stop, set in `stopped_at`, has passed with Postgres still failing: then the rest
+/// are counted as dropped).
 pub async fn run(
     cfg: WriterConfig,
     receivers: Vec<SharedReceiver<RowBatch>>,
     backlogs: Vec<Arc<Backlog>>,
-    stopping: Arc<AtomicBool>,
+    stopped_at: Rc<Cell<Option<Instant>>>,
     status: Rc<RefCell<WriterStatus>>,
 ) {
     let queue: Rc<RefCell<VecDeque<RowBatch>>> = Rc::default();
@@ -144,7 +153,7 @@ pub async fn run(
         let all_closed = open.get() == 0 && queue.borrow().is_empty();
         let due = first_at.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
         if !batch.is_empty() && (batch.len() >= w.cfg.batch_size || due || all_closed) {
-            w.flush(&mut batch, &stopping).await;
+            w.flush(&mut batch, &stopped_at).await;
             first_at = None;
             continue;
         }
@@ -170,9 +179,24 @@ pub async fn run(
     w.status.borrow_mut().connected = false;
 }
 
+/// Resolves once `grace` has passed since the stop (never before a stop).
+async fn grace_over(stopped_at: &Cell<Option<Instant>>, grace: Duration) {
+    const CHECK_EVERY: Duration = Duration::from_millis(100);
+    loop {
+        let wait = match stopped_at.get() {
+            Some(t) => match (t + grace).checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return,
+            },
+            None => CHECK_EVERY,
+        };
+        glommio::timer::sleep(wait.min(CHECK_EVERY)).await;
+    }
+}
+
 struct Writer {
     cfg: WriterConfig,
-    client: Option<Client>,
+    client: Option<Conn>,
     batch_seq: i64,
     backlogs: Vec<Arc<Backlog>>,
     status: Rc<RefCell<WriterStatus>>,
@@ -182,13 +206,14 @@ struct Writer {
 }
 
 impl Writer {
-    async fn ensure_client(&mut self) -> Result<(), String> {
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+    async fn ensure_client(&mut self) -> Result<(), DbError> {
+        if self.client.as_ref().is_some_and(|c| c.is_usable()) {
             return Ok(());
         }
         self.client = None;
         self.status.borrow_mut().connected = false;
-        let client = super::connect(&self.cfg.pg, self.cfg.connect_timeout).await?;
+        let t = self.cfg.db_timeout;
+        let client = super::connect(&self.cfg.pg, t, Some(super::statement_timeout_for(t))).await?;
         self.client = Some(client);
         self.status.borrow_mut().connected = true;
         tracing::info!(db = %super::redacted(&self.cfg.pg), "writer connected to postgres");
@@ -196,17 +221,33 @@ impl Writer {
     }
 
     /// Writes `batch` (then clears it), retrying until it lands or the shutdown grace ends.
-    async fn flush(&mut self, batch: &mut Vec<EventRow>, stopping: &AtomicBool) {
+    /// Each attempt is bounded by `db_timeout` and, after a stop, by the end of the grace.
+    async fn flush(&mut self, batch: &mut Vec<EventRow>, stopped_at: &Cell<Option<Instant>>) {
         self.batch_seq += 1;
         let seq = self.batch_seq;
         let mut attempt = 0u32;
-        let mut give_up_at: Option<Instant> = None;
         loop {
+            let now = Instant::now();
+            let give_up_at = stopped_at.get().map(|t| t + self.cfg.shutdown_grace);
+            if give_up_at.is_some_and(|t| now >= t) {
+                self.dropped(batch);
+                batch.clear();
+                return;
+            }
             attempt += 1;
-            let result = match self.ensure_client().await {
-                Ok(()) => self.write_once(batch, seq, attempt > 1).await,
-                Err(e) => Err(e),
+            let grace = self.cfg.shutdown_grace;
+            let attempt_once = super::within(self.cfg.db_timeout, async {
+                self.ensure_client().await?;
+                self.write_once(batch, seq, attempt > 1)
+                    .await
+                    .map_err(DbError::Failed)
+            });
+            // A stop during the attempt: it ends with the grace at the latest.
+            let cut = async {
+                grace_over(stopped_at, grace).await;
+                Err(DbError::Timeout(now.elapsed()))
             };
+            let result = futures_lite::future::or(attempt_once, cut).await;
             match result {
                 Ok(()) => {
                     self.committed(batch);
@@ -215,31 +256,33 @@ impl Writer {
                     return;
                 }
                 Err(e) => {
-                    metrics::counter!(m::DB_WRITE_ERRORS_TOTAL).increment(1);
+                    metrics::counter!(m::DB_WRITE_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
                     {
                         let mut st = self.status.borrow_mut();
                         st.errors += 1;
-                        st.last_error = Some(e.clone());
+                        st.last_error = Some(e.to_string());
                     }
-                    tracing::warn!(error = %e, rows = batch.len(), attempt, "postgres write failed; retrying");
-                    if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-                        self.client = None;
-                    }
-                    if stopping.load(Ordering::Relaxed) {
-                        let limit =
-                            *give_up_at.get_or_insert(Instant::now() + self.cfg.shutdown_grace);
-                        if Instant::now() >= limit {
-                            self.dropped(batch);
-                            batch.clear();
-                            return;
-                        }
-                    }
+                    tracing::warn!(error = %e, kind = e.kind(), rows = batch.len(), attempt, "postgres write failed; retrying");
+                    self.drop_client_if(&e);
                     glommio::timer::sleep(self.backoff).await;
                     // Capped low: the retry after Postgres returns starts within this, and the
                     // promise is rows flowing again within a second of its return. A refused
                     // connection four times a second costs Postgres nothing.
                     self.backoff = (self.backoff * 2).min(WRITE_RETRY_MAX);
                 }
+            }
+        }
+    }
+
+    /// After a failure: a timed-out connection is not trusted again, a closed one is gone.
+    fn drop_client_if(&mut self, e: &DbError) {
+        if let Some(c) = &self.client {
+            if e.breaks_connection() {
+                c.mark_broken();
+            }
+            if !c.is_usable() {
+                self.client = None;
+                self.status.borrow_mut().connected = false;
             }
         }
     }
@@ -278,6 +321,7 @@ impl Writer {
         self.status.borrow_mut().rows_dropped += batch.len() as u64;
         tracing::error!(
             rows = batch.len(),
+            grace_seconds = self.cfg.shutdown_grace.as_secs(),
             "postgres still failing after the shutdown grace period: rows dropped"
         );
     }
@@ -298,33 +342,44 @@ impl Writer {
     async fn heartbeat(&mut self, end: Option<(&str, i64)>) {
         self.last_heartbeat = Instant::now();
         let (started, written) = self.progress();
-        if self.ensure_client().await.is_err() {
-            return;
-        }
-        let Some(client) = self.client.as_ref() else {
-            return;
-        };
         let run_id = self.cfg.run_id;
-        let r = match end {
-            None => client
-                .execute(
-                    "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3 \
+        // Bounded like every write: a frozen PostgreSQL must not hold up the writer here.
+        let r = super::within(self.cfg.db_timeout, async {
+            self.ensure_client().await?;
+            let Some(client) = self.client.as_ref() else {
+                return Err(DbError::NotConnected);
+            };
+            match end {
+                None => client
+                    .execute(
+                        "UPDATE runs SET last_seen = now(), events_started = $2, \
+                         rows_written = $3 WHERE run_id = $1",
+                        &[&run_id, &started, &written],
+                    )
+                    .await
+                    .map_err(DbError::from),
+                Some((state, dropped)) => client
+                    .execute(
+                        "UPDATE runs SET last_seen = now(), events_started = $2, \
+                         rows_written = $3, ended_at = now(), end_state = $4, rows_dropped = $5 \
                          WHERE run_id = $1",
-                    &[&run_id, &started, &written],
-                )
-                .await,
-            Some((state, dropped)) => client
-                .execute(
-                    "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3, \
-                         ended_at = now(), end_state = $4, rows_dropped = $5 WHERE run_id = $1",
-                    &[&run_id, &started, &written, &state, &dropped],
-                )
-                .await,
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %super::describe(&e), ended = end.is_some(), "recording the run's progress failed");
-        } else if let Some((state, dropped)) = end {
-            tracing::info!(state, rows_dropped = dropped, "run end recorded");
+                        &[&run_id, &started, &written, &state, &dropped],
+                    )
+                    .await
+                    .map_err(DbError::from),
+            }
+        })
+        .await;
+        match r {
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), ended = end.is_some(), "recording the run's progress failed");
+                self.drop_client_if(&e);
+            }
+            Ok(_) => {
+                if let Some((state, dropped)) = end {
+                    tracing::info!(state, rows_dropped = dropped, "run end recorded");
+                }
+            }
         }
     }
 
@@ -449,7 +504,7 @@ impl Writer {
     }
 
     /// Deletes what no counter can still need: events and rollups older than
-    /// `TIME_BUCKETS` + 1 hours.
+    /// `TIME_BUCKETS` + 1 hours. Bounded by `db_timeout` like a batch.
     async fn retention(&mut self) {
         self.last_retention = Instant::now();
         let Some(client) = self.client.as_ref() else {
@@ -459,7 +514,7 @@ impl Writer {
         let cutoff_bucket =
             time::bucket_hours_ago(time::unix_now() as i64, self.cfg.retention_hours + 1);
         let started = Instant::now();
-        let r = async {
+        let r = super::within(self.cfg.db_timeout, async {
             let ev = client
                 .execute(
                     "DELETE FROM events WHERE ts < now() - make_interval(secs => $1)",
@@ -479,14 +534,17 @@ impl Writer {
                 )
                 .await?;
             Ok::<u64, tokio_postgres::Error>(ev)
-        }
+        })
         .await;
         metrics::histogram!(m::DB_QUERY_DURATION, "op" => "retention")
             .record(started.elapsed().as_secs_f64());
         match r {
             Ok(n) if n > 0 => tracing::info!(rows = n, "retention removed old events"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %super::describe(&e), "retention failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, kind = e.kind(), "retention failed");
+                self.drop_client_if(&e);
+            }
         }
     }
 }

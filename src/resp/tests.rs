@@ -3,7 +3,7 @@
 //! glommio executor.
 
 use crate::resp::{Connection, Pool, PoolConfig, Protocol, RedisUrl, Reply};
-use glommio::{LocalExecutorBuilder, Placement};
+use crate::test_util::run;
 use redis_protocol::resp2::decode::decode;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -66,18 +66,6 @@ fn cfg() -> PoolConfig {
 
 fn cfg_with(protocol: Protocol) -> PoolConfig {
     PoolConfig { protocol, ..cfg() }
-}
-
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap();
 }
 
 fn url(port: u16) -> RedisUrl {

@@ -40,6 +40,10 @@ pub struct ShardParams {
     pub redis_url: RedisUrl,
     pub pool: PoolConfig,
     pub pg: crate::pg::PgConfig,
+    /// Bound of connecting the read connection (in the background; reads fail fast meanwhile).
+    pub db_timeout: Duration,
+    /// Bound of one cache-miss read.
+    pub db_read_timeout: Duration,
     pub backlog_cap: u64,
     pub seed: u64,
     /// Operations more than this far behind their schedule are skipped as late.
@@ -103,7 +107,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let rows_tx = crate::notify::awake(links.rows.connect()).await;
     let reports_tx = crate::notify::awake(links.reports.connect()).await;
     let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
-    let reader = Reader::new(p.pg.clone(), p.pool.connect_timeout, p.index);
+    let reader = Reader::new(p.pg.clone(), p.db_timeout, p.db_read_timeout, p.index);
     let org_pick = match p.zipf_exponent {
         Some(s) => Skewed::zipf(p.orgs.len(), s),
         None => Skewed::uniform(p.orgs.len() as u64),
@@ -201,8 +205,12 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         t.await;
     }
     shard.load_end.set(Some(Instant::now()));
-    // Drain: wait for in-flight operations (they are bounded by the command timeout).
-    let drain_limit = Instant::now() + shard.p.pool.command_timeout * 3 + Duration::from_secs(2);
+    // Drain: wait for in-flight operations (bounded by the Redis command timeout, and a query
+    // by two commands and one Postgres read).
+    let drain_limit = Instant::now()
+        + shard.p.pool.command_timeout * 3
+        + shard.p.db_read_timeout
+        + Duration::from_secs(2);
     while shard.inflight.get() > 0 && Instant::now() < drain_limit {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }

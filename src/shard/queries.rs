@@ -32,7 +32,18 @@ pub fn start(s: Rc<Shard>, due: Instant) {
 
 enum Failure {
     Redis(&'static str),
-    Db,
+    /// The cache-miss read failed; true when it timed out.
+    Db {
+        timeout: bool,
+    },
+}
+
+impl From<crate::pg::DbError> for Failure {
+    fn from(e: crate::pg::DbError) -> Failure {
+        Failure::Db {
+            timeout: e.is_timeout(),
+        }
+    }
 }
 
 impl From<RedisError> for Failure {
@@ -85,8 +96,13 @@ async fn run(s: &Shard, due: Instant) {
             s.stats.borrow_mut().redis_failed(started, kind);
             CacheOutcome::Error
         }
-        Err(Failure::Db) => {
-            *s.stats.borrow_mut().errors.entry("postgres").or_default() += 1;
+        Err(Failure::Db { timeout }) => {
+            let kind = if timeout {
+                "postgres_timeout"
+            } else {
+                "postgres"
+            };
+            *s.stats.borrow_mut().errors.entry(kind).or_default() += 1;
             CacheOutcome::Error
         }
     };
@@ -134,11 +150,7 @@ async fn cache_aside(
 async fn dashboard_value(s: &Shard, org: u32) -> Result<String, Failure> {
     let now = time::unix_now() as i64;
     let from = time::bucket_hours_ago(now, s.p.time_buckets.saturating_sub(1));
-    let totals = s
-        .reader
-        .dashboard(org as i32, from)
-        .await
-        .map_err(|_| Failure::Db)?;
+    let totals = s.reader.dashboard(org as i32, from).await?;
     let mut v = format!(
         "{{\"org\":{org},\"hours\":{},\"computed_at\":{now}",
         s.p.time_buckets
@@ -165,11 +177,7 @@ async fn filtered_value(
 ) -> Result<String, Failure> {
     let now = time::unix_now() as i64;
     let from = time::bucket_hours_ago(now, window.saturating_sub(1));
-    let n = s
-        .reader
-        .filtered(org as i32, ty.code(), from)
-        .await
-        .map_err(|_| Failure::Db)?;
+    let n = s.reader.filtered(org as i32, ty.code(), from).await?;
     Ok(format!(
         "{{\"org\":{org},\"type\":\"{}\",\"hours\":{window},\"events\":{n},\"computed_at\":{now}}}",
         ty.as_str()

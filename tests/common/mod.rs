@@ -889,6 +889,61 @@ impl Drop for PgServer {
     }
 }
 
+impl PgServer {
+    /// Freeze the whole server (SIGSTOP to the postmaster, then to every process it started:
+    /// backends, checkpointer, ...): connections stay open and nothing answers, not even a new
+    /// connection's login. The guard thaws it (SIGCONT) when dropped, also when a test panics.
+    pub fn freeze(&self) -> PgFrozen {
+        let postmaster = self.pid().expect("postgres is not running");
+        // The postmaster first, so it starts no process after the list is taken.
+        signal(postmaster, libc::SIGSTOP);
+        let mut pids = vec![postmaster];
+        for child in children_of(postmaster) {
+            signal(child, libc::SIGSTOP);
+            pids.push(child);
+        }
+        PgFrozen { pids }
+    }
+}
+
+/// A frozen PostgreSQL (see `PgServer::freeze`); dropping it thaws the server.
+pub struct PgFrozen {
+    pids: Vec<u32>,
+}
+
+impl PgFrozen {
+    /// Thaw now (the same as dropping the guard).
+    pub fn thaw(self) {}
+}
+
+impl Drop for PgFrozen {
+    fn drop(&mut self) {
+        for &pid in self.pids.iter().rev() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+}
+
+/// Pids whose parent is PARENT (from /proc).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After "pid (comm)": state, then the parent's pid.
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The application
 // ---------------------------------------------------------------------------------------------
@@ -924,6 +979,8 @@ const APP_ENV_VARS: &[&str] = &[
     "DATABASE_PASSWORD_FILE",
     "VERIFY_RUN",
     "VERIFY_SINCE",
+    "DB_TIMEOUT_MS",
+    "DB_READ_TIMEOUT_MS",
 ];
 
 /// The `analytics-demo` binary running as a child process.
