@@ -132,10 +132,9 @@ pub async fn run(
         backlogs,
         status,
         last_retention: Instant::now(),
-        // The first heartbeat at once: `verify` tells a live run from a dead one by it.
-        last_heartbeat: Instant::now()
-            .checked_sub(HEARTBEAT_EVERY)
-            .unwrap_or_else(Instant::now),
+        // The run's row was inserted with `last_seen = now()` at start (how `verify` tells a
+        // live run from a dead one); every commit and every HEARTBEAT_EVERY refresh it.
+        last_heartbeat: Instant::now(),
         backoff: Duration::from_millis(50),
     };
     let mut batch: Vec<EventRow> = Vec::with_capacity(w.cfg.batch_size * 2);
@@ -164,7 +163,7 @@ pub async fn run(
             w.retention().await;
         }
         if w.last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
-            w.heartbeat(None).await;
+            w.heartbeat(None, &stopped_at).await;
         }
         match first_at {
             Some(t) => {
@@ -175,11 +174,15 @@ pub async fn run(
             }
         }
     }
-    w.record_end().await;
+    w.record_end(&stopped_at).await;
     w.status.borrow_mut().connected = false;
 }
 
 /// Resolves once `grace` has passed since the stop (never before a stop).
+/// How long the run's end record may take (it comes after the shutdown grace when PostgreSQL
+/// is failing, and only delays the exit).
+const END_RECORD_BOUND: Duration = Duration::from_secs(2);
+
 async fn grace_over(stopped_at: &Cell<Option<Instant>>, grace: Duration) {
     const CHECK_EVERY: Duration = Duration::from_millis(100);
     loop {
@@ -339,12 +342,27 @@ impl Writer {
 
     /// Records that the run is alive (`end`: None), or how it ended (`end`: the state and
     /// the rows that never reached PostgreSQL). Best effort: a failure is logged.
-    async fn heartbeat(&mut self, end: Option<(&str, i64)>) {
+    async fn heartbeat(&mut self, end: Option<(&str, i64)>, stopped_at: &Cell<Option<Instant>>) {
         self.last_heartbeat = Instant::now();
         let (started, written) = self.progress();
         let run_id = self.cfg.run_id;
-        // Bounded like every write: a frozen PostgreSQL must not hold up the writer here.
-        let r = super::within(self.cfg.db_timeout, async {
+        // Bounded like every write, and never past the shutdown grace (the end record, made
+        // after it, gets END_RECORD_BOUND): a frozen PostgreSQL must not hold up the writer.
+        let limit = if end.is_some() {
+            self.cfg.db_timeout.min(END_RECORD_BOUND)
+        } else {
+            self.cfg.db_timeout
+        };
+        let grace = self.cfg.shutdown_grace;
+        let cut = async {
+            if end.is_none() {
+                grace_over(stopped_at, grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+            Err(DbError::Timeout(limit))
+        };
+        let attempt = super::within(limit, async {
             self.ensure_client().await?;
             let Some(client) = self.client.as_ref() else {
                 return Err(DbError::NotConnected);
@@ -368,8 +386,8 @@ impl Writer {
                     .await
                     .map_err(DbError::from),
             }
-        })
-        .await;
+        });
+        let r = futures_lite::future::or(attempt, cut).await;
         match r {
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), ended = end.is_some(), "recording the run's progress failed");
@@ -385,7 +403,7 @@ impl Writer {
 
     /// At the end: rows dropped after the shutdown grace, plus rows of events started that
     /// never reached the writer (still counted as pending), make the run end 'rows_dropped'.
-    async fn record_end(&mut self) {
+    async fn record_end(&mut self, stopped_at: &Cell<Option<Instant>>) {
         let pending: u64 = self.backlogs.iter().map(|b| b.pending()).sum();
         let dropped = self.status.borrow().rows_dropped + pending;
         let state = if dropped == 0 {
@@ -393,7 +411,8 @@ impl Writer {
         } else {
             "rows_dropped"
         };
-        self.heartbeat(Some((state, dropped as i64))).await;
+        self.heartbeat(Some((state, dropped as i64)), stopped_at)
+            .await;
     }
 
     async fn write_once(
