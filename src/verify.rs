@@ -578,7 +578,12 @@ pub async fn run(
     args: &VerifyArgs,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Verdict, String> {
-    let client = crate::pg::connect(&args.database, Duration::from_secs(5), None).await?;
+    let client = crate::pg::connect(
+        &args.database,
+        Duration::from_secs(5),
+        Some(crate::pg::statement_timeout_for(DB_TIMEOUT)),
+    )
+    .await?;
     let redis = redis_connection(&args.redis_url, args.redis_protocol, tls).await?;
     let mut v = Verdict {
         redis_protocol: redis.protocol(),
@@ -717,6 +722,10 @@ async fn declared_runs(redis: &Connection) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// Bound of each PostgreSQL query of `verify` (90% of it is the session's statement_timeout):
+/// generous, since its reads can be large, but a frozen server ends the check with exit 2.
+const DB_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The runs with these ids, or started at or after `since` (unix seconds).
 async fn load_runs(
     client: &tokio_postgres::Client,
@@ -725,8 +734,9 @@ async fn load_runs(
 ) -> Result<Vec<RunRecord>, String> {
     let d = |e: tokio_postgres::Error| crate::pg::describe(&e);
     let since = since.map(|s| s as f64);
-    let rows = client
-        .query(
+    let rows = crate::pg::within(
+        DB_TIMEOUT,
+        client.query(
             "SELECT r.run_id, extract(epoch FROM r.started_at)::float8, \
              (r.config->>'time_buckets')::int4, (r.config->>'organizations')::int4, \
              extract(epoch FROM r.ended_at)::float8, r.end_state, r.rows_dropped, \
@@ -737,9 +747,10 @@ async fn load_runs(
              FROM runs r WHERE r.run_id = ANY($1) OR r.started_at >= to_timestamp($2) \
              ORDER BY r.started_at, r.run_id",
             &[&ids, &since],
-        )
-        .await
-        .map_err(d)?;
+        ),
+    )
+    .await
+    .map_err(String::from)?;
     let secs = |v: Option<f64>| v.map(|s| s.floor() as i64);
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -772,14 +783,16 @@ async fn load_rollups(
     if runs.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
+    let rows = crate::pg::within(
+        DB_TIMEOUT,
+        client.query(
             "SELECT run_id, org_id, bucket, event_type, acked, unknown FROM run_rollups \
              WHERE run_id = ANY($1) AND bucket >= $2",
             &[&runs, &first_bucket],
-        )
-        .await
-        .map_err(|e| crate::pg::describe(&e))?;
+        ),
+    )
+    .await
+    .map_err(String::from)?;
     Ok(rows
         .iter()
         .filter_map(|r| {
