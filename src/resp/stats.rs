@@ -13,7 +13,7 @@ const COMMANDS: [&str; 16] = [
 ];
 
 /// Every error kind label, exported at zero from the start.
-pub(crate) const ERROR_KINDS: [&str; 18] = [
+pub(crate) const ERROR_KINDS: [&str; 20] = [
     "connect",
     "timeout",
     "io",
@@ -32,6 +32,8 @@ pub(crate) const ERROR_KINDS: [&str; 18] = [
     "redirect",
     "err",
     "server_other",
+    "cross_slot",
+    "redirect_loop",
 ];
 
 /// Connection states of the `REDIS_CONNECTIONS{state}` gauge.
