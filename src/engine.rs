@@ -120,6 +120,42 @@ pub fn run(cfg: Config) -> i32 {
         // Health probes declare nothing; the shards' pools do (below).
         declare_run: None,
     };
+    let cluster = match cfg.redis_mode {
+        crate::resp::RedisMode::Standalone => false,
+        crate::resp::RedisMode::Cluster => true,
+        crate::resp::RedisMode::Auto => {
+            let (seeds, pc) = (cfg.redis_seeds.clone(), pool_base.clone());
+            let mode = cfg.redis_mode;
+            let found = crate::http::block_on(move || async move {
+                crate::resp::cluster::resolve_mode(mode, &seeds, &pc).await
+            });
+            match found.and_then(|r| r) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(error = %why, "REDIS_MODE auto: Redis not reachable, assuming standalone");
+                    false
+                }
+            }
+        }
+    };
+    tracing::info!(
+        mode = if cluster { "cluster" } else { "standalone" },
+        "redis mode"
+    );
+    // Switching to or from a cluster is not supported yet: the admin endpoint (whose only
+    // action is the switch) is off in cluster mode.
+    let (admin_token, admin_allow_loopback) = match cluster {
+        true => {
+            if cfg.admin_token.is_some() || cfg.admin_allow_unauthenticated_loopback {
+                tracing::warn!("cluster mode: POST /admin/redis-target is disabled (no switch to or from a cluster yet)");
+            }
+            (None, false)
+        }
+        false => (
+            cfg.admin_token.clone(),
+            cfg.admin_allow_unauthenticated_loopback,
+        ),
+    };
     let start_unix = crate::workload::time::unix_now();
     let declaration = crate::resp::RunDeclaration::new(run_id, start_unix as i64, cfg.time_buckets);
     let mut row_rx = Vec::new();
@@ -159,6 +195,7 @@ pub fn run(cfg: Config) -> i32 {
             warmup_interval: cfg.warmup_interval,
             time_buckets: cfg.time_buckets,
             redis_url: cfg.redis_url.clone(),
+            cluster_seeds: cluster.then(|| cfg.redis_seeds.clone()),
             pool: PoolConfig {
                 size: split_rate(cfg.redis_pool_size as u64, shards, i).max(1) as usize,
                 shard: i,
@@ -217,8 +254,8 @@ pub fn run(cfg: Config) -> i32 {
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix,
-        admin_token: cfg.admin_token.clone(),
-        admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
+        admin_token,
+        admin_allow_loopback,
     };
     let placement = if cfg.pin {
         Placement::Fixed(control_cpu)
@@ -295,6 +332,7 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
         "time_buckets": cfg.time_buckets,
         "redis": cfg.redis_url.redacted(),
         "redis_protocol": cfg.redis_protocol.as_str(),
+        "redis_mode": cfg.redis_mode.as_str(),
         "shards": shards,
         "seed": seed,
     })

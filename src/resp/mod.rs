@@ -22,6 +22,7 @@ pub(crate) mod sync;
 mod transport;
 pub mod url;
 
+pub use cluster::RedisMode;
 pub use conn::Connection;
 pub use error::RedisError;
 pub use frame::Reply;

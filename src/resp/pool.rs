@@ -251,6 +251,23 @@ impl Pool {
         self.cluster.is_some()
     }
 
+    /// The RESP version of a connection that is up (of a node's, in cluster mode); 0 if none.
+    pub fn protocol(&self) -> u8 {
+        if let Some(c) = &self.cluster {
+            return c
+                .pools()
+                .iter()
+                .map(|p| p.protocol())
+                .find(|v| *v != 0)
+                .unwrap_or(0);
+        }
+        self.sh
+            .slots
+            .iter()
+            .find_map(|s| s.conn.borrow().as_ref().map(|c| c.protocol()))
+            .unwrap_or(0)
+    }
+
     /// Resolves once at least one connection is up or `timeout` passes; returns whether one is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -32,6 +32,64 @@ const REFRESH_EVERY: Duration = Duration::from_millis(500);
 /// How often the run is declared again (as the standalone pools do per connection).
 const DECLARE_EVERY: Duration = Duration::from_secs(600);
 
+/// `--redis-mode`: how to talk to the Redis target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    /// Cluster when the first reachable seed's `INFO cluster` says `cluster_enabled:1`.
+    Auto,
+    Standalone,
+    Cluster,
+}
+
+impl RedisMode {
+    pub const CHOICES: [(&'static str, RedisMode); 3] = [
+        ("auto", RedisMode::Auto),
+        ("standalone", RedisMode::Standalone),
+        ("cluster", RedisMode::Cluster),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Auto => "auto",
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
+/// Whether to use cluster mode: `Auto` asks the first seed that answers for `INFO cluster`
+/// (`cluster_enabled:1`). `Err` when no seed answers.
+pub async fn resolve_mode(
+    mode: RedisMode,
+    seeds: &[RedisUrl],
+    cfg: &PoolConfig,
+) -> Result<bool, String> {
+    match mode {
+        RedisMode::Standalone => return Ok(false),
+        RedisMode::Cluster => return Ok(true),
+        RedisMode::Auto => {}
+    }
+    let mut cfg = cfg.clone();
+    cfg.declare_run = None;
+    let mut why = String::from("no Redis URL");
+    for seed in seeds {
+        let info = match Connection::connect(seed, &cfg).await {
+            Ok(c) => c.cmd(&[b"INFO", b"cluster"]).await,
+            Err(e) => Err(e),
+        };
+        match info {
+            Ok(r) => {
+                let text = r.as_bytes().unwrap_or_default();
+                return Ok(text
+                    .split(|b| *b == b'\n')
+                    .any(|l| l.trim_ascii() == b"cluster_enabled:1"));
+            }
+            Err(e) => why = format!("{}: {e}", seed.redacted()),
+        }
+    }
+    Err(why)
+}
+
 struct Node {
     addr: String,
     pool: Rc<Pool>,
