@@ -142,20 +142,6 @@ pub fn run(cfg: Config) -> i32 {
         mode = if cluster { "cluster" } else { "standalone" },
         "redis mode"
     );
-    // Switching to or from a cluster is not supported yet: the admin endpoint (whose only
-    // action is the switch) is off in cluster mode.
-    let (admin_token, admin_allow_loopback) = match cluster {
-        true => {
-            if cfg.admin_token.is_some() || cfg.admin_allow_unauthenticated_loopback {
-                tracing::warn!("cluster mode: POST /admin/redis-target is disabled (no switch to or from a cluster yet)");
-            }
-            (None, false)
-        }
-        false => (
-            cfg.admin_token.clone(),
-            cfg.admin_allow_unauthenticated_loopback,
-        ),
-    };
     let start_unix = crate::workload::time::unix_now();
     let declaration = crate::resp::RunDeclaration::new(run_id, start_unix as i64, cfg.time_buckets);
     let mut row_rx = Vec::new();
@@ -254,8 +240,9 @@ pub fn run(cfg: Config) -> i32 {
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix,
-        admin_token,
-        admin_allow_loopback,
+        admin_token: cfg.admin_token.clone(),
+        admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
+        cluster,
     };
     let placement = if cfg.pin {
         Placement::Fixed(control_cpu)

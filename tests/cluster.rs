@@ -132,7 +132,15 @@ fn should_follow_moved_during_a_live_reshard() {
     let from = cluster.owner(slot);
     let to = (from + 1) % 3;
     let count = slot - first_slot(&cluster, from) + 1;
-    let a = args(&cluster.seeds(), &pg, &["--redis-mode", "cluster"]);
+    let a = args(
+        &cluster.seeds(),
+        &pg,
+        &[
+            "--redis-mode",
+            "cluster",
+            "--admin-allow-unauthenticated-loopback",
+        ],
+    );
     let mut app = common::spawn_running(&refs(&a), &[]);
     let events = |app: &App| {
         let (_, body) = app.get("/metrics");
@@ -186,6 +194,24 @@ fn should_follow_moved_during_a_live_reshard() {
         metric_sum(&body, "analytics_redis_redirects_total", &[("kind", kind)]).unwrap_or(0.0)
     };
     let (moved_n, ask_n) = (redirects("moved"), redirects("ask"));
+    // Redirections resent are not errors.
+    let redirect_errors = metric_sum(
+        &body,
+        "analytics_redis_errors_total",
+        &[("kind", "redirect")],
+    );
+    assert_eq!(
+        redirect_errors,
+        Some(0.0),
+        "redirect replies counted as errors"
+    );
+    // Switching to or from a cluster is not part of cluster mode yet: refused, unchanged.
+    let (status, answer) = app.post(
+        "/admin/redis-target",
+        &[("content-type", "application/json")],
+        &format!("{{\"url\": \"{}\"}}", cluster.nodes[1].url()),
+    );
+    assert_eq!(status, 501, "{answer}");
     let loops = metric_sum(
         &body,
         "analytics_redis_errors_total",

@@ -247,6 +247,11 @@ impl Pool {
         self.cluster.as_ref().map_or_else(Vec::new, |c| c.pools())
     }
 
+    /// Marks this pool as a cluster node's (see `Stats::cluster_node`).
+    pub(crate) fn mark_cluster_node(&self) {
+        self.sh.stats.cluster_node.set(true);
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
     }
@@ -369,7 +374,7 @@ impl Pool {
     /// connection is retired at the first failed attempt and the slot keeps retrying.
     pub fn set_target(&self, url: RedisUrl) {
         if self.cluster.is_some() {
-            // Not part of cluster mode yet: the engine refuses a switch before it gets here.
+            // Not part of cluster mode yet: the control core refuses a switch (501).
             tracing::error!(to = %url, "redis target switch ignored: cluster mode");
             return;
         }

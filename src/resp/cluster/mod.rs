@@ -179,6 +179,7 @@ impl Cluster {
         url.db = 0;
         tracing::info!(shard = self.cfg.shard, node = %url, "redis cluster node added");
         let pool = Pool::new(url, self.cfg.clone());
+        pool.mark_cluster_node();
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node {
             addr: addr.to_string(),
