@@ -328,3 +328,114 @@ where
         .join()
         .unwrap()
 }
+
+/// One command from a RESP client (an array of bulk strings); None at EOF.
+fn read_command(r: &mut impl std::io::BufRead) -> Option<Vec<String>> {
+    fn next_line(r: &mut impl std::io::BufRead, line: &mut String) -> Option<()> {
+        line.clear();
+        r.read_line(line).ok().filter(|n| *n > 0).map(|_| ())
+    }
+    let mut line = String::new();
+    next_line(r, &mut line)?;
+    let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        next_line(r, &mut line)?;
+        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0u8; len + 2];
+        r.read_exact(&mut buf).ok()?;
+        buf.truncate(len);
+        args.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Some(args)
+}
+
+/// A fake cluster node (a real one cannot be made to redirect forever): it serves every slot
+/// (`CLUSTER SLOTS`; no `CLUSTER SHARDS`, no `HELLO`) and answers every INCR with a MOVED to
+/// itself. Returns its port and the number of INCRs it received.
+fn moved_forever() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incrs = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = incrs.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = stream.try_clone().unwrap();
+                let mut r = BufReader::new(stream);
+                while let Some(cmd) = read_command(&mut r) {
+                    let name = cmd
+                        .first()
+                        .map(|c| c.to_ascii_uppercase())
+                        .unwrap_or_default();
+                    let sub = cmd
+                        .get(1)
+                        .map(|c| c.to_ascii_uppercase())
+                        .unwrap_or_default();
+                    let reply = match (name.as_str(), sub.as_str()) {
+                        ("HELLO", _) => "-ERR unknown command 'HELLO'\r\n".to_string(),
+                        ("CLUSTER", "SHARDS") => "-ERR unknown subcommand 'SHARDS'\r\n".to_string(),
+                        ("CLUSTER", "SLOTS") => format!(
+                            "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
+                        ),
+                        ("INCR", _) => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            format!("-MOVED 1 127.0.0.1:{port}\r\n")
+                        }
+                        ("PING", _) => "+PONG\r\n".to_string(),
+                        _ => "+OK\r\n".to_string(),
+                    };
+                    if w.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, incrs)
+}
+
+#[test]
+fn should_fail_a_command_redirected_more_than_five_times() {
+    let (port, incrs) = moved_forever();
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let r = on_executor(move || async move {
+        let pool = Pool::cluster(vec![url], PoolConfig::default());
+        assert!(pool.wait_connected(Duration::from_secs(10)).await);
+        let r = pool.cmd(&[b"INCR", b"k"]).await;
+        pool.close().await;
+        r.map_err(|e| (e.kind(), e.outcome_unknown()))
+    });
+    assert_eq!(r, Err(("redirect_loop", false)));
+    // Sent once, then resent after each of 5 redirections; never a seventh time.
+    assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+#[test]
+fn should_refuse_a_pipeline_across_slots_without_sending_it() {
+    let (port, incrs) = moved_forever();
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let pool = Pool::cluster(vec![url], PoolConfig::default());
+            assert!(pool.wait_connected(Duration::from_secs(10)).await);
+            let r = pool
+                .pipeline(&[&[b"INCR", b"{a}1"], &[b"INCR", b"{b}1"]])
+                .await;
+            r.into_iter()
+                .map(|r| r.map_err(|e| e.kind()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join();
+    if cfg!(debug_assertions) {
+        // A cross-slot command is a bug of ours: debug builds assert.
+        assert!(joined.is_err(), "{joined:?}");
+    } else {
+        assert_eq!(joined.unwrap(), vec![Err("cross_slot"), Err("cross_slot")]);
+    }
+    assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
