@@ -200,7 +200,7 @@ impl Cluster {
 
     /// The node for a command of `slot` (`None`: a keyless command, any node with a
     /// connection up).
-    fn route(&self, slot: Option<u16>) -> Option<usize> {
+    fn owner(&self, slot: Option<u16>) -> Option<usize> {
         match slot {
             Some(s) => self.map.borrow().owner(s),
             None => {
@@ -239,6 +239,16 @@ impl Cluster {
         cmds: &[&[&[u8]]],
         on: Option<usize>,
     ) -> Vec<Result<Reply, RedisError>> {
+        // As a standalone connection takes no command before it declared the run, no counter
+        // lands on a cluster that does not name the run.
+        if self.declare.is_some() && !self.ready.get() {
+            return self.fail_all(cmds, RedisError::NotConnected);
+        }
+        self.route(cmds, on).await
+    }
+
+    /// `run` without the wait for the run's declaration (which goes through here).
+    async fn route(&self, cmds: &[&[&[u8]]], on: Option<usize>) -> Vec<Result<Reply, RedisError>> {
         let slot = match slot::pipeline_slot(cmds) {
             Ok(s) => s,
             Err(x) => {
@@ -264,7 +274,7 @@ impl Cluster {
             let asking = ask.is_some();
             let Some(pool) = ask
                 .take()
-                .or_else(|| self.route(slot))
+                .or_else(|| self.owner(slot))
                 .and_then(|n| self.node_pool(n))
             else {
                 let sub: Vec<&[&[u8]]> = pending.iter().map(|i| cmds[*i]).collect();
@@ -396,7 +406,7 @@ impl Cluster {
             d.ttl_seconds.to_string(),
         );
         for r in self
-            .run(
+            .route(
                 &[
                     &[b"ZADD", RUNS_KEY, score.as_bytes(), member.as_bytes()],
                     &[b"EXPIRE", RUNS_KEY, ttl.as_bytes()],
@@ -421,6 +431,13 @@ async fn send(
     on: Option<usize>,
 ) -> Vec<Result<Reply, RedisError>> {
     const ASKING: &[&[u8]] = &[b"ASKING"];
+    if !asking && pending.len() == cmds.len() {
+        // The first attempt: no copy of the command list.
+        return match cmds.len() {
+            1 => vec![pool.direct_cmd(on, cmds[0]).await],
+            _ => pool.direct_pipeline(on, cmds).await,
+        };
+    }
     let mut sub: Vec<&[&[u8]]> = Vec::with_capacity(pending.len() * (1 + usize::from(asking)));
     for i in pending {
         if asking {
