@@ -64,8 +64,8 @@ fn assert_no_failed_events(summary: &Value, log: &str) {
 }
 
 #[test]
-fn should_run_clean_against_a_three_primary_cluster() {
-    let cluster = RedisCluster::start(3);
+fn should_run_clean_against_three_primaries_with_replicas() {
+    let cluster = RedisCluster::start_with_replicas(3, 1);
     let pg = PgServer::start();
     // One seed and the default --redis-mode auto: INFO cluster says it is a cluster.
     let a = args(&cluster.url(), &pg, &["--duration", "5"]);
@@ -75,7 +75,9 @@ fn should_run_clean_against_a_three_primary_cluster() {
     assert!(log.contains("\"mode\":\"cluster\""), "{log}");
     assert_no_failed_events(&summary, &log);
     // The counters are spread over the three primaries.
-    for i in 0..3 {
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for i in primaries {
         let keys: u64 = cluster.cli(i, &["DBSIZE"]).parse().unwrap_or(0);
         assert!(keys > 0, "node {i} holds no key");
     }

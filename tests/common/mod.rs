@@ -463,7 +463,12 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// N primaries sharing the 16384 slots; returns once every node says `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..n)
+        Self::start_with_replicas(n, 0)
+    }
+
+    /// N primaries with REPLICAS replicas each (`--cluster-replicas`).
+    pub fn start_with_replicas(n: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
             .map(|_| {
                 let bus = free_port().to_string();
                 RedisServer::start_with(&[
@@ -484,7 +489,8 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         let out = redis_cli_raw(&args);
         let cluster = RedisCluster { nodes };
         let ok = wait_until(Duration::from_secs(60), || {
@@ -495,6 +501,13 @@ impl RedisCluster {
         });
         assert!(ok, "the cluster did not reach cluster_state:ok:\n{out}");
         cluster
+    }
+
+    /// Indexes of the nodes that are primaries now (`ROLE`).
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].cli(&["ROLE"]).starts_with("master"))
+            .collect()
     }
 
     /// The first node's URL (one seed).

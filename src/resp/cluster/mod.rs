@@ -106,6 +106,8 @@ pub struct Cluster {
     /// The map was loaded (and the run declared, for a workload pool).
     ready: Cell<bool>,
     refresh: Notify,
+    /// Maps applied so far (a READONLY reply waits for the next one).
+    refreshes: Cell<u64>,
     closed: Cell<bool>,
     stats: Rc<Stats>,
     redirects: Vec<Counter>,
@@ -135,6 +137,7 @@ impl Cluster {
             nodes: RefCell::new(Vec::new()),
             ready: Cell::new(false),
             refresh: Notify::default(),
+            refreshes: Cell::new(0),
             closed: Cell::new(false),
             redirects,
         });
@@ -341,8 +344,8 @@ impl Cluster {
                 }
                 Action::Backoff(d) => glommio::timer::sleep(d).await,
                 Action::Refresh(d) => {
-                    self.refresh.notify();
                     glommio::timer::sleep(d).await;
+                    self.await_refresh().await;
                 }
             }
             taken += 1;
@@ -351,6 +354,17 @@ impl Cluster {
         out.into_iter()
             .map(|r| r.unwrap_or(Err(RedisError::NotConnected)))
             .collect()
+    }
+
+    /// Asks for a map refresh and waits until one is applied (bounded: the refresh task's
+    /// rate limit plus a connect timeout).
+    async fn await_refresh(&self) {
+        let seen = self.refreshes.get();
+        self.refresh.notify();
+        let deadline = Instant::now() + REFRESH_EVERY * 2 + self.cfg.connect_timeout;
+        while self.refreshes.get() == seen && Instant::now() < deadline && !self.closed.get() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A node just learnt from a redirection: its first commands wait for a connection
@@ -499,6 +513,7 @@ async fn maintain(c: std::rc::Weak<Cluster>) {
                     );
                 }
                 cl.apply(&t);
+                cl.refreshes.set(cl.refreshes.get() + 1);
                 failures = 0;
                 if !cl.ready.get() {
                     // The first commands (the declaration) wait for the new pools.

@@ -87,7 +87,7 @@ pub enum Action {
     Ask { addr: String },
     /// Wait, then resend to the slot's owner (map unchanged).
     Backoff(Duration),
-    /// Refresh the map, wait `Duration`, resend.
+    /// Wait `Duration`, refresh the map (waiting for it), resend.
     Refresh(Duration),
     /// Too many redirections: fail the command (`redirect_loop`).
     GiveUp,
