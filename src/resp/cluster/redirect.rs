@@ -93,10 +93,11 @@ pub enum Action {
     GiveUp,
 }
 
-/// Backoff before the `n`th resend (1-based) after a transient refusal: 10 ms doubling,
-/// capped at 320 ms (so five of them stay under a second and a half).
+/// Backoff before the `n`th resend (1-based) after a transient refusal: 20 ms doubling,
+/// capped at 640 ms. The five a command may get add up to 620 ms: a multi-key command
+/// (MGET) on a slot being migrated gets TRYAGAIN until the migration of its keys ends.
 pub fn backoff(n: u32) -> Duration {
-    Duration::from_millis(10u64 << n.saturating_sub(1).min(5))
+    Duration::from_millis(20u64 << n.saturating_sub(1).min(5))
 }
 
 pub fn decide(r: &Redirect, taken: u32) -> Action {
@@ -179,11 +180,11 @@ mod tests {
         assert_eq!(decide(&ask, 4), Action::Ask { addr: "h:2".into() });
         assert_eq!(
             decide(&Redirect::TryAgain, 0),
-            Action::Backoff(Duration::from_millis(10))
+            Action::Backoff(Duration::from_millis(20))
         );
         assert_eq!(
             decide(&Redirect::ClusterDown, 2),
-            Action::Backoff(Duration::from_millis(40))
+            Action::Backoff(Duration::from_millis(80))
         );
         assert!(matches!(decide(&Redirect::ReadOnly, 1), Action::Refresh(_)));
         // The loop bound: after MAX_REDIRECTS, whatever the reply, the command fails.
@@ -191,7 +192,9 @@ mod tests {
             assert_eq!(decide(&r, MAX_REDIRECTS), Action::GiveUp);
             assert_ne!(decide(&r, MAX_REDIRECTS - 1), Action::GiveUp);
         }
-        assert!(backoff(100) <= Duration::from_millis(320));
+        assert!(backoff(100) <= Duration::from_millis(640));
+        let total: Duration = (1..=MAX_REDIRECTS).map(backoff).sum();
+        assert_eq!(total, Duration::from_millis(620));
         let kinds: Vec<&str> = [
             Redirect::Moved {
                 slot: 0,
