@@ -367,10 +367,13 @@ fn read_command(r: &mut impl std::io::BufRead) -> Option<Vec<String>> {
     Some(args)
 }
 
-/// A fake cluster node (a real one cannot be made to redirect forever): it serves every slot
-/// (`CLUSTER SLOTS`; no `CLUSTER SHARDS`, no `HELLO`) and answers every INCR with a MOVED to
-/// itself. Returns its port and the number of INCRs it received.
-fn moved_forever() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// A fake cluster node, for what a real one cannot be made to do (redirect forever, refuse
+/// a given number of times, never answer): it serves every slot (`CLUSTER SLOTS`; no `CLUSTER
+/// SHARDS`, no `HELLO`) and answers the `n`th INCR (0-based) with `incr(port, n)`, or not at
+/// all for `None`. Returns its port and the number of INCRs it received.
+fn fake_node(
+    incr: fn(u16, u64) -> Option<String>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use std::io::{BufReader, Write};
     use std::sync::atomic::{AtomicU64, Ordering};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -393,20 +396,21 @@ fn moved_forever() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
                         .map(|c| c.to_ascii_uppercase())
                         .unwrap_or_default();
                     let reply = match (name.as_str(), sub.as_str()) {
-                        ("HELLO", _) => "-ERR unknown command 'HELLO'\r\n".to_string(),
-                        ("CLUSTER", "SHARDS") => "-ERR unknown subcommand 'SHARDS'\r\n".to_string(),
-                        ("CLUSTER", "SLOTS") => format!(
-                            "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
-                        ),
-                        ("INCR", _) => {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            format!("-MOVED 1 127.0.0.1:{port}\r\n")
+                        ("HELLO", _) => Some("-ERR unknown command 'HELLO'\r\n".to_string()),
+                        ("CLUSTER", "SHARDS") => {
+                            Some("-ERR unknown subcommand 'SHARDS'\r\n".to_string())
                         }
-                        ("PING", _) => "+PONG\r\n".to_string(),
-                        _ => "+OK\r\n".to_string(),
+                        ("CLUSTER", "SLOTS") => Some(format!(
+                            "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
+                        )),
+                        ("INCR", _) => incr(port, counter.fetch_add(1, Ordering::SeqCst)),
+                        ("PING", _) => Some("+PONG\r\n".to_string()),
+                        _ => Some("+OK\r\n".to_string()),
                     };
-                    if w.write_all(reply.as_bytes()).is_err() {
-                        return;
+                    if let Some(reply) = reply {
+                        if w.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
                     }
                 }
             });
@@ -415,25 +419,53 @@ fn moved_forever() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     (port, incrs)
 }
 
-#[test]
-fn should_fail_a_command_redirected_more_than_five_times() {
-    let (port, incrs) = moved_forever();
+/// INCR on a cluster pool over `fake_node(incr)` with a 300 ms command timeout: the result
+/// (error kind and whether its outcome is unknown) and how many INCRs the node received.
+fn incr_on_fake(
+    incr: fn(u16, u64) -> Option<String>,
+) -> (Result<Reply, (&'static str, bool)>, u64) {
+    let (port, incrs) = fake_node(incr);
     let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
     let r = on_executor(move || async move {
-        let pool = Pool::cluster(vec![url], PoolConfig::default());
+        let cfg = PoolConfig {
+            command_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::cluster(vec![url], cfg);
         assert!(pool.wait_connected(Duration::from_secs(10)).await);
         let r = pool.cmd(&[b"INCR", b"k"]).await;
         pool.close().await;
         r.map_err(|e| (e.kind(), e.outcome_unknown()))
     });
-    assert_eq!(r, Err(("redirect_loop", false)));
-    // Sent once, then resent after each of 5 redirections; never a seventh time.
-    assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 6);
+    (r, incrs.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[test]
+fn should_resend_after_tryagain_and_never_after_a_timeout() {
+    // Two TRYAGAIN refusals, then the INCR is applied: one increment, three sends.
+    let (r, sent) = incr_on_fake(|_, n| {
+        Some(match n {
+            0 | 1 => "-TRYAGAIN Multiple keys request during rehashing of slot\r\n".into(),
+            _ => ":1\r\n".into(),
+        })
+    });
+    assert_eq!((r, sent), (Ok(Reply::Int(1)), 3));
+    // No reply: the outcome is unknown and the INCR is not sent again.
+    let (r, sent) = incr_on_fake(|_, _| None);
+    assert_eq!((r, sent), (Err(("timeout", true)), 1));
+}
+
+#[test]
+fn should_fail_a_command_redirected_more_than_five_times() {
+    let (r, sent) = incr_on_fake(|port, _| Some(format!("-MOVED 1 127.0.0.1:{port}\r\n")));
+    // Sent once, then resent after each of 5 redirections; never a seventh time. The
+    // redirections prove it was not applied: failed, not unknown.
+    assert_eq!((r, sent), (Err(("redirect_loop", false)), 6));
 }
 
 #[test]
 fn should_refuse_a_pipeline_across_slots_without_sending_it() {
-    let (port, incrs) = moved_forever();
+    let (port, incrs) = fake_node(|port, _| Some(format!("-MOVED 1 127.0.0.1:{port}\r\n")));
     let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
     let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
