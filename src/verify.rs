@@ -692,7 +692,8 @@ impl Redis {
                 .map(Redis::One)
                 .map_err(|e| e.to_string());
         }
-        let pool = Pool::cluster(args.redis_seeds.clone(), cfg.clone());
+        let others = args.redis_seeds.iter().skip(1).cloned().collect();
+        let pool = Pool::cluster(args.redis_url.clone(), others, cfg.clone());
         if !pool.wait_connected(cfg.connect_timeout * 2).await {
             return Err(format!(
                 "cannot load the Redis Cluster's slot map from {}",

@@ -292,7 +292,7 @@ fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
 
     let url = RedisUrl::parse(&cluster.url()).unwrap();
     let (moved_get, moved_incr, staying_get) = on_executor(move || async move {
-        let pool = Pool::cluster(vec![url], PoolConfig::default());
+        let pool = Pool::cluster(url, Vec::new(), PoolConfig::default());
         assert!(pool.wait_connected(Duration::from_secs(10)).await);
         let r = (
             pool.cmd(&[b"GET", b"{ask}moved"]).await,
@@ -431,7 +431,7 @@ fn incr_on_fake(
             command_timeout: Duration::from_millis(300),
             ..PoolConfig::default()
         };
-        let pool = Pool::cluster(vec![url], cfg);
+        let pool = Pool::cluster(url, Vec::new(), cfg);
         assert!(pool.wait_connected(Duration::from_secs(10)).await);
         let r = pool.cmd(&[b"INCR", b"k"]).await;
         pool.close().await;
@@ -469,7 +469,7 @@ fn should_refuse_a_pipeline_across_slots_without_sending_it() {
     let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
     let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
-            let pool = Pool::cluster(vec![url], PoolConfig::default());
+            let pool = Pool::cluster(url, Vec::new(), PoolConfig::default());
             assert!(pool.wait_connected(Duration::from_secs(10)).await);
             let r = pool
                 .pipeline(&[&[b"INCR", b"{a}1"], &[b"INCR", b"{b}1"]])

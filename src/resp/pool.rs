@@ -216,14 +216,14 @@ impl Pool {
         })
     }
 
-    /// A pool for a Redis Cluster reached through `seeds` (at least one): it loads the slot
-    /// map in the background and keeps a pool of `cfg.size` connections per primary; until
-    /// the map is loaded (and the run declared) commands fail `not_connected`.
-    pub fn cluster(seeds: Vec<RedisUrl>, cfg: PoolConfig) -> Rc<Pool> {
-        let first = seeds.first().cloned();
-        let (cluster, task) = Cluster::start(seeds, cfg.clone());
+    /// A pool for a Redis Cluster reached through the seed nodes `first` and `others` (every
+    /// node's URL takes `first`'s user, password and TLS): it loads the slot map in the
+    /// background and keeps a pool of `cfg.size` connections per primary; until the map is
+    /// loaded (and the run declared) commands fail `not_connected`.
+    pub fn cluster(first: RedisUrl, others: Vec<RedisUrl>, cfg: PoolConfig) -> Rc<Pool> {
+        let (cluster, task) = Cluster::start(first.clone(), others, cfg.clone());
         let sh = Rc::new(Shared {
-            target: RefCell::new(first.unwrap_or_else(|| cluster.seed())),
+            target: RefCell::new(first),
             generation: Cell::new(0),
             slots: Vec::new(),
             rr: Cell::new(0),

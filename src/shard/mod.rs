@@ -105,7 +105,10 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let rows_tx = crate::notify::awake(links.rows.connect()).await;
     let reports_tx = crate::notify::awake(links.reports.connect()).await;
     let pool = match &p.cluster_seeds {
-        Some(seeds) => Pool::cluster(seeds.clone(), p.pool.clone()),
+        Some(seeds) => {
+            let others = seeds.iter().skip(1).cloned().collect();
+            Pool::cluster(p.redis_url.clone(), others, p.pool.clone())
+        }
         None => Pool::new(p.redis_url.clone(), p.pool.clone()),
     };
     let reader = Reader::new(p.pg.clone(), p.pool.connect_timeout, p.index);

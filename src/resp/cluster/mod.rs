@@ -97,6 +97,9 @@ struct Node {
 
 /// A shard's view of a cluster: the slot map and a pool per primary.
 pub struct Cluster {
+    /// The first seed: the template of every node's URL (user, password, TLS).
+    first: RedisUrl,
+    /// Every seed, `first` included.
     seeds: Vec<RedisUrl>,
     /// The node pools' settings (they declare nothing: the router does, routed).
     cfg: PoolConfig,
@@ -115,7 +118,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// The router, with its discovery and refresh task started on the current executor.
-    pub(crate) fn start(seeds: Vec<RedisUrl>, cfg: PoolConfig) -> (Rc<Cluster>, glommio::Task<()>) {
+    pub(crate) fn start(
+        first: RedisUrl,
+        others: Vec<RedisUrl>,
+        cfg: PoolConfig,
+    ) -> (Rc<Cluster>, glommio::Task<()>) {
+        let seeds = std::iter::once(first.clone()).chain(others).collect();
         let shard = cfg.shard.to_string();
         let redirects = REDIRECT_KINDS
             .iter()
@@ -129,6 +137,7 @@ impl Cluster {
         let mut node_cfg = cfg.clone();
         let declare = node_cfg.declare_run.take();
         let c = Rc::new(Cluster {
+            first,
             seeds,
             stats: Rc::new(Stats::new(cfg.shard)),
             cfg: node_cfg,
@@ -154,11 +163,6 @@ impl Cluster {
         self.nodes.borrow().iter().map(|n| n.pool.clone()).collect()
     }
 
-    /// The URL of the first seed (for logs and `/health`).
-    pub(crate) fn seed(&self) -> RedisUrl {
-        self.seeds[0].clone()
-    }
-
     pub(crate) async fn close(&self) {
         self.closed.set(true);
         self.refresh.notify();
@@ -172,7 +176,7 @@ impl Cluster {
         if let Some(i) = self.nodes.borrow().iter().position(|n| n.addr == addr) {
             return (i, false);
         }
-        let mut url = self.seeds[0].clone();
+        let mut url = self.first.clone();
         let (host, port) = match addr.rsplit_once(':') {
             Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
             None => (addr, ""),
@@ -377,7 +381,7 @@ impl Cluster {
 
     /// The cluster's topology from a node we have a connection to, else from a seed.
     async fn fetch_topology(&self) -> Result<Topology, String> {
-        let tls = self.seeds[0].tls;
+        let tls = self.first.tls;
         let mut why = String::from("no node reachable");
         for p in self.pools() {
             if p.connected() == 0 {
