@@ -302,6 +302,14 @@ impl Resolver<'_> {
         seeds: &[RedisUrl],
     ) -> Result<RedisMode, String> {
         let mode = self.choice(&opt::redis_mode, flag, &RedisMode::CHOICES)?;
+        if mode == RedisMode::Cluster && seeds.iter().any(|s| s.db != 0) {
+            return Err(format!(
+                "{} names a database, but a Redis Cluster has only database 0: drop the /N \
+                 from the URL, or set {} to 'standalone'",
+                opt::redis_url.label(),
+                opt::redis_mode.label()
+            ));
+        }
         if seeds.len() > 1 && mode != RedisMode::Cluster {
             return Err(format!(
                 "{} lists {} nodes, but several seed nodes are only for a Redis Cluster: set {} to \

@@ -1197,6 +1197,14 @@ fn should_take_several_seed_nodes_only_in_cluster_mode() {
         &[],
         &[
             ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a,redis://b/2"),
+        ],
+    );
+    assert!(out.contains("only database 0"), "{out}");
+    let out = error(
+        &[],
+        &[
+            ("REDIS_MODE", "cluster"),
             ("REDIS_URL", "redis://a,,redis://b"),
         ],
     );

@@ -182,7 +182,8 @@ impl Cluster {
             None => (addr, ""),
         };
         url.host = host.to_string();
-        url.port = port.parse().unwrap_or(6379);
+        // `Redirect::parse` and `map` only pass addresses with a valid port.
+        url.port = port.parse().unwrap_or(url.port);
         url.db = 0;
         tracing::info!(shard = self.cfg.shard, node = %url, "redis cluster node added");
         let pool = Pool::new(url, self.cfg.clone());

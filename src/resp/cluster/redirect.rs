@@ -50,7 +50,8 @@ impl Redirect {
         let target = |mut w: std::str::Split<'_, char>| -> Option<(u16, String)> {
             let slot = w.next()?.parse::<u16>().ok()?;
             let addr = w.next()?.to_string();
-            (usize::from(slot) < super::slot::SLOTS && addr.contains(':')).then_some((slot, addr))
+            let port = addr.rsplit_once(':')?.1.parse::<u16>().ok()?;
+            (usize::from(slot) < super::slot::SLOTS && port != 0).then_some((slot, addr))
         };
         Some(match first {
             "MOVED" => target(words).map(|(slot, addr)| Redirect::Moved { slot, addr })?,
@@ -153,6 +154,8 @@ mod tests {
             "MOVED x 1:2",
             "MOVED 16384 h:1",
             "MOVED 1 nohost",
+            "MOVED 1 h:x",
+            "ASK 1 h:0",
             "ERR x",
             "",
         ] {
