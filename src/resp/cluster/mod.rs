@@ -502,6 +502,7 @@ async fn topology<F: std::future::Future<Output = Result<Reply, RedisError>>>(
 async fn maintain(c: std::rc::Weak<Cluster>) {
     let mut failures: u32 = 0;
     let mut declared_at: Option<Instant> = None;
+    let mut declare_warned = false;
     loop {
         let Some(cl) = c.upgrade() else { return };
         if cl.closed.get() {
@@ -538,13 +539,16 @@ async fn maintain(c: std::rc::Weak<Cluster>) {
         if failures == 0 && due {
             match cl.declare().await {
                 Ok(()) => {
+                    declare_warned = false;
                     declared_at = Some(Instant::now());
                     cl.ready.set(true);
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(shard = cl.cfg.shard, kind = e.kind(), error = %e,
-                        "redis cluster: declaring the run in a:runs failed");
+                    if !std::mem::replace(&mut declare_warned, true) {
+                        tracing::warn!(shard = cl.cfg.shard, kind = e.kind(), error = %e,
+                            "redis cluster: declaring the run in a:runs failed");
+                    }
                 }
             }
         }
