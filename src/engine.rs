@@ -120,6 +120,28 @@ pub fn run(cfg: Config) -> i32 {
         // Health probes declare nothing; the shards' pools do (below).
         declare_run: None,
     };
+    let cluster = match cfg.redis_mode {
+        crate::resp::RedisMode::Standalone => false,
+        crate::resp::RedisMode::Cluster => true,
+        crate::resp::RedisMode::Auto => {
+            let (seeds, pc) = (cfg.redis_seeds.clone(), pool_base.clone());
+            let mode = cfg.redis_mode;
+            let found = crate::http::block_on(move || async move {
+                crate::resp::cluster::resolve_mode(mode, &seeds, &pc).await
+            });
+            match found.and_then(|r| r) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(error = %why, "REDIS_MODE auto: Redis not reachable, assuming standalone");
+                    false
+                }
+            }
+        }
+    };
+    tracing::info!(
+        mode = if cluster { "cluster" } else { "standalone" },
+        "redis mode"
+    );
     let start_unix = crate::workload::time::unix_now();
     let declaration = crate::resp::RunDeclaration::new(run_id, start_unix as i64, cfg.time_buckets);
     let mut row_rx = Vec::new();
@@ -159,6 +181,7 @@ pub fn run(cfg: Config) -> i32 {
             warmup_interval: cfg.warmup_interval,
             time_buckets: cfg.time_buckets,
             redis_url: cfg.redis_url.clone(),
+            cluster_seeds: cluster.then(|| cfg.redis_seeds.clone()),
             pool: PoolConfig {
                 size: split_rate(cfg.redis_pool_size as u64, shards, i).max(1) as usize,
                 shard: i,
@@ -221,6 +244,7 @@ pub fn run(cfg: Config) -> i32 {
         start_unix,
         admin_token: cfg.admin_token.clone(),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
+        cluster,
     };
     let placement = if cfg.pin {
         Placement::Fixed(control_cpu)
@@ -299,6 +323,7 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
         "redis_protocol": cfg.redis_protocol.as_str(),
         "db_timeout_ms": cfg.db_timeout.as_millis() as u64,
         "db_read_timeout_ms": cfg.db_read_timeout.as_millis() as u64,
+        "redis_mode": cfg.redis_mode.as_str(),
         "shards": shards,
         "seed": seed,
     })

@@ -22,6 +22,7 @@ pub const REDIS_RECONNECTS_TOTAL: &str = "analytics_redis_reconnects_total";
 pub const REDIS_PUSH_MESSAGES_TOTAL: &str = "analytics_redis_push_messages_total";
 pub const REDIS_POOL_SIZE: &str = "analytics_redis_pool_size";
 pub const REDIS_INFLIGHT: &str = "analytics_redis_inflight";
+pub const REDIS_REDIRECTS_TOTAL: &str = "analytics_redis_redirects_total";
 pub const CACHE_HIT_RATIO: &str = "analytics_cache_hit_ratio";
 pub const CACHE_HIT_TARGET_RATIO: &str = "analytics_cache_hit_target_ratio";
 pub const CACHE_NATURAL_HIT_RATIO: &str = "analytics_cache_natural_hit_ratio";
@@ -112,7 +113,11 @@ fn describe() {
     metrics::describe_histogram!(PACER_LATENESS, "How late the load generator woke for its schedule, per pacing wake-up. Large values are stalls of this process or its (virtual) CPU, not of Redis: operations due during one start late and their latency from the schedule includes it");
     metrics::describe_histogram!(REDIS_COMMAND_DURATION, "Round trip of each Redis command (GET, SET, INCR, MGET, PFADD, PFCOUNT, EXPIREAT, PING, ..., other)");
     metrics::describe_counter!(REDIS_COMMANDS_TOTAL, "Redis commands sent");
-    metrics::describe_counter!(REDIS_ERRORS_TOTAL, "Redis errors by kind: connect, io, timeout, closed, not_connected, protocol, err, wrongtype, oom, readonly, loading, busy, masterdown, noauth, auth, redirect, reply_too_large, server_other");
+    metrics::describe_counter!(REDIS_ERRORS_TOTAL, "Redis errors by kind: connect, io, timeout, closed, not_connected, protocol, err, wrongtype, oom, readonly, loading, busy, masterdown, noauth, auth, redirect, reply_too_large, server_other, cross_slot, redirect_loop");
+    metrics::describe_counter!(
+        REDIS_REDIRECTS_TOTAL,
+        "Redis Cluster redirections and transient refusals answered by resending: moved, ask, tryagain, clusterdown, loading, masterdown, readonly"
+    );
     metrics::describe_gauge!(
         REDIS_CONNECTIONS,
         "Pool connections by state: connected, connecting, disconnected"

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::config::VerifyArgs;
 use crate::pg::writer::HEARTBEAT_EVERY;
-use crate::resp::{Connection, PoolConfig, Protocol, RedisUrl, Reply, RUNS_KEY};
+use crate::resp::{Connection, Pool, PoolConfig, RedisError, RedisUrl, Reply, RUNS_KEY};
 use crate::workload::{keys, time, EventType};
 
 /// Stray keys listed by name (the count is always complete).
@@ -584,7 +584,7 @@ pub async fn run(
         Some(crate::pg::statement_timeout_for(DB_TIMEOUT)),
     )
     .await?;
-    let redis = redis_connection(&args.redis_url, args.redis_protocol, tls).await?;
+    let redis = Redis::connect(args, tls).await?;
     let mut v = Verdict {
         redis_protocol: redis.protocol(),
         ..Verdict::default()
@@ -670,30 +670,120 @@ fn next_bucket_in(window: Window) -> i32 {
     b
 }
 
-async fn redis_connection(
-    url: &RedisUrl,
-    protocol: Protocol,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<Rc<Connection>, String> {
-    let cfg = PoolConfig {
-        size: 1,
-        command_timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(5),
-        max_reply_bytes: 64 << 20,
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_secs(1),
-        shard: 0,
-        protocol,
-        tls,
-        declare_run: None,
-    };
-    Connection::connect(url, &cfg)
-        .await
-        .map_err(|e| e.to_string())
+/// Where `verify` reads: one server, or a cluster (every key from its slot's owner, SCAN on
+/// every primary).
+pub enum Redis {
+    One(Rc<Connection>),
+    Cluster(Rc<Pool>),
+}
+
+impl Redis {
+    /// Connects as `args` say (`--redis-mode auto` asks the server whether it is a cluster).
+    pub async fn connect(
+        args: &VerifyArgs,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Redis, String> {
+        let cfg = PoolConfig {
+            size: 1,
+            command_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_reply_bytes: 64 << 20,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            shard: 0,
+            protocol: args.redis_protocol,
+            tls,
+            declare_run: None,
+        };
+        let cluster =
+            crate::resp::cluster::resolve_mode(args.redis_mode, &args.redis_seeds, &cfg).await?;
+        if !cluster {
+            return Connection::connect(&args.redis_url, &cfg)
+                .await
+                .map(Redis::One)
+                .map_err(|e| e.to_string());
+        }
+        let others = args.redis_seeds.iter().skip(1).cloned().collect();
+        let pool = Pool::cluster(args.redis_url.clone(), others, cfg.clone());
+        if !pool.wait_connected(cfg.connect_timeout * 2).await {
+            return Err(format!(
+                "cannot load the Redis Cluster's slot map from {}",
+                args.redis_seeds
+                    .iter()
+                    .map(RedisUrl::redacted)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for p in pool.node_pools() {
+            p.wait_connected(cfg.connect_timeout).await;
+        }
+        Ok(Redis::Cluster(pool))
+    }
+
+    async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        match self {
+            Redis::One(c) => c.cmd(args).await,
+            Redis::Cluster(p) => p.cmd(args).await,
+        }
+    }
+
+    /// GETs (or other one-key commands) together: one pipeline on one server; on a
+    /// cluster, one pipeline per slot. One result per command, in order.
+    async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
+        let p = match self {
+            Redis::One(c) => return c.pipeline(cmds).await,
+            Redis::Cluster(p) => p,
+        };
+        let mut by_slot: std::collections::BTreeMap<Option<u16>, Vec<usize>> = Default::default();
+        for (i, c) in cmds.iter().enumerate() {
+            let slot = crate::resp::cluster::slot::command_slot(c).ok().flatten();
+            by_slot.entry(slot).or_default().push(i);
+        }
+        let mut out: Vec<Result<Reply, RedisError>> =
+            vec![Err(RedisError::NotConnected); cmds.len()];
+        for idx in by_slot.values() {
+            let group: Vec<&[&[u8]]> = idx.iter().map(|i| cmds[*i]).collect();
+            for (i, r) in idx.iter().zip(p.pipeline(&group).await) {
+                out[*i] = r;
+            }
+        }
+        out
+    }
+
+    /// The RESP version in use.
+    fn protocol(&self) -> u8 {
+        match self {
+            Redis::One(c) => c.protocol(),
+            Redis::Cluster(p) => p.protocol(),
+        }
+    }
+
+    /// One SCAN target per server: the connection, or every primary's pool.
+    fn scan_targets(&self) -> Vec<ScanTarget> {
+        match self {
+            Redis::One(c) => vec![ScanTarget::One(c.clone())],
+            Redis::Cluster(p) => p.node_pools().into_iter().map(ScanTarget::Node).collect(),
+        }
+    }
+}
+
+enum ScanTarget {
+    One(Rc<Connection>),
+    Node(Rc<Pool>),
+}
+
+impl ScanTarget {
+    async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        match self {
+            ScanTarget::One(c) => c.cmd(args).await,
+            ScanTarget::Node(p) => p.cmd(args).await,
+        }
+    }
 }
 
 /// The Redis server's clock, unix seconds (`TIME`).
-async fn redis_time(redis: &Connection) -> Result<i64, String> {
+async fn redis_time(redis: &Redis) -> Result<i64, String> {
     let reply = redis.cmd(&[b"TIME"]).await.map_err(|e| e.to_string())?;
     let secs = match &reply {
         Reply::Array(parts) => parts
@@ -707,7 +797,7 @@ async fn redis_time(redis: &Connection) -> Result<i64, String> {
 }
 
 /// Members of `a:runs` (run ids as text), oldest start first.
-async fn declared_runs(redis: &Connection) -> Result<Vec<String>, String> {
+async fn declared_runs(redis: &Redis) -> Result<Vec<String>, String> {
     let reply = redis
         .cmd(&[b"ZRANGE", RUNS_KEY, b"0", b"-1"])
         .await
@@ -813,7 +903,7 @@ async fn load_rollups(
 /// GETs the keys in pipelined chunks: the value of each (None when it does not exist).
 /// With `strict`, a value that is not a counter is an error; without, it counts as 0.
 pub async fn values(
-    redis: &Rc<Connection>,
+    redis: &Redis,
     truths: &[Truth],
     strict: bool,
 ) -> Result<Vec<Option<u64>>, String> {
@@ -844,10 +934,21 @@ pub async fn values(
     Ok(out)
 }
 
-/// All keys matching `pattern` (SCAN, so a big keyspace does not block Redis).
-pub async fn scan(redis: &Rc<Connection>, pattern: &str) -> Result<Vec<Vec<u8>>, String> {
-    let mut cursor = b"0".to_vec();
+/// All keys matching `pattern` (SCAN, so a big keyspace does not block Redis), on every
+/// primary of a cluster.
+pub async fn scan(redis: &Redis, pattern: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
+    for target in redis.scan_targets() {
+        scan_one(&target, pattern, &mut out).await?;
+    }
+    // SCAN may return a key twice (a rehash during the scan).
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+async fn scan_one(redis: &ScanTarget, pattern: &str, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
+    let mut cursor = b"0".to_vec();
     loop {
         let reply = redis
             .cmd(&[
@@ -872,10 +973,7 @@ pub async fn scan(redis: &Rc<Connection>, pattern: &str) -> Result<Vec<Vec<u8>>,
             _ => None,
         }));
         if next.as_ref() == b"0" {
-            // SCAN may return a key twice (a rehash during the scan).
-            out.sort_unstable();
-            out.dedup();
-            return Ok(out);
+            return Ok(());
         }
         cursor = next.to_vec();
     }

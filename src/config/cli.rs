@@ -204,6 +204,8 @@ option_table! { $
         time_buckets,
         /// the Redis to load: redis://[user[:password]@]host[:port][/db] or rediss:// [env: REDIS_URL] [default: redis://127.0.0.1:6379]
         redis_url,
+        /// standalone, cluster (REDIS_URL may then list several seed nodes, comma separated), or auto: cluster when the server's INFO cluster says cluster_enabled:1 [env: REDIS_MODE] [default: auto]
+        redis_mode,
         /// protocol to speak with Redis: auto (RESP3 via HELLO 3 where the server supports it, else RESP2), 2, or 3 (RESP3 or no connection) [env: REDIS_PROTOCOL] [default: auto]
         redis_protocol,
         /// the PostgreSQL source of truth: postgres://user[:password]@host[:port]/db[?sslmode=...] [env: DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/analytics]
@@ -294,7 +296,7 @@ cli_struct! {
     pub(crate) struct TopCli [
         events_per_second, queries_per_second, organizations, users_per_org, cache_hit_target,
         max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
-        redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
+        redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
         database_ca_file, database_password, database_password_file,
         bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
@@ -324,8 +326,9 @@ cli_struct! {
     /// when something is found (or no run is declared), 2 on usage or connection errors.
     #[argh(subcommand, name = "verify")]
     pub(crate) struct VerifyCli [
-        redis_url, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key,
-        redis_password_file, database_ca_file, database_password, database_password_file, run,
+        redis_url, redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert,
+        redis_client_key, redis_password_file, database_ca_file, database_password,
+        database_password_file, run,
         since,
     ] {
         /// print the result as JSON

@@ -30,7 +30,7 @@ use argh::FromArgs;
 pub use bench::BenchRedisArgs;
 
 use crate::pg::PgConfig;
-use crate::resp::{Protocol, RedisUrl};
+use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
@@ -83,8 +83,12 @@ pub struct Config {
     pub warmup_interval: Duration,
     /// Hours of per-hour counters.
     pub time_buckets: u32,
-    /// With the password of REDIS_PASSWORD_FILE when given (it replaces the URL's).
+    /// With the password of REDIS_PASSWORD_FILE when given (it replaces the URL's). In
+    /// cluster mode, the first seed node.
     pub redis_url: RedisUrl,
+    /// Every URL of REDIS_URL (several only in cluster mode), `redis_url` first.
+    pub redis_seeds: Vec<RedisUrl>,
+    pub redis_mode: RedisMode,
     /// RESP version to negotiate with Redis.
     pub redis_protocol: Protocol,
     /// CA bundle and client certificate for `rediss://` (also for a switched-to target).
@@ -142,6 +146,8 @@ pub enum Distribution {
 pub struct VerifyArgs {
     /// As [`Config::redis_url`].
     pub redis_url: RedisUrl,
+    pub redis_seeds: Vec<RedisUrl>,
+    pub redis_mode: RedisMode,
     pub redis_protocol: Protocol,
     pub redis_tls: TlsFiles,
     /// Validated like [`Config::database_url`].
@@ -285,7 +291,9 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
     // Durations stay far from what would overflow an `Instant` or a Redis EX argument.
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let (database_url, database) = r.postgres(database_flags!(c))?;
-    let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(c))?;
+    let redis_mode_flag = c.redis_mode.clone();
+    let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(c))?;
+    let redis_mode = r.redis_mode(redis_mode_flag, &redis_seeds)?;
     let cfg = Config {
         events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
         queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second, 0, u64::MAX)?,
@@ -302,7 +310,9 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl, 1, TEN_YEARS)?,
         warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
         time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
-        redis_url,
+        redis_url: redis_seeds[0].clone(),
+        redis_seeds,
+        redis_mode,
         redis_protocol,
         redis_tls,
         database_url,
@@ -414,9 +424,12 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
     Ok(match sub {
         SubCli::Verify(v) => {
             let (database_url, database) = r.postgres(database_flags!(v))?;
-            let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(v))?;
+            let redis_mode_flag = v.redis_mode.clone();
+            let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(v))?;
             Command::Verify(VerifyArgs {
-                redis_url,
+                redis_mode: r.redis_mode(redis_mode_flag, &redis_seeds)?,
+                redis_url: redis_seeds[0].clone(),
+                redis_seeds,
                 redis_protocol,
                 redis_tls,
                 database_url,

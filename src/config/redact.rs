@@ -103,6 +103,8 @@ impl fmt::Debug for Config {
             .field("warmup_interval", &self.warmup_interval)
             .field("time_buckets", &self.time_buckets)
             .field("redis_url", &self.redis_url)
+            .field("redis_seeds", &self.redis_seeds)
+            .field("redis_mode", &self.redis_mode)
             .field("redis_protocol", &self.redis_protocol)
             .field("redis_tls", &self.redis_tls)
             .field("database_url", &Hidden(&self.database_url))
@@ -133,6 +135,8 @@ impl fmt::Debug for VerifyArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyArgs")
             .field("redis_url", &self.redis_url)
+            .field("redis_seeds", &self.redis_seeds)
+            .field("redis_mode", &self.redis_mode)
             .field("redis_protocol", &self.redis_protocol)
             .field("redis_tls", &self.redis_tls)
             .field("database_url", &Hidden(&self.database_url))

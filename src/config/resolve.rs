@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::cli::{opt, OptDef};
 use super::redact::redact_url;
 use crate::pg::{PgConfig, PgConfigError};
-use crate::resp::{Protocol, RedisUrl};
+use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::{PemPath, TlsFiles};
 
 /// The Redis connection options every command that talks to Redis takes (the workload,
@@ -231,11 +231,6 @@ impl Resolver<'_> {
         })
     }
 
-    pub fn redis_url(&self, def: &OptDef, flag: Option<String>) -> Result<RedisUrl, String> {
-        let text = required(def, self.raw(def, flag))?;
-        redis_url(&def.label(), text.trim())
-    }
-
     /// A `postgres://` or `postgresql://` URL with a host, kept as given.
     pub fn postgres_url(&self, def: &OptDef, flag: Option<String>) -> Result<String, String> {
         let text = required(def, self.raw(def, flag))?;
@@ -254,25 +249,86 @@ impl Resolver<'_> {
             .map_err(|why| invalid_url(&def.label(), text, &why))
     }
 
-    /// The Redis URL with the password of the password file, when one is given.
-    pub fn redis_target(
+    /// The Redis URLs (several only in cluster mode: seed nodes, comma separated), each with
+    /// the password of the password file when one is given.
+    pub fn redis_targets(
         &self,
         url: (&OptDef, Option<String>),
         password_file: (&OptDef, Option<String>),
-    ) -> Result<RedisUrl, String> {
-        let target = self.redis_url(url.0, url.1)?;
-        Ok(match self.secret_file(password_file.0, password_file.1)? {
-            Some(pw) => target.with_password(pw),
-            None => target,
-        })
+    ) -> Result<Vec<RedisUrl>, String> {
+        let text = required(url.0, self.raw(url.0, url.1))?;
+        let label = url.0.label();
+        let mut targets = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(invalid_url(
+                    &label,
+                    &text,
+                    "empty item in the list of seed nodes",
+                ));
+            }
+            targets.push(redis_url(&label, item)?);
+        }
+        let pw = self.secret_file(password_file.0, password_file.1)?;
+        Ok(targets
+            .into_iter()
+            .map(|t| match &pw {
+                Some(pw) => t.with_password(pw.clone()),
+                None => t,
+            })
+            .collect())
     }
 
     /// CA bundle and client certificate files, read and checked now.
     /// Where and how to connect to Redis: the URL (with a password file applied), the RESP
     /// version, and the TLS files.
+    /// One URL only: for the commands without cluster mode (`bench-redis`).
     pub fn redis_endpoint(&self, f: RedisFlags) -> Result<(RedisUrl, Protocol, TlsFiles), String> {
+        let (mut seeds, protocol, tls) = self.redis_endpoints(f)?;
+        if seeds.len() > 1 {
+            return Err(format!(
+                "{} lists {} nodes: this command takes one Redis URL (it has no cluster mode yet)",
+                opt::redis_url.label(),
+                seeds.len()
+            ));
+        }
+        Ok((seeds.remove(0), protocol, tls))
+    }
+
+    /// `--redis-mode` and the seed URLs it allows: several only with `cluster`.
+    pub fn redis_mode(
+        &self,
+        flag: Option<String>,
+        seeds: &[RedisUrl],
+    ) -> Result<RedisMode, String> {
+        let mode = self.choice(&opt::redis_mode, flag, &RedisMode::CHOICES)?;
+        if mode == RedisMode::Cluster && seeds.iter().any(|s| s.db != 0) {
+            return Err(format!(
+                "{} names a database, but a Redis Cluster has only database 0: drop the /N \
+                 from the URL, or set {} to 'standalone'",
+                opt::redis_url.label(),
+                opt::redis_mode.label()
+            ));
+        }
+        if seeds.len() > 1 && mode != RedisMode::Cluster {
+            return Err(format!(
+                "{} lists {} nodes, but several seed nodes are only for a Redis Cluster: set {} to \
+                 'cluster', or give one URL",
+                opt::redis_url.label(),
+                seeds.len(),
+                opt::redis_mode.label()
+            ));
+        }
+        Ok(mode)
+    }
+
+    /// Where and how to connect to Redis, with every URL of the list.
+    pub fn redis_endpoints(
+        &self,
+        f: RedisFlags,
+    ) -> Result<(Vec<RedisUrl>, Protocol, TlsFiles), String> {
         Ok((
-            self.redis_target(
+            self.redis_targets(
                 (&opt::redis_url, f.url),
                 (&opt::redis_password_file, f.password_file),
             )?,

@@ -55,6 +55,8 @@ fn should_use_defaults_when_nothing_is_set() {
         warmup_interval: Duration::from_secs(300),
         time_buckets: 24,
         redis_url: RedisUrl::parse("redis://127.0.0.1:6379").unwrap(),
+        redis_seeds: vec![RedisUrl::parse("redis://127.0.0.1:6379").unwrap()],
+        redis_mode: crate::resp::RedisMode::Auto,
         redis_protocol: Protocol::Auto,
         redis_tls: crate::tls::TlsFiles::default(),
         database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
@@ -135,6 +137,9 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
     ),
     ("--redis-protocol", "REDIS_PROTOCOL", "3", "2", |c| {
         format!("{:?}", c.redis_protocol)
+    }),
+    ("--redis-mode", "REDIS_MODE", "cluster", "standalone", |c| {
+        format!("{:?}", c.redis_mode)
     }),
     (
         "--database-url",
@@ -329,6 +334,8 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
     ("--redis-protocol", "REDIS_PROTOCOL", "resp3",
         "invalid value 'resp3' for --redis-protocol (REDIS_PROTOCOL): expected 'auto', '2' or '3'"),
     ("--redis-protocol", "REDIS_PROTOCOL", "1", "expected 'auto', '2' or '3'"),
+    ("--redis-mode", "REDIS_MODE", "sentinel",
+        "invalid value 'sentinel' for --redis-mode (REDIS_MODE): expected 'auto', 'standalone' or 'cluster'"),
     ("--database-url", "DATABASE_URL", "mysql://h/db",
         "invalid --database-url (DATABASE_URL) 'mysql://h/db': unsupported scheme 'mysql' (expected postgres:// or postgresql://)"),
     ("--database-url", "DATABASE_URL", "postgres:///analytics", "missing host"),
@@ -1152,5 +1159,92 @@ fn should_map_sslmode_and_keep_other_url_parameters() {
             crate::pg::redacted(&c).ends_with(&format!("sslmode={name}")),
             mode != SslMode::Prefer
         );
+    }
+}
+
+#[test]
+fn should_take_several_seed_nodes_only_in_cluster_mode() {
+    use crate::resp::RedisMode;
+    let seeds = "redis://a:7000, redis://b:7001,redis://c:7002";
+    let pw = std::env::temp_dir().join(format!("seed-pw-{}", std::process::id()));
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let pw = pw.to_string_lossy().into_owned();
+    let c = config(
+        &["--redis-mode", "cluster", "--redis-password-file", &pw],
+        &[("REDIS_URL", seeds)],
+    );
+    assert_eq!(c.redis_mode, RedisMode::Cluster);
+    let hosts: Vec<(&str, u16)> = c
+        .redis_seeds
+        .iter()
+        .map(|u| (u.host.as_str(), u.port))
+        .collect();
+    assert_eq!(hosts, [("a", 7000), ("b", 7001), ("c", 7002)]);
+    assert_eq!(c.redis_url, c.redis_seeds[0]);
+    assert!(c.redis_seeds.iter().all(|u| u.password() == Some("s3cret")));
+    // One URL: any mode; the default is auto.
+    assert_eq!(config(&[], &[]).redis_mode, RedisMode::Auto);
+    let one = config(
+        &["--redis-mode", "Standalone"],
+        &[("REDIS_URL", "redis://a")],
+    );
+    assert_eq!(
+        (one.redis_mode, one.redis_seeds.len()),
+        (RedisMode::Standalone, 1)
+    );
+    // Several without cluster mode: a clear usage error (exit 2).
+    for mode in [None, Some("auto"), Some("standalone")] {
+        let mut env = vec![("REDIS_URL", seeds)];
+        if let Some(m) = mode {
+            env.push(("REDIS_MODE", m));
+        }
+        let out = error(&[], &env);
+        assert!(
+            out.contains("lists 3 nodes") && out.contains("--redis-mode (REDIS_MODE)"),
+            "{out}"
+        );
+        let v = error(&["verify"], &env);
+        assert!(v.contains("lists 3 nodes"), "{v}");
+    }
+    let out = error(&["--redis-mode", "sentinel"], &[]);
+    assert!(out.contains("'auto', 'standalone' or 'cluster'"), "{out}");
+    let out = error(
+        &[],
+        &[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a,redis://b/2"),
+        ],
+    );
+    assert!(out.contains("only database 0"), "{out}");
+    let out = error(
+        &[],
+        &[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a,,redis://b"),
+        ],
+    );
+    assert!(out.contains("empty item"), "{out}");
+    let out = error(
+        &[],
+        &[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://u:pw@a,http://b"),
+        ],
+    );
+    assert!(
+        out.contains("unsupported scheme") && !out.contains("pw@"),
+        "{out}"
+    );
+    // bench-redis has no cluster mode.
+    let out = error(&["bench-redis"], &[("REDIS_URL", seeds)]);
+    assert!(out.contains("lists 3 nodes"), "{out}");
+    match command(
+        &["verify", "--redis-mode", "cluster"],
+        &[("REDIS_URL", seeds)],
+    ) {
+        Command::Verify(v) => {
+            assert_eq!((v.redis_mode, v.redis_seeds.len()), (RedisMode::Cluster, 3))
+        }
+        other => panic!("{other:?}"),
     }
 }

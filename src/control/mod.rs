@@ -48,6 +48,8 @@ pub struct ControlParams {
     pub admin_token: Option<String>,
     /// Without a token, accept admin requests from loopback clients.
     pub admin_allow_loopback: bool,
+    /// The shards talk to a Redis Cluster: a switch (to or from it) is refused.
+    pub cluster: bool,
 }
 
 /// Shared flags between the process's threads.
@@ -664,6 +666,12 @@ fn authorize(st: &State, req: &Req) -> Result<(), Resp> {
 async fn switch_target(st: &State, req: &Req) -> Resp {
     if let Err(r) = authorize(st, req) {
         return r;
+    }
+    if st.p.cluster {
+        return Resp::json(
+            501,
+            json!({"error": "switching to or from a Redis Cluster is not supported yet; the target is unchanged"}).to_string(),
+        );
     }
     #[derive(serde::Deserialize)]
     struct Body {

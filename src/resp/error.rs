@@ -26,6 +26,9 @@ pub enum RedisError {
     /// The server answered with an error reply (`-ERR ...`, `-WRONGTYPE ...`).
     /// `kind` is one of the bounded labels of [`RedisError::kind`].
     Server { kind: &'static str, msg: String },
+    /// Cluster routing refused or gave up on the command (`cross_slot`: its keys span
+    /// slots, never sent; `redirect_loop`: every attempt was redirected, so none applied).
+    Cluster { kind: &'static str, msg: String },
 }
 
 impl RedisError {
@@ -39,7 +42,7 @@ impl RedisError {
             RedisError::NotConnected => "not_connected",
             RedisError::Protocol { .. } => "protocol",
             RedisError::ReplyTooLarge { .. } => "reply_too_large",
-            RedisError::Server { kind, .. } => kind,
+            RedisError::Server { kind, .. } | RedisError::Cluster { kind, .. } => kind,
         }
     }
 
@@ -52,9 +55,10 @@ impl RedisError {
             | RedisError::Closed { sent }
             | RedisError::Protocol { sent, .. }
             | RedisError::ReplyTooLarge { sent, .. } => *sent,
-            RedisError::Connect { .. } | RedisError::NotConnected | RedisError::Server { .. } => {
-                false
-            }
+            RedisError::Connect { .. }
+            | RedisError::NotConnected
+            | RedisError::Server { .. }
+            | RedisError::Cluster { .. } => false,
         }
     }
 
@@ -116,6 +120,7 @@ impl fmt::Display for RedisError {
                 write!(f, "redis reply larger than {limit} bytes{}", sent(s))
             }
             RedisError::Server { msg, .. } => write!(f, "redis error reply: {msg}"),
+            RedisError::Cluster { msg, .. } => write!(f, "redis cluster: {msg}"),
         }
     }
 }

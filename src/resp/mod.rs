@@ -5,10 +5,12 @@
 //! - [`conn`]: one pipelined connection (reader, writer and timeout tasks).
 //! - [`handshake`]: `HELLO 3` (falling back to RESP2), AUTH, SELECT.
 //! - [`pool`]: a shard's connections, supervised and reconnected, with live cutover.
+//! - [`cluster`]: Redis Cluster: slots, the slot map, routing and redirections.
 //! - [`error`]: the error type and its bounded `kind()` labels.
 //! - `dial`: resolve and connect; `transport`: plain TCP or TLS under a connection;
 //!   `stats`: cached metric handles; `sync`: single-threaded wake-ups.
 
+pub mod cluster;
 pub mod conn;
 mod dial;
 pub mod error;
@@ -20,6 +22,7 @@ pub(crate) mod sync;
 mod transport;
 pub mod url;
 
+pub use cluster::RedisMode;
 pub use conn::Connection;
 pub use error::RedisError;
 pub use frame::Reply;

@@ -5,6 +5,7 @@
 //! host each time. Commands never wait for a connection: with none up they fail at once
 //! with `NotConnected`, so a load generator keeps its schedule and counts the failure.
 
+use crate::resp::cluster::Cluster;
 use crate::resp::conn::Connection;
 use crate::resp::stats::{ConnState, Stats};
 use crate::resp::sync::Notify;
@@ -142,6 +143,9 @@ pub struct Pool {
     sh: Rc<Shared>,
     /// Dropping a glommio `Task` cancels it: dropping the pool stops its supervisors.
     supervisors: RefCell<Vec<Task<()>>>,
+    /// Cluster mode: the router over one pool per primary (this pool then has no
+    /// connection of its own and every method goes through the router).
+    cluster: Option<Rc<Cluster>>,
 }
 
 struct Shared {
@@ -208,14 +212,72 @@ impl Pool {
         Rc::new(Pool {
             sh,
             supervisors: RefCell::new(supervisors),
+            cluster: None,
         })
+    }
+
+    /// A pool for a Redis Cluster reached through the seed nodes `first` and `others` (every
+    /// node's URL takes `first`'s user, password and TLS): it loads the slot map in the
+    /// background and keeps a pool of `cfg.size` connections per primary; until the map is
+    /// loaded (and the run declared) commands fail `not_connected`.
+    pub fn cluster(first: RedisUrl, others: Vec<RedisUrl>, cfg: PoolConfig) -> Rc<Pool> {
+        let (cluster, task) = Cluster::start(first.clone(), others, cfg.clone());
+        let sh = Rc::new(Shared {
+            target: RefCell::new(first),
+            generation: Cell::new(0),
+            slots: Vec::new(),
+            rr: Cell::new(0),
+            current: Cell::new(0),
+            all_on_target_at: Cell::new(None),
+            stats: Rc::new(Stats::new(cfg.shard)),
+            closed: Cell::new(false),
+            rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(0)),
+            cfg,
+        });
+        Rc::new(Pool {
+            sh,
+            supervisors: RefCell::new(vec![task]),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// In cluster mode, the pool of every primary known so far (for per-node work such as
+    /// `verify`'s SCAN); empty in standalone mode.
+    pub fn node_pools(&self) -> Vec<Rc<Pool>> {
+        self.cluster.as_ref().map_or_else(Vec::new, |c| c.pools())
+    }
+
+    /// Marks this pool as a cluster node's (see `Stats::cluster_node`).
+    pub(crate) fn mark_cluster_node(&self) {
+        self.sh.stats.cluster_node.set(true);
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The RESP version of a connection that is up (of a node's, in cluster mode); 0 if none.
+    pub fn protocol(&self) -> u8 {
+        if let Some(c) = &self.cluster {
+            return c
+                .pools()
+                .iter()
+                .map(|p| p.protocol())
+                .find(|v| *v != 0)
+                .unwrap_or(0);
+        }
+        self.sh
+            .slots
+            .iter()
+            .find_map(|s| s.conn.borrow().as_ref().map(|c| c.protocol()))
+            .unwrap_or(0)
     }
 
     /// Resolves once at least one connection is up or `timeout` passes; returns whether one is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.connected() > 0 {
+            if self.connected() > 0 && self.cluster.as_ref().is_none_or(|c| c.ready()) {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -228,27 +290,59 @@ impl Pool {
 
     /// One command on the least busy connection; none up => `NotConnected`, never sent.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        match self.sh.pick() {
+        if let Some(c) = &self.cluster {
+            return one(c.run(&[args], None).await);
+        }
+        self.direct_cmd(None, args).await
+    }
+
+    /// `cmd` (`index` None) or `cmd_on` on this pool's own connections (not routed).
+    pub(crate) async fn direct_cmd(
+        &self,
+        index: Option<usize>,
+        args: &[&[u8]],
+    ) -> Result<Reply, RedisError> {
+        let conn = match index {
+            Some(i) => self.sh.pick_at(i),
+            None => self.sh.pick(),
+        };
+        match conn {
             Some(c) => c.cmd(args).await,
             None => Err(self.sh.not_connected(args)),
+        }
+    }
+
+    /// `pipeline` (`index` None) or `pipeline_on` on this pool's own connections.
+    pub(crate) async fn direct_pipeline(
+        &self,
+        index: Option<usize>,
+        cmds: &[&[&[u8]]],
+    ) -> Vec<Result<Reply, RedisError>> {
+        let conn = match index {
+            Some(i) => self.sh.pick_at(i),
+            None => self.sh.pick(),
+        };
+        match conn {
+            Some(c) => c.pipeline(cmds).await,
+            None => cmds.iter().map(|c| Err(self.sh.not_connected(c))).collect(),
         }
     }
 
     /// One command on connection `index` (modulo the pool size) when it is up: for load
     /// generation that must spread evenly over a fixed number of connections.
     pub async fn cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        match self.sh.pick_at(index) {
-            Some(c) => c.cmd(args).await,
-            None => Err(self.sh.not_connected(args)),
+        if let Some(c) = &self.cluster {
+            return one(c.run(&[args], Some(index)).await);
         }
+        self.direct_cmd(Some(index), args).await
     }
 
     /// Several commands in one write on one connection; one result per command, in order.
     pub async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
-        match self.sh.pick() {
-            Some(c) => c.pipeline(cmds).await,
-            None => cmds.iter().map(|c| Err(self.sh.not_connected(c))).collect(),
+        if let Some(c) = &self.cluster {
+            return c.run(cmds, None).await;
         }
+        self.direct_pipeline(None, cmds).await
     }
 
     /// Several commands in one write on connection `index` (modulo the pool size).
@@ -257,14 +351,20 @@ impl Pool {
         index: usize,
         cmds: &[&[&[u8]]],
     ) -> Vec<Result<Reply, RedisError>> {
-        match self.sh.pick_at(index) {
-            Some(c) => c.pipeline(cmds).await,
-            None => cmds.iter().map(|c| Err(self.sh.not_connected(c))).collect(),
+        if let Some(c) = &self.cluster {
+            return c.run(cmds, Some(index)).await;
         }
+        self.direct_pipeline(Some(index), cmds).await
     }
 
     /// Sets the sampled gauges (commands in flight): once per report, not per command.
     pub fn publish_gauges(&self) {
+        if let Some(c) = &self.cluster {
+            // The node pools share this shard's gauge: publish their sum once.
+            let n: usize = c.pools().iter().map(|p| p.inflight()).sum();
+            self.sh.stats.inflight.set(n as f64);
+            return;
+        }
         self.sh.stats.inflight.set(self.inflight() as f64);
     }
 
@@ -273,6 +373,11 @@ impl Pool {
     /// and its in-flight ones finish or fail. If the new target cannot be reached, the old
     /// connection is retired at the first failed attempt and the slot keeps retrying.
     pub fn set_target(&self, url: RedisUrl) {
+        if self.cluster.is_some() {
+            // Not part of cluster mode yet: the control core refuses a switch (501).
+            tracing::error!(to = %url, "redis target switch ignored: cluster mode");
+            return;
+        }
         tracing::info!(from = %self.sh.target.borrow(), to = %url, "redis target switch");
         *self.sh.target.borrow_mut() = url;
         self.sh.generation.set(self.sh.generation.get() + 1);
@@ -290,6 +395,9 @@ impl Pool {
 
     /// Connections currently up and taking commands.
     pub fn connected(&self) -> usize {
+        if let Some(c) = &self.cluster {
+            return c.pools().iter().map(|p| p.connected()).sum();
+        }
         self.sh
             .slots
             .iter()
@@ -299,6 +407,9 @@ impl Pool {
 
     /// Connections up on the current target (after a cutover, the slots already moved).
     pub fn connected_to_target(&self) -> usize {
+        if self.cluster.is_some() {
+            return self.connected();
+        }
         self.sh.connected_to_target()
     }
 
@@ -309,6 +420,9 @@ impl Pool {
 
     /// Commands enqueued on the pool's connections and awaiting a reply.
     pub fn inflight(&self) -> usize {
+        if let Some(c) = &self.cluster {
+            return c.pools().iter().map(|p| p.inflight()).sum();
+        }
         self.sh
             .slots
             .iter()
@@ -319,6 +433,18 @@ impl Pool {
     /// Stops the supervisors, lets in-flight commands finish (up to `command_timeout`),
     /// closes the sockets.
     pub async fn close(&self) {
+        if let Some(c) = &self.cluster {
+            if !self.sh.closed.replace(true) {
+                c.close().await;
+                self.supervisors.borrow_mut().clear();
+            }
+            return;
+        }
+        self.close_direct().await;
+    }
+
+    /// `close` for a pool with connections of its own (a standalone pool, a cluster node's).
+    pub(crate) async fn close_direct(&self) {
         if self.sh.closed.replace(true) {
             return;
         }
@@ -359,6 +485,11 @@ impl Drop for Pool {
             .pool_size
             .decrement(self.sh.slots.len() as f64);
     }
+}
+
+/// The one result of a one-command run.
+fn one(mut r: Vec<Result<Reply, RedisError>>) -> Result<Reply, RedisError> {
+    r.pop().unwrap_or(Err(RedisError::NotConnected))
 }
 
 impl Shared {

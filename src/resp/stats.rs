@@ -13,7 +13,7 @@ const COMMANDS: [&str; 16] = [
 ];
 
 /// Every error kind label, exported at zero from the start.
-pub(crate) const ERROR_KINDS: [&str; 18] = [
+pub(crate) const ERROR_KINDS: [&str; 20] = [
     "connect",
     "timeout",
     "io",
@@ -32,6 +32,8 @@ pub(crate) const ERROR_KINDS: [&str; 18] = [
     "redirect",
     "err",
     "server_other",
+    "cross_slot",
+    "redirect_loop",
 ];
 
 /// Connection states of the `REDIS_CONNECTIONS{state}` gauge.
@@ -52,6 +54,11 @@ pub(crate) struct Stats {
     pub(crate) reconnects: Counter,
     /// RESP3 push frames received (out of band, matched to no command).
     pub(crate) pushes: Counter,
+    /// A cluster node's pool: the router resends after MOVED, ASK, TRYAGAIN and CLUSTERDOWN
+    /// (`analytics_redis_redirects_total` counts each), so those replies (kind `redirect`)
+    /// are not errors here; a command that exhausts its redirections is (`redirect_loop`).
+    /// LOADING, MASTERDOWN and READONLY replies still count (a server state worth seeing).
+    pub(crate) cluster_node: std::cell::Cell<bool>,
 }
 
 impl Stats {
@@ -81,6 +88,7 @@ impl Stats {
             inflight: gauge!(names::REDIS_INFLIGHT, "shard" => s()),
             reconnects: counter!(names::REDIS_RECONNECTS_TOTAL, "shard" => s()),
             pushes: counter!(names::REDIS_PUSH_MESSAGES_TOTAL, "shard" => s()),
+            cluster_node: std::cell::Cell::new(false),
         }
     }
 
@@ -103,6 +111,9 @@ impl Stats {
     }
 
     pub(crate) fn error(&self, kind: &str) {
+        if self.cluster_node.get() && kind == "redirect" {
+            return;
+        }
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
             self.errors[i].increment(1);
         }

@@ -38,6 +38,8 @@ pub struct ShardParams {
     pub warmup_interval: Duration,
     pub time_buckets: u32,
     pub redis_url: RedisUrl,
+    /// Cluster mode: the seed nodes (`redis_url` first) the pool discovers the cluster from.
+    pub cluster_seeds: Option<Vec<RedisUrl>>,
     pub pool: PoolConfig,
     pub pg: crate::pg::PgConfig,
     /// Bound of connecting the read connection (in the background; reads fail fast meanwhile).
@@ -106,7 +108,13 @@ const ROW_MESSAGE_MAX: usize = 512;
 pub async fn run(p: ShardParams, links: ShardLinks) {
     let rows_tx = crate::notify::awake(links.rows.connect()).await;
     let reports_tx = crate::notify::awake(links.reports.connect()).await;
-    let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
+    let pool = match &p.cluster_seeds {
+        Some(seeds) => {
+            let others = seeds.iter().skip(1).cloned().collect();
+            Pool::cluster(p.redis_url.clone(), others, p.pool.clone())
+        }
+        None => Pool::new(p.redis_url.clone(), p.pool.clone()),
+    };
     let reader = Reader::new(p.pg.clone(), p.db_timeout, p.db_read_timeout, p.index);
     let org_pick = match p.zipf_exponent {
         Some(s) => Skewed::zipf(p.orgs.len(), s),

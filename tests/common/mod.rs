@@ -454,6 +454,134 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of private `redis-server`s (cluster mode, no replicas), each on a free port
+/// (its bus port also chosen free), made with `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// N primaries sharing the 16384 slots; returns once every node says `cluster_state:ok`.
+    pub fn start(n: usize) -> Self {
+        Self::start_with_replicas(n, 0)
+    }
+
+    /// N primaries with REPLICAS replicas each (`--cluster-replicas`).
+    pub fn start_with_replicas(n: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+        let out = redis_cli_raw(&args);
+        let cluster = RedisCluster { nodes };
+        let ok = wait_until(Duration::from_secs(60), || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        assert!(ok, "the cluster did not reach cluster_state:ok:\n{out}");
+        cluster
+    }
+
+    /// Indexes of the nodes that are primaries now (`ROLE`).
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].cli(&["ROLE"]).starts_with("master"))
+            .collect()
+    }
+
+    /// The first node's URL (one seed).
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// Every node's URL, comma separated (all seeds).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node id (`CLUSTER MYID`) of node I.
+    pub fn id(&self, i: usize) -> String {
+        self.nodes[i].cli(&["CLUSTER", "MYID"])
+    }
+
+    /// The index of the node serving SLOT (the one whose own `CLUSTER NODES` line lists it).
+    pub fn owner(&self, slot: u16) -> usize {
+        let serves = |i: usize| {
+            let nodes = self.nodes[i].cli(&["CLUSTER", "NODES"]);
+            let me = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .unwrap_or_default()
+                .to_string();
+            me.split_whitespace().skip(8).any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            })
+        };
+        (0..self.nodes.len())
+            .find(|i| serves(*i))
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+
+    /// `redis-cli` on node I with ARGS (not following redirections); trimmed stdout.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        self.nodes[i].cli(args)
+    }
+
+    /// `redis-cli ARGS` (e.g. `--cluster reshard ...`): whether it succeeded, and its output.
+    pub fn tool(&self, args: &[&str]) -> (bool, String) {
+        redis_cli_tool(args)
+    }
+}
+
+fn redis_cli_tool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(redis_bin("redis-cli"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run redis-cli: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn redis_cli_raw(args: &[&str]) -> String {
+    let (ok, out) = redis_cli_tool(args);
+    assert!(ok, "redis-cli {args:?} failed:\n{out}");
+    out
+}
+
 /// True when something on PORT answers a RESP PING like Redis (PONG, or NOAUTH with a password).
 fn redis_answers(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -962,6 +1090,7 @@ const APP_ENV_VARS: &[&str] = &[
     "WARMUP_INTERVAL",
     "TIME_BUCKETS",
     "REDIS_URL",
+    "REDIS_MODE",
     "DATABASE_URL",
     "BIND_ADDRESS",
     "SHARDS",

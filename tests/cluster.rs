@@ -1,0 +1,490 @@
+//! Redis Cluster mode against real clusters of `redis-server`s (tests/common `RedisCluster`):
+//! a clean run, a live reshard (MOVED), and a slot held mid-migration (ASK). Small loads.
+
+mod common;
+
+use std::time::Duration;
+
+use analytics_demo::resp::{Pool, PoolConfig, RedisUrl, Reply};
+use common::{metric_sum, summary_from_log, wait_until, App, PgServer, RedisCluster};
+use serde_json::Value;
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not an unsigned integer in {v}"))
+}
+
+/// A workload run's arguments: 300 events/s, 600 queries/s, 20 organizations.
+fn args(redis_url: &str, pg: &PgServer, extra: &[&str]) -> Vec<String> {
+    common::app_args(
+        redis_url,
+        &pg.url(),
+        &[
+            "--events-per-second",
+            "300",
+            "--queries-per-second",
+            "600",
+            "--organizations",
+            "20",
+            "--users-per-org",
+            "50",
+        ],
+        extra,
+    )
+}
+
+/// Waits for the app to end with exit 0; its summary.
+fn finished(app: &mut App) -> Value {
+    let status = app
+        .wait(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the run did not end:\n{}", app.log()));
+    let log = app.log();
+    assert!(status.success(), "exit {status}:\n{log}");
+    summary_from_log(&log).unwrap_or_else(|| panic!("no summary:\n{log}"))
+}
+
+fn assert_no_failed_events(summary: &Value, log: &str) {
+    assert!(u(summary, &["events"]) > 0, "no events:\n{log}");
+    assert_eq!(
+        (
+            u(summary, &["events_by_outcome", "failed"]),
+            u(summary, &["events_by_outcome", "unknown"])
+        ),
+        (0, 0),
+        "{summary}"
+    );
+}
+
+#[test]
+fn should_run_clean_against_three_primaries_with_replicas() {
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let pg = PgServer::start();
+    // One seed and the default --redis-mode auto: INFO cluster says it is a cluster.
+    let a = args(&cluster.url(), &pg, &["--duration", "5"]);
+    let mut app = App::spawn(&refs(&a), &[]);
+    let summary = finished(&mut app);
+    let log = app.log();
+    assert!(log.contains("\"mode\":\"cluster\""), "{log}");
+    assert_no_failed_events(&summary, &log);
+    // The counters are spread over the three primaries.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for i in primaries {
+        let keys: u64 = cluster.cli(i, &["DBSIZE"]).parse().unwrap_or(0);
+        assert!(keys > 0, "node {i} holds no key");
+    }
+    let (code, v) = common::verify_json(&cluster.url(), &pg.url());
+    assert_eq!((code, &v["clean"]), (0, &Value::Bool(true)), "{v}");
+    assert!(u(&v, &["keys_checked"]) > 0, "{v}");
+    assert_eq!(u(&v, &["lost_acknowledged_increments"]), 0, "{v}");
+    // Standalone mode against a cluster node fails the way the issue reports (MOVED), so
+    // the mode is what makes the difference.
+    let standalone = common::run_binary(
+        &[
+            "verify",
+            "--redis-url",
+            &cluster.url(),
+            "--database-url",
+            &pg.url(),
+            "--redis-mode",
+            "standalone",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(standalone.code(), Some(2), "{}", standalone.stderr);
+    assert!(standalone.stderr.contains("MOVED"), "{}", standalone.stderr);
+}
+
+/// The lowest slot node I serves (from its own `CLUSTER NODES` line).
+fn first_slot(cluster: &RedisCluster, i: usize) -> u16 {
+    let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
+    let me = nodes
+        .lines()
+        .find(|l| l.contains("myself"))
+        .unwrap_or_default();
+    me.split_whitespace()
+        .skip(8)
+        .filter_map(|r| r.split('-').next()?.parse::<u16>().ok())
+        .min()
+        .unwrap_or_else(|| panic!("node {i} serves no slot: {me}"))
+}
+
+fn keyslot(cluster: &RedisCluster, key: &str) -> u16 {
+    cluster
+        .cli(0, &["CLUSTER", "KEYSLOT", key])
+        .parse()
+        .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"))
+}
+
+#[test]
+fn should_follow_moved_during_a_live_reshard() {
+    let cluster = RedisCluster::start(3);
+    let pg = PgServer::start();
+    // Organization 2 (the second largest tenant) and the slots below it on its node move.
+    let slot = keyslot(&cluster, "{2}");
+    let from = cluster.owner(slot);
+    let to = (from + 1) % 3;
+    let count = slot - first_slot(&cluster, from) + 1;
+    // 20,000 more keys in that slot, so its migration lasts a while under the load (keys
+    // moved before others: ASK; MGETs across both sides: TRYAGAIN).
+    let filled = cluster.cli(
+        from,
+        &[
+            "EVAL",
+            "for i = 1, 20000 do redis.call('SET', KEYS[1] .. i, 'x') end return 1",
+            "1",
+            "{2}fill:",
+        ],
+    );
+    assert_eq!(filled, "1");
+    let a = args(
+        &cluster.seeds(),
+        &pg,
+        &[
+            "--redis-mode",
+            "cluster",
+            "--admin-allow-unauthenticated-loopback",
+        ],
+    );
+    let mut app = common::spawn_running(&refs(&a), &[]);
+    let events = |app: &App| {
+        let (_, body) = app.get("/metrics");
+        metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0)
+    };
+    // The load runs a while before the reshard, during it, and a while after it.
+    assert!(
+        wait_until(Duration::from_secs(30), || events(&app) >= 600.0),
+        "{}",
+        app.log()
+    );
+    let node = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let (ok, out) = cluster.tool(&[
+        "--cluster",
+        "reshard",
+        &node,
+        "--cluster-from",
+        &cluster.id(from),
+        "--cluster-to",
+        &cluster.id(to),
+        "--cluster-slots",
+        &count.to_string(),
+        "--cluster-yes",
+    ]);
+    assert!(ok, "reshard failed:\n{out}");
+    assert_eq!(cluster.owner(slot), to, "the slot did not move:\n{out}");
+    // The load keeps writing organization 2 on its new owner.
+    let moved = || {
+        let (status, body) = app.get("/metrics");
+        let n = metric_sum(
+            &body,
+            "analytics_redis_redirects_total",
+            &[("kind", "moved")],
+        );
+        status == 200 && n.unwrap_or(0.0) > 0.0
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), moved),
+        "no MOVED counted:\n{}",
+        app.log()
+    );
+    let after_reshard = events(&app);
+    assert!(
+        wait_until(Duration::from_secs(30), || events(&app)
+            >= after_reshard + 600.0),
+        "{}",
+        app.log()
+    );
+    let (_, body) = app.get("/metrics");
+    let redirects = |kind| {
+        metric_sum(&body, "analytics_redis_redirects_total", &[("kind", kind)]).unwrap_or(0.0)
+    };
+    let (moved_n, ask_n, tryagain_n) =
+        (redirects("moved"), redirects("ask"), redirects("tryagain"));
+    // Redirections resent are not errors.
+    let redirect_errors = metric_sum(
+        &body,
+        "analytics_redis_errors_total",
+        &[("kind", "redirect")],
+    );
+    assert_eq!(
+        redirect_errors,
+        Some(0.0),
+        "redirect replies counted as errors"
+    );
+    // Switching to or from a cluster is not part of cluster mode yet: refused, unchanged.
+    let (status, answer) = app.post(
+        "/admin/redis-target",
+        &[("content-type", "application/json")],
+        &format!("{{\"url\": \"{}\"}}", cluster.nodes[1].url()),
+    );
+    assert_eq!(status, 501, "{answer}");
+    let loops = metric_sum(
+        &body,
+        "analytics_redis_errors_total",
+        &[("kind", "redirect_loop")],
+    );
+    app.terminate();
+    let summary = finished(&mut app);
+    let log = app.log();
+    // Events are single-key commands: MOVED and ASK, never TRYAGAIN, so none fails. A query's
+    // MGET may exhaust its redirections while its slot is half migrated (redirect_loop).
+    assert_no_failed_events(&summary, &log);
+    let (code, v) =
+        common::verify_json_with(&cluster.url(), &pg.url(), &["--redis-mode", "cluster"]);
+    eprintln!(
+        "reshard of {count} slots: events {} acked {} failed {} unknown {}; MOVED {moved_n} ASK {ask_n} TRYAGAIN {tryagain_n}; queries {} redirect_loop {loops:?}; verify exit {code} clean {} lost {}",
+        u(&summary, &["events"]),
+        u(&summary, &["events_by_outcome", "acked"]),
+        u(&summary, &["events_by_outcome", "failed"]),
+        u(&summary, &["events_by_outcome", "unknown"]),
+        summary["query_outcomes"],
+        v["clean"],
+        v["lost_acknowledged_increments"],
+    );
+    assert_eq!((code, &v["clean"]), (0, &Value::Bool(true)), "{v}");
+    assert_eq!(u(&v, &["lost_acknowledged_increments"]), 0, "{v}");
+}
+
+#[test]
+fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
+    let cluster = RedisCluster::start(3);
+    let slot = keyslot(&cluster, "{ask}");
+    let from = cluster.owner(slot);
+    let to = (from + 1) % 3;
+    let (moved_key, staying_key) = ("{ask}moved", "{ask}staying");
+    assert_eq!(cluster.cli(from, &["SET", moved_key, "1"]), "OK");
+    assert_eq!(cluster.cli(from, &["SET", staying_key, "10"]), "OK");
+    let s = slot.to_string();
+    let (from_id, to_id) = (cluster.id(from), cluster.id(to));
+    assert_eq!(
+        cluster.cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]),
+        "OK"
+    );
+    assert_eq!(
+        cluster.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
+        "OK"
+    );
+    let to_port = cluster.nodes[to].port.to_string();
+    let migrated = cluster.cli(
+        from,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &to_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            moved_key,
+        ],
+    );
+    assert_eq!(migrated, "OK");
+    let before = (calls(&cluster, to, "asking"), calls(&cluster, to, "get"));
+
+    let url = RedisUrl::parse(&cluster.url()).unwrap();
+    let (moved_get, moved_incr, staying_get) = on_executor(move || async move {
+        let pool = Pool::cluster(url, Vec::new(), PoolConfig::default());
+        assert!(pool.wait_connected(Duration::from_secs(10)).await);
+        let r = (
+            pool.cmd(&[b"GET", b"{ask}moved"]).await,
+            pool.cmd(&[b"INCR", b"{ask}moved"]).await,
+            pool.cmd(&[b"GET", b"{ask}staying"]).await,
+        );
+        pool.close().await;
+        r
+    });
+    assert_eq!(moved_get, Ok(Reply::Bulk("1".into())));
+    assert_eq!(moved_incr, Ok(Reply::Int(2)));
+    assert_eq!(staying_get, Ok(Reply::Bulk("10".into())));
+    // Both commands for the moved key went to the importing node after ASKING, and the map
+    // did not change: the staying key's GET went to the source only.
+    let after = (calls(&cluster, to, "asking"), calls(&cluster, to, "get"));
+    assert_eq!((after.0 - before.0, after.1 - before.1), (2, 1));
+    // The source no longer has the key: it answers ASK itself.
+    let asked = cluster.cli(from, &["GET", moved_key]);
+    assert!(asked.starts_with(&format!("ASK {slot} ")), "{asked}");
+    // The migration ends; the incremented value is on the new owner.
+    for i in [to, from] {
+        assert_eq!(
+            cluster.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]),
+            "OK"
+        );
+    }
+    assert_eq!(cluster.cli(to, &["GET", moved_key]), "2");
+}
+
+/// Calls of COMMAND (lower case) node I has served (INFO commandstats).
+fn calls(cluster: &RedisCluster, i: usize, command: &str) -> u64 {
+    let stats = cluster.cli(i, &["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn on_executor<T, F, Fut>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// One command from a RESP client (an array of bulk strings); None at EOF.
+fn read_command(r: &mut impl std::io::BufRead) -> Option<Vec<String>> {
+    fn next_line(r: &mut impl std::io::BufRead, line: &mut String) -> Option<()> {
+        line.clear();
+        r.read_line(line).ok().filter(|n| *n > 0).map(|_| ())
+    }
+    let mut line = String::new();
+    next_line(r, &mut line)?;
+    let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        next_line(r, &mut line)?;
+        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0u8; len + 2];
+        r.read_exact(&mut buf).ok()?;
+        buf.truncate(len);
+        args.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Some(args)
+}
+
+/// A fake cluster node, for what a real one cannot be made to do (redirect forever, refuse
+/// a given number of times, never answer): it serves every slot (`CLUSTER SLOTS`; no `CLUSTER
+/// SHARDS`, no `HELLO`) and answers the `n`th INCR (0-based) with `incr(port, n)`, or not at
+/// all for `None`. Returns its port and the number of INCRs it received.
+fn fake_node(
+    incr: fn(u16, u64) -> Option<String>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incrs = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = incrs.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = stream.try_clone().unwrap();
+                let mut r = BufReader::new(stream);
+                while let Some(cmd) = read_command(&mut r) {
+                    let name = cmd
+                        .first()
+                        .map(|c| c.to_ascii_uppercase())
+                        .unwrap_or_default();
+                    let sub = cmd
+                        .get(1)
+                        .map(|c| c.to_ascii_uppercase())
+                        .unwrap_or_default();
+                    let reply = match (name.as_str(), sub.as_str()) {
+                        ("HELLO", _) => Some("-ERR unknown command 'HELLO'\r\n".to_string()),
+                        ("CLUSTER", "SHARDS") => {
+                            Some("-ERR unknown subcommand 'SHARDS'\r\n".to_string())
+                        }
+                        ("CLUSTER", "SLOTS") => Some(format!(
+                            "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
+                        )),
+                        ("INCR", _) => incr(port, counter.fetch_add(1, Ordering::SeqCst)),
+                        ("PING", _) => Some("+PONG\r\n".to_string()),
+                        _ => Some("+OK\r\n".to_string()),
+                    };
+                    if let Some(reply) = reply {
+                        if w.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, incrs)
+}
+
+/// INCR on a cluster pool over `fake_node(incr)` with a 300 ms command timeout: the result
+/// (error kind and whether its outcome is unknown) and how many INCRs the node received.
+fn incr_on_fake(
+    incr: fn(u16, u64) -> Option<String>,
+) -> (Result<Reply, (&'static str, bool)>, u64) {
+    let (port, incrs) = fake_node(incr);
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let r = on_executor(move || async move {
+        let cfg = PoolConfig {
+            command_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::cluster(url, Vec::new(), cfg);
+        assert!(pool.wait_connected(Duration::from_secs(10)).await);
+        let r = pool.cmd(&[b"INCR", b"k"]).await;
+        pool.close().await;
+        r.map_err(|e| (e.kind(), e.outcome_unknown()))
+    });
+    (r, incrs.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[test]
+fn should_resend_after_tryagain_and_never_after_a_timeout() {
+    // Two TRYAGAIN refusals, then the INCR is applied: one increment, three sends.
+    let (r, sent) = incr_on_fake(|_, n| {
+        Some(match n {
+            0 | 1 => "-TRYAGAIN Multiple keys request during rehashing of slot\r\n".into(),
+            _ => ":1\r\n".into(),
+        })
+    });
+    assert_eq!((r, sent), (Ok(Reply::Int(1)), 3));
+    // No reply: the outcome is unknown and the INCR is not sent again.
+    let (r, sent) = incr_on_fake(|_, _| None);
+    assert_eq!((r, sent), (Err(("timeout", true)), 1));
+}
+
+#[test]
+fn should_fail_a_command_redirected_more_than_five_times() {
+    let (r, sent) = incr_on_fake(|port, _| Some(format!("-MOVED 1 127.0.0.1:{port}\r\n")));
+    // Sent once, then resent after each of 5 redirections; never a seventh time. The
+    // redirections prove it was not applied: failed, not unknown.
+    assert_eq!((r, sent), (Err(("redirect_loop", false)), 6));
+}
+
+#[test]
+fn should_refuse_a_pipeline_across_slots_without_sending_it() {
+    let (port, incrs) = fake_node(|port, _| Some(format!("-MOVED 1 127.0.0.1:{port}\r\n")));
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let pool = Pool::cluster(url, Vec::new(), PoolConfig::default());
+            assert!(pool.wait_connected(Duration::from_secs(10)).await);
+            let r = pool
+                .pipeline(&[&[b"INCR", b"{a}1"], &[b"INCR", b"{b}1"]])
+                .await;
+            r.into_iter()
+                .map(|r| r.map_err(|e| e.kind()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join();
+    if cfg!(debug_assertions) {
+        // A cross-slot command is a bug of ours: debug builds assert.
+        assert!(joined.is_err(), "{joined:?}");
+    } else {
+        assert_eq!(joined.unwrap(), vec![Err("cross_slot"), Err("cross_slot")]);
+    }
+    assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
