@@ -31,6 +31,8 @@ use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shar
 
 /// The executor-wide preemption interval, in force only while no latency queue has work.
 pub const FIRST_POLL_PREEMPT: Duration = Duration::from_secs(2);
+/// Preemption interval of the one-shot subcommands' executors (verify, report, switch).
+pub const ONE_SHOT_PREEMPT: Duration = Duration::from_millis(100);
 /// How often every executor is woken from outside.
 pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
 

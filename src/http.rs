@@ -378,10 +378,13 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
 {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 << 10)
-        .spawn(make)
-        .map_err(|e| e.to_string())?
-        .join()
-        .map_err(|e| e.to_string())
+    crate::executor::spawn(
+        "cli",
+        glommio::Placement::Unbound,
+        crate::executor::ONE_SHOT_PREEMPT,
+        make,
+    )
+    .map_err(|e| e.to_string())?
+    .join()
+    .map_err(|e| e.to_string())
 }

@@ -543,10 +543,12 @@ pub fn main(args: VerifyArgs) -> i32 {
         }
     };
     let json = args.json;
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("verify")
-        .io_memory(64 << 10)
-        .spawn(move || async move { run(&args, Some(tls)).await });
+    let ex = crate::executor::spawn(
+        "verify",
+        glommio::Placement::Unbound,
+        crate::executor::ONE_SHOT_PREEMPT,
+        move || async move { run(&args, Some(tls)).await },
+    );
     let result = match ex {
         Ok(h) => h.join().map_err(|e| e.to_string()).and_then(|r| r),
         Err(e) => Err(e.to_string()),
