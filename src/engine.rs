@@ -264,18 +264,19 @@ pub fn run(cfg: Config) -> i32 {
         )
     });
     // A shard whose executor cannot start (or panics) ends its thread early; without a watch
-    // the run would go on short of that shard, and its stop would wait for it for ever.
-    let shard_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // the run would go on short of that shard, and its stop would wait for it for ever. Each
+    // watcher returns whether its shard failed.
     let watchers: Vec<_> = shard_handles
         .into_iter()
         .enumerate()
         .map(|(i, h)| {
-            let (failed, term) = (shard_failed.clone(), flags.term.clone());
-            std::thread::spawn(move || {
-                if let Err(e) = h.join() {
+            let term = flags.term.clone();
+            std::thread::spawn(move || match h.join() {
+                Ok(()) => false,
+                Err(e) => {
                     eprintln!("error: shard {i} stopped: {e}; stopping the run");
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
                     term.store(true, std::sync::atomic::Ordering::SeqCst);
+                    true
                 }
             })
         })
@@ -297,10 +298,11 @@ pub fn run(cfg: Config) -> i32 {
         .stopping
         .store(true, std::sync::atomic::Ordering::SeqCst);
     flags.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    for w in watchers {
-        let _ = w.join();
-    }
-    if shard_failed.load(std::sync::atomic::Ordering::SeqCst) {
+    let failed = watchers
+        .into_iter()
+        .map(|w| w.join().unwrap_or(true))
+        .fold(false, |any, f| any | f);
+    if failed {
         return 1;
     }
     code

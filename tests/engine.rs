@@ -170,12 +170,6 @@ fn health(app: &App) -> (u16, Value) {
     (status, v)
 }
 
-/// True once the app started its load: /metrics counts at least one event (of any outcome).
-fn load_running(app: &App) -> bool {
-    let (status, body) = app.get("/metrics");
-    status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
-}
-
 /// The summary and the rows agree, every row is unique, nothing was dropped, verify is clean.
 fn assert_reconciled(redis: &RedisServer, pg: &PgServer, summary: &Value) {
     let rows = int(pg, "SELECT count(*) FROM events") as u64;
@@ -751,7 +745,7 @@ fn start_before_postgres(redis: &RedisServer) -> (App, PgServer) {
         app.log()
     );
     assert!(
-        wait_until(Duration::from_secs(30), || load_running(&app)),
+        wait_until(Duration::from_secs(30), || common::load_running(&app)),
         "the load did not start after postgres came up:\n{}",
         app.log()
     );

@@ -183,6 +183,21 @@ pub async fn run(
 /// is failing, and only delays the exit).
 const END_RECORD_BOUND: Duration = Duration::from_secs(2);
 
+/// Runs `op`, cut short when the shutdown grace ends: an operation under way at a stop ends
+/// with the grace at the latest.
+async fn within_grace<T>(
+    stopped_at: &Cell<Option<Instant>>,
+    grace: Duration,
+    op: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    let started = Instant::now();
+    let cut = async {
+        grace_over(stopped_at, grace).await;
+        Err(DbError::Timeout(started.elapsed()))
+    };
+    futures_lite::future::or(op, cut).await
+}
+
 async fn grace_over(stopped_at: &Cell<Option<Instant>>, grace: Duration) {
     const CHECK_EVERY: Duration = Duration::from_millis(100);
     loop {
@@ -245,12 +260,7 @@ impl Writer {
                     .await
                     .map_err(DbError::Failed)
             });
-            // A stop during the attempt: it ends with the grace at the latest.
-            let cut = async {
-                grace_over(stopped_at, grace).await;
-                Err(DbError::Timeout(now.elapsed()))
-            };
-            let result = futures_lite::future::or(attempt_once, cut).await;
+            let result = within_grace(stopped_at, grace, attempt_once).await;
             match result {
                 Ok(()) => {
                     self.committed(batch);
@@ -354,14 +364,6 @@ impl Writer {
             self.cfg.db_timeout
         };
         let grace = self.cfg.shutdown_grace;
-        let cut = async {
-            if end.is_none() {
-                grace_over(stopped_at, grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-            Err(DbError::Timeout(limit))
-        };
         let attempt = super::within(limit, async {
             self.ensure_client().await?;
             let Some(client) = self.client.as_ref() else {
@@ -387,7 +389,11 @@ impl Writer {
                     .map_err(DbError::from),
             }
         });
-        let r = futures_lite::future::or(attempt, cut).await;
+        let r = match end {
+            None => within_grace(stopped_at, grace, attempt).await,
+            // Made after the grace: bounded by `limit` alone.
+            Some(_) => attempt.await,
+        };
         match r {
             Err(e) => {
                 tracing::warn!(error = %e, kind = e.kind(), ended = end.is_some(), "recording the run's progress failed");

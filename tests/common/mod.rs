@@ -1490,16 +1490,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// True once the app started its load: /metrics counts at least one event (of any outcome).
+pub fn load_running(app: &App) -> bool {
+    let (status, body) = app.get("/metrics");
+    status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
+}
+
 /// Spawns the app and waits until its load runs (events counted in /metrics), or until a
 /// short `--duration` run has finished having made events. Every start must start the load:
 /// one that does not within 60 s fails the test with the app's log (no retry).
 pub fn spawn_running(args: &[&str], env: &[(&str, &str)]) -> App {
     let app = App::spawn(args, env);
-    let running = || {
-        let (status, body) = app.get("/metrics");
-        status == 200 && metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0) > 0.0
-    };
-    let settled = wait_until(Duration::from_secs(60), || !app.alive() || running());
+    let settled = wait_until(Duration::from_secs(60), || {
+        !app.alive() || load_running(&app)
+    });
     let finished_with_events =
         || summary_from_log(&app.log()).is_some_and(|s| s["events"].as_u64().unwrap_or(0) > 0);
     if settled && (app.alive() || finished_with_events()) {
