@@ -42,22 +42,11 @@ impl MixPlan {
     }
 }
 
-impl BenchRedisArgs {
-    /// `--shards` if set, else one per usable CPU but one (as the workload does), at least 1.
-    pub fn resolved_shards(&self, usable_cpus: usize) -> usize {
-        if self.shards != 0 {
-            self.shards
-        } else {
-            usable_cpus.saturating_sub(1).max(1)
-        }
-    }
-}
-
 /// Runs the benchmark and prints its result; returns the exit code (1 when Redis was never
 /// reached or no command succeeded).
 pub fn main(args: BenchRedisArgs) -> i32 {
     let cpus = crate::engine::usable_cpus();
-    let shards = args.resolved_shards(cpus.len());
+    let shards = args.run.resolved_shards(cpus.len());
     if let Err(e) = args.validate_against_shards(shards) {
         eprintln!("error: {e}");
         return crate::config::EXIT_USAGE;
@@ -69,7 +58,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             return 1;
         }
     }
-    let seed = args.seed.unwrap_or_else(|| {
+    let seed = args.run.seed.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -97,9 +86,9 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             redis_url: args.redis_url.clone(),
             pool: PoolConfig {
                 size: split_rate(args.connections as u64, shards, i).max(1) as usize,
-                command_timeout: args.command_timeout,
+                command_timeout: args.run.command_timeout,
                 connect_timeout: Duration::from_secs(2),
-                max_reply_bytes: args.max_reply_bytes,
+                max_reply_bytes: args.run.max_reply_bytes,
                 backoff_min: Duration::from_millis(10),
                 backoff_max: Duration::from_secs(1),
                 shard: i,
@@ -113,10 +102,10 @@ pub fn main(args: BenchRedisArgs) -> i32 {
                 ratio: args.ratio,
                 key_pattern: args.key_pattern,
                 keys: args.keys,
-                zipf_exponent: args.zipf_exponent,
+                zipf_exponent: args.run.zipf_exponent,
             },
             data_size: args.data_size,
-            duration: args.duration,
+            duration: args.run.duration,
             seed,
         };
         // A shard whose share of a tiny rate is 0 would run closed loop: give it nothing.
@@ -124,7 +113,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             continue;
         }
         // Same placement as the workload's shards: the CPUs after the first.
-        let placement = if args.pin {
+        let placement = if args.run.pin {
             Placement::Fixed(cpus[(1 + i) % cpus.len()])
         } else {
             Placement::Unbound
