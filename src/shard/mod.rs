@@ -106,8 +106,8 @@ const ROW_MESSAGE_MAX: usize = 512;
 /// Runs a shard until `stopping` is set, then drains it: no new operations, in-flight
 /// ones finish, every row goes to the writer, a final report goes to the control core.
 pub async fn run(p: ShardParams, links: ShardLinks) {
-    let rows_tx = crate::notify::awake(links.rows.connect()).await;
-    let reports_tx = crate::notify::awake(links.reports.connect()).await;
+    let rows_tx = crate::rt::time::awake(links.rows.connect()).await;
+    let reports_tx = crate::rt::time::awake(links.reports.connect()).await;
     let pool = match &p.cluster_seeds {
         Some(seeds) => {
             let others = seeds.iter().skip(1).cloned().collect();
@@ -147,7 +147,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let commands = {
         let (s, rx) = (shard.clone(), links.commands);
         glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = crate::rt::time::awake(rx.connect()).await;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     ShardCommand::SetTarget(url) => s.pool.set_target(url),
