@@ -1351,6 +1351,15 @@ fn should_switch_from_standalone_to_a_cluster_to_another_cluster_and_back() {
     for s in &switches {
         assert_eq!(s["cutover"]["complete"], true, "{s}");
     }
+    assert!(
+        report["redis_cluster"]["redirects"]["moved"].is_u64(),
+        "{report}"
+    );
+    assert_eq!(
+        report["redis_cluster"]["node_outages"],
+        serde_json::json!([]),
+        "{report}"
+    );
     // Make before break: no event failed or was left unknown across the three switches.
     let status = app.terminate();
     assert!(status.success(), "{}", app.log());

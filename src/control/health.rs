@@ -51,6 +51,10 @@ pub struct Health {
     pub postgres: DepStatus,
     /// A Redis Cluster target: its per-node state (`None` for a standalone server).
     pub cluster: Option<ClusterHealth>,
+    /// Every cluster primary's outages seen so far (kept after a switch away).
+    pub node_outages: Vec<NodeOutage>,
+    /// A cluster was checked at some point of the run.
+    pub cluster_seen: bool,
 }
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -77,6 +81,8 @@ pub async fn redis_loop(
             {
                 let mut h = health.borrow_mut();
                 h.redis = status;
+                h.node_outages.clone_from(&state.node_outages);
+                h.cluster_seen = true;
                 h.cluster = Some(state);
             }
             glommio::timer::sleep(CHECK_EVERY).await;
@@ -140,6 +146,19 @@ pub struct ClusterHealth {
     /// The node the map was read from.
     pub map_from: String,
     pub nodes: Vec<NodeStatus>,
+    /// Primaries that stopped answering (the open outages and the past ones).
+    pub node_outages: Vec<NodeOutage>,
+}
+
+/// A primary that did not answer the health check's PINGs (seen at 1 s resolution).
+#[derive(Serialize, Clone, Debug)]
+pub struct NodeOutage {
+    pub node: String,
+    /// Unix time of the first check it failed.
+    pub start_unix: f64,
+    /// Until the first check it answered again (so far, while `open`).
+    pub duration_ms: f64,
+    pub open: bool,
 }
 
 /// One primary of the map.
@@ -166,7 +185,12 @@ struct ClusterCheck {
     gauged: Vec<String>,
     /// The target checked (a switch to another cluster starts over).
     label: String,
+    /// Primaries' outages, the open ones included (most recent last; bounded).
+    outages: Vec<NodeOutage>,
 }
+
+/// Outages kept for the report.
+const OUTAGES_KEPT: usize = 1000;
 
 impl ClusterCheck {
     /// A connection to `addr`, kept for the next checks.
@@ -281,6 +305,7 @@ impl ClusterCheck {
             }
             keep
         });
+        self.track_outages(&nodes);
         let slots_assigned: u32 = nodes.iter().map(|n| n.slots).sum();
         let slots_covered: u32 = nodes
             .iter()
@@ -293,6 +318,7 @@ impl ClusterCheck {
             map_version: self.version,
             map_from: from,
             nodes,
+            node_outages: self.outages.clone(),
         };
         self.gauge(&state);
         let all = SLOTS as u32;
@@ -309,6 +335,29 @@ impl ClusterCheck {
             .is_none()
             .then(|| started.elapsed().as_secs_f64() * 1000.0);
         (DepStatus::checked(t.label(), latency, error), state)
+    }
+
+    /// Opens an outage for a primary that stopped answering, extends the open ones, and
+    /// closes those of primaries that answer again or left the map.
+    fn track_outages(&mut self, nodes: &[NodeStatus]) {
+        let now = crate::workload::time::unix_now();
+        for o in self.outages.iter_mut().filter(|o| o.open) {
+            o.duration_ms = (now - o.start_unix) * 1000.0;
+            let down = nodes.iter().any(|n| n.node == o.node && n.status == "down");
+            o.open = down;
+        }
+        for n in nodes.iter().filter(|n| n.status == "down") {
+            if !self.outages.iter().any(|o| o.open && o.node == n.node) {
+                self.outages.push(NodeOutage {
+                    node: n.node.clone(),
+                    start_unix: now,
+                    duration_ms: 0.0,
+                    open: true,
+                });
+            }
+        }
+        let over = self.outages.len().saturating_sub(OUTAGES_KEPT);
+        self.outages.drain(..over);
     }
 
     fn gauge(&mut self, state: &ClusterHealth) {
@@ -380,5 +429,41 @@ pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: crate::pg::PgConfig
         };
         health.borrow_mut().postgres = status;
         glommio::timer::sleep(CHECK_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, up: bool) -> NodeStatus {
+        NodeStatus {
+            node: name.into(),
+            slots: 1,
+            status: if up { "up" } else { "down" },
+            latency_ms: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn should_track_a_primary_outage_from_its_first_failed_check_to_its_return() {
+        let mut c = ClusterCheck::default();
+        c.track_outages(&[node("a:1", true), node("b:2", true)]);
+        assert!(c.outages.is_empty());
+        c.track_outages(&[node("a:1", true), node("b:2", false)]);
+        c.track_outages(&[node("a:1", true), node("b:2", false)]);
+        assert_eq!(c.outages.len(), 1);
+        assert!(c.outages[0].open);
+        assert_eq!(c.outages[0].node, "b:2");
+        c.track_outages(&[node("a:1", true), node("b:2", true)]);
+        assert_eq!(c.outages.len(), 1);
+        assert!(!c.outages[0].open);
+        assert!(c.outages[0].duration_ms >= 0.0);
+        // Down again: a second outage; a node leaving the map ends its outage.
+        c.track_outages(&[node("a:1", true), node("b:2", false)]);
+        c.track_outages(&[node("a:1", true)]);
+        assert_eq!(c.outages.len(), 2);
+        assert!(c.outages.iter().all(|o| !o.open));
     }
 }

@@ -472,6 +472,7 @@ async fn route(st: &State, req: Req) -> Resp {
                 "run": s,
                 "redis_target": st.target.borrow().label(),
                 "migration": st.migration.borrow().to_json(st.p.hit_target),
+                "redis_cluster": cluster_report(st),
             });
             Resp::json(200, body.to_string())
         }
@@ -617,6 +618,26 @@ fn status_json(st: &State) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         },
         "history": history,
+    })
+}
+
+/// The report's Redis Cluster part: redirections followed, by kind, and the primaries'
+/// outages the health check saw (1 s resolution); null for a run that never used one.
+fn cluster_report(st: &State) -> serde_json::Value {
+    let redirects = crate::resp::cluster::redirect::seen_so_far();
+    let h = st.health.borrow();
+    if !st.target.borrow().is_cluster() && !h.cluster_seen {
+        return serde_json::Value::Null;
+    }
+    let by_kind: serde_json::Map<String, serde_json::Value> = redirects
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n.into()))
+        .collect();
+    json!({
+        "redirects": by_kind,
+        "node_outages": h.node_outages,
+        "slots_covered": h.cluster.as_ref().map(|c| c.slots_covered),
+        "map_version": h.cluster.as_ref().map(|c| c.map_version),
     })
 }
 

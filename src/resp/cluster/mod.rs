@@ -219,6 +219,7 @@ impl Cluster {
     fn count_redirect(&self, r: &Redirect) {
         if let Some(i) = REDIRECT_KINDS.iter().position(|k| *k == r.kind()) {
             self.redirects[i].increment(1);
+            redirect::seen(i);
         }
     }
 
