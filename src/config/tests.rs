@@ -1261,9 +1261,18 @@ fn should_take_several_seed_nodes_only_in_cluster_mode() {
         out.contains("unsupported scheme") && !out.contains("pw@"),
         "{out}"
     );
-    // bench-redis has no cluster mode.
+    // bench-redis: several seeds only in cluster mode, as for the workload.
     let out = error(&["bench-redis"], &[("REDIS_URL", seeds)]);
     assert!(out.contains("lists 3 nodes"), "{out}");
+    match command(
+        &["bench-redis", "--redis-mode", "cluster"],
+        &[("REDIS_URL", seeds)],
+    ) {
+        Command::BenchRedis(b) => {
+            assert_eq!((b.redis_mode, b.redis_seeds.len()), (RedisMode::Cluster, 3))
+        }
+        other => panic!("{other:?}"),
+    }
     match command(
         &["verify", "--redis-mode", "cluster"],
         &[("REDIS_URL", seeds)],
