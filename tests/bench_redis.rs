@@ -20,15 +20,12 @@ fn calls(redis: &RedisServer, cmd: &str) -> u64 {
 }
 
 fn bench(redis: &RedisServer, extra: &[&str]) -> Value {
-    let url = redis.url();
-    let mut args = vec![
-        "bench-redis",
-        "--redis-url",
-        &url,
-        "--json",
-        "--shards",
-        "1",
-    ];
+    bench_url(&redis.url(), extra)
+}
+
+/// `bench-redis --json --shards 1` against URL with EXTRA arguments; its JSON result.
+fn bench_url(url: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["bench-redis", "--redis-url", url, "--json", "--shards", "1"];
     args.extend_from_slice(extra);
     let out = run_binary(&args, &[], Duration::from_secs(60));
     assert_eq!(out.code(), Some(0), "bench-redis {extra:?}: {}", out.stderr);
@@ -123,15 +120,9 @@ fn should_bench_a_cluster_with_every_command_on_its_slots_owner() {
         for i in 0..3 {
             cluster.cli(i, &["config", "resetstat"]);
         }
-        let url = cluster.url();
-        let out = run_binary(
+        let v = bench_url(
+            &cluster.url(),
             &[
-                "bench-redis",
-                "--redis-url",
-                &url,
-                "--json",
-                "--shards",
-                "1",
                 "--connections",
                 "6",
                 "--pipeline",
@@ -145,11 +136,7 @@ fn should_bench_a_cluster_with_every_command_on_its_slots_owner() {
                 "--duration",
                 "1",
             ],
-            &[],
-            Duration::from_secs(60),
         );
-        assert_eq!(out.code(), Some(0), "-P {pipeline}: {}", out.stderr);
-        let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
         let (sets, gets) = (u(&v, "sets"), u(&v, "gets"));
         // No MOVED, no cross-slot refusal: every command went to its slot's owner at once.
         assert_eq!(u(&v, "errors"), 0, "-P {pipeline}: {v}");

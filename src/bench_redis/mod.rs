@@ -66,23 +66,10 @@ fn cluster_topology(args: &BenchRedisArgs, cfg: &PoolConfig) -> Result<Option<To
         if !cluster {
             return Ok(None);
         }
-        let mut why = String::from("no seed answered");
-        for seed in &seeds {
-            let conn = match crate::resp::Connection::connect(seed, &cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    why = format!("{}: {e}", seed.redacted());
-                    continue;
-                }
-            };
-            let shards = conn.cmd(&[b"CLUSTER", b"SHARDS"]).await;
-            let slots = || conn.cmd(&[b"CLUSTER", b"SLOTS"]);
-            match crate::resp::cluster::topology(shards, slots, &seed.host, seed.tls).await {
-                Ok(t) => return Ok(Some(t)),
-                Err(e) => why = format!("{}: {e}", seed.redacted()),
-            }
-        }
-        Err(format!("cannot read the cluster's slot map: {why}"))
+        crate::resp::cluster::topology_from_seeds(&seeds, &cfg)
+            .await
+            .map(Some)
+            .map_err(|why| format!("cannot read the cluster's slot map: {why}"))
     })?
 }
 

@@ -392,22 +392,9 @@ impl Cluster {
                 Err(e) => why = e,
             }
         }
-        for seed in &self.seeds {
-            let conn = match Connection::connect(seed, &self.cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    why = format!("{}: {e}", seed.redacted());
-                    continue;
-                }
-            };
-            let shards = conn.cmd(&[b"CLUSTER", b"SHARDS"]).await;
-            let slots = || conn.cmd(&[b"CLUSTER", b"SLOTS"]);
-            match topology(shards, slots, &seed.host, tls).await {
-                Ok(t) => return Ok(t),
-                Err(e) => why = format!("{}: {e}", seed.redacted()),
-            }
-        }
-        Err(why)
+        topology_from_seeds(&self.seeds, &self.cfg)
+            .await
+            .map_err(|e| if e.is_empty() { why } else { e })
     }
 
     /// `ZADD a:runs` + `EXPIRE`, routed to the key's owner.
@@ -484,6 +471,31 @@ pub(crate) fn node_url(first: &RedisUrl, addr: &str) -> RedisUrl {
     url.port = port.parse().unwrap_or(url.port);
     url.db = 0;
     url
+}
+
+/// The topology from the first of `seeds` that gives one (on a connection of its own);
+/// `Err` says why the last one did not (empty: no seed).
+pub(crate) async fn topology_from_seeds(
+    seeds: &[RedisUrl],
+    cfg: &PoolConfig,
+) -> Result<Topology, String> {
+    let mut why = String::new();
+    for seed in seeds {
+        let conn = match Connection::connect(seed, cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                why = format!("{}: {e}", seed.redacted());
+                continue;
+            }
+        };
+        let shards = conn.cmd(&[b"CLUSTER", b"SHARDS"]).await;
+        let slots = || conn.cmd(&[b"CLUSTER", b"SLOTS"]);
+        match topology(shards, slots, &seed.host, seed.tls).await {
+            Ok(t) => return Ok(t),
+            Err(e) => why = format!("{}: {e}", seed.redacted()),
+        }
+    }
+    Err(why)
 }
 
 /// A topology from a `CLUSTER SHARDS` reply, else (Redis before 7) from `CLUSTER SLOTS`.
