@@ -52,7 +52,7 @@ fn seed_from_clock() -> u64 {
 /// Runs the workload to its end; returns the exit code.
 pub fn run(cfg: Config) -> i32 {
     let cpus = usable_cpus();
-    let shards = cfg.resolved_shards(cpus.len());
+    let shards = cfg.run.resolved_shards(cpus.len());
     if let Err(e) = cfg.validate_against_shards(shards) {
         eprintln!("error: {e}");
         return 2;
@@ -73,7 +73,7 @@ pub fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let seed = cfg.seed.unwrap_or_else(seed_from_clock);
+    let seed = cfg.run.seed.unwrap_or_else(seed_from_clock);
     let run_id = (seed_from_clock() >> 1) as i64;
     let parts = shards as u64 * u64::from(cfg.instance_count.max(1));
     if u64::from(cfg.organizations) < parts {
@@ -89,7 +89,7 @@ pub fn run(cfg: Config) -> i32 {
         shards,
         cpus = ?cpus,
         control_cpu,
-        pinned = cfg.pin,
+        pinned = cfg.run.pin,
         seed,
         run_id,
         redis = %cfg.redis_url,
@@ -109,9 +109,9 @@ pub fn run(cfg: Config) -> i32 {
 
     let pool_base = PoolConfig {
         size: 1,
-        command_timeout: cfg.command_timeout,
+        command_timeout: cfg.run.command_timeout,
         connect_timeout: Duration::from_secs(2),
-        max_reply_bytes: cfg.max_reply_bytes,
+        max_reply_bytes: cfg.run.max_reply_bytes,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_secs(1),
         shard: 0,
@@ -177,7 +177,7 @@ pub fn run(cfg: Config) -> i32 {
             ),
             users_per_org: cfg.users_per_org,
             zipf_exponent: match cfg.distribution {
-                Distribution::Zipf => Some(cfg.zipf_exponent),
+                Distribution::Zipf => Some(cfg.run.zipf_exponent),
                 Distribution::Uniform => None,
             },
             cache_hit_target: cfg.cache_hit_target,
@@ -208,7 +208,7 @@ pub fn run(cfg: Config) -> i32 {
             stopping: flags.stopping.clone(),
             ready: flags.ready.clone(),
         };
-        let placement = if cfg.pin {
+        let placement = if cfg.run.pin {
             Placement::Fixed(shard_cpu(i))
         } else {
             Placement::Unbound
@@ -236,7 +236,7 @@ pub fn run(cfg: Config) -> i32 {
         redis_cfg: pool_base,
         pg,
         run_id,
-        duration: cfg.duration,
+        duration: cfg.run.duration,
         progress_interval: cfg.progress_interval,
         targets: (cfg.events_per_second, cfg.queries_per_second),
         hit_target: cfg.cache_hit_target,
@@ -246,10 +246,10 @@ pub fn run(cfg: Config) -> i32 {
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix,
-        admin_token: cfg.admin_token.clone(),
+        admin_token: cfg.admin_token.as_deref().map(str::to_string),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
     };
-    let placement = if cfg.pin {
+    let placement = if cfg.run.pin {
         Placement::Fixed(control_cpu)
     } else {
         Placement::Unbound

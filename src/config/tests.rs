@@ -59,7 +59,7 @@ fn should_use_defaults_when_nothing_is_set() {
         redis_mode: crate::resp::RedisMode::Auto,
         redis_protocol: Protocol::Auto,
         redis_tls: crate::tls::TlsFiles::default(),
-        database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
+        database_url: "postgres://postgres@127.0.0.1:5432/analytics".into(),
         database: crate::pg::PgConfig::parse(
             "postgres://postgres@127.0.0.1:5432/analytics",
             "DATABASE_URL",
@@ -68,21 +68,23 @@ fn should_use_defaults_when_nothing_is_set() {
         )
         .unwrap(),
         bind_address: "0.0.0.0:3000".parse().unwrap(),
-        shards: 0,
-        duration: None,
-        seed: None,
+        run: RunOptions {
+            duration: None,
+            shards: 0,
+            seed: None,
+            zipf_exponent: 1.0,
+            command_timeout: Duration::from_millis(1000),
+            max_reply_bytes: 16_777_216,
+            pin: true,
+        },
         log_format: LogFormat::Text,
         admin_token: None,
         distribution: Distribution::Zipf,
-        zipf_exponent: 1.0,
-        command_timeout: Duration::from_millis(1000),
-        max_reply_bytes: 16_777_216,
         db_batch_size: 5000,
         db_buffer_rows: 500_000,
         db_timeout: Duration::from_millis(5000),
         db_read_timeout: Duration::from_millis(1000),
         progress_interval: Duration::from_secs(5),
-        pin: true,
         admin_allow_unauthenticated_loopback: false,
         instance_index: 0,
         instance_count: 1,
@@ -146,7 +148,7 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         "DATABASE_URL",
         "postgresql://u@db/x",
         "postgres://h/y",
-        |c| c.database_url.clone(),
+        |c| c.database_url.as_str().to_string(),
     ),
     (
         "--bind-address",
@@ -156,13 +158,13 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         |c| c.bind_address.to_string(),
     ),
     ("--shards", "SHARDS", "1", "3", |c| {
-        format!("{:?}", c.shards)
+        format!("{:?}", c.run.shards)
     }),
     ("--duration", "DURATION", "60", "1", |c| {
-        format!("{:?}", c.duration)
+        format!("{:?}", c.run.duration)
     }),
     ("--seed", "SEED", "0", "18446744073709551615", |c| {
-        format!("{:?}", c.seed)
+        format!("{:?}", c.run.seed)
     }),
     ("--log-format", "LOG_FORMAT", "JSON", "text", |c| {
         format!("{:?}", c.log_format)
@@ -174,21 +176,21 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         format!("{:?}", c.distribution)
     }),
     ("--zipf-exponent", "ZIPF_EXPONENT", "0.5", "5", |c| {
-        format!("{:?}", c.zipf_exponent)
+        format!("{:?}", c.run.zipf_exponent)
     }),
     (
         "--command-timeout-ms",
         "REDIS_COMMAND_TIMEOUT_MS",
         "1",
         "600000",
-        |c| format!("{:?}", c.command_timeout),
+        |c| format!("{:?}", c.run.command_timeout),
     ),
     (
         "--max-reply-bytes",
         "REDIS_MAX_REPLY_BYTES",
         "1024",
         "65536",
-        |c| format!("{:?}", c.max_reply_bytes),
+        |c| format!("{:?}", c.run.max_reply_bytes),
     ),
     ("--db-batch-size", "DB_BATCH_SIZE", "1", "1000", |c| {
         format!("{:?}", c.db_batch_size)
@@ -259,7 +261,7 @@ fn should_let_env_override_default_and_flag_override_env() {
         config(&[], &[("CACHE_HIT_TARGET", "12.5")]).cache_hit_target,
         0.125
     );
-    assert_eq!(config(&[], &[("DURATION", "0")]).duration, None);
+    assert_eq!(config(&[], &[("DURATION", "0")]).run.duration, None);
 }
 
 #[test]
@@ -269,17 +271,17 @@ fn should_treat_empty_env_as_unset() {
         &[("EVENTS_PER_SECOND", ""), ("ADMIN_TOKEN", ""), ("SEED", "")],
     );
     assert_eq!(
-        (c.events_per_second, c.admin_token, c.seed),
+        (c.events_per_second, c.admin_token, c.run.seed),
         (1000, None, None)
     );
 }
 
 #[test]
 fn should_pin_unless_no_pin_by_flag_or_env() {
-    assert!(config(&[], &[]).pin);
-    assert!(!config(&["--no-pin"], &[]).pin);
+    assert!(config(&[], &[]).run.pin);
+    assert!(!config(&["--no-pin"], &[]).run.pin);
     assert!(
-        !config(&["--no-pin"], &[("NO_PIN", "false")]).pin,
+        !config(&["--no-pin"], &[("NO_PIN", "false")]).run.pin,
         "flag beats env"
     );
     for (value, pin) in [
@@ -290,7 +292,11 @@ fn should_pin_unless_no_pin_by_flag_or_env() {
         ("false", true),
         ("no", true),
     ] {
-        assert_eq!(config(&[], &[("NO_PIN", value)]).pin, pin, "NO_PIN={value}");
+        assert_eq!(
+            config(&[], &[("NO_PIN", value)]).run.pin,
+            pin,
+            "NO_PIN={value}"
+        );
     }
 }
 
@@ -303,7 +309,10 @@ fn should_accept_flag_equals_value() {
     );
     // A value that looks like `--flag=value` stays a value.
     let c = config(&["--admin-token", "--seed=1"], &[]);
-    assert_eq!((c.admin_token.as_deref(), c.seed), (Some("--seed=1"), None));
+    assert_eq!(
+        (c.admin_token.as_deref(), c.run.seed),
+        (Some("--seed=1"), None)
+    );
 }
 
 /// (flag, env, invalid value, text the message must contain). Each row runs once as a flag
@@ -512,10 +521,10 @@ fn should_resolve_automatic_shards() {
         (&fixed, 1, 3),
     ] {
         assert_eq!(
-            c.resolved_shards(cpus),
+            c.run.resolved_shards(cpus),
             want,
             "shards {} cpus {cpus}",
-            c.shards
+            c.run.shards
         );
     }
 }
