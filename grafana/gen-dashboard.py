@@ -247,8 +247,9 @@ ts("Redirections followed by kind", [
 ts("Slot map refreshes", [
     (f"sum by (shard) (rate(analytics_redis_cluster_map_refreshes_total{{{IS}}}[{RI}]))",
      "shard {{shard}}"),
-], "short", w=8, desc="Slot maps loaded by each shard's router: at start, after MOVED, READONLY "
-                      "or a lost node (at most one every 500 ms)")
+], "short", w=8, desc="Slot maps loaded by each shard's router: at start, after MOVED or "
+                      "READONLY (at most one every 500 ms), and every 10 minutes with the run "
+                      "declaration")
 ts("Slots assigned and covered", [
     (f"max by (state) (analytics_redis_cluster_slots{{{I}}})", "{{state}}"),
 ], "short", w=8, minv=0, maxv=16384,
