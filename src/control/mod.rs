@@ -653,6 +653,7 @@ fn status_json(st: &State) -> serde_json::Value {
             "pool_size": agg.shards.iter().map(|s| s.redis_pool_size).sum::<usize>(),
             "status": h.redis.status,
             "cluster": &h.cluster,
+            "redirects_total": redirects_by_kind(),
         },
         "postgres": { "status": h.postgres.status },
         "migration": {
@@ -670,21 +671,24 @@ fn status_json(st: &State) -> serde_json::Value {
 /// The report's Redis Cluster part: redirections followed, by kind, and the primaries'
 /// outages the health check saw (1 s resolution); null for a run that never used one.
 fn cluster_report(st: &State) -> serde_json::Value {
-    let redirects = crate::resp::cluster::redirect::seen_so_far();
     let h = st.health.borrow();
     if !st.target.borrow().is_cluster() && !h.cluster_seen {
         return serde_json::Value::Null;
     }
-    let by_kind: serde_json::Map<String, serde_json::Value> = redirects
-        .into_iter()
-        .map(|(k, n)| (k.to_string(), n.into()))
-        .collect();
     json!({
-        "redirects": by_kind,
+        "redirects": redirects_by_kind(),
         "node_outages": h.node_outages,
         "slots_covered": h.cluster.as_ref().map(|c| c.slots_covered),
         "map_version": h.cluster.as_ref().map(|c| c.map_version),
     })
+}
+
+/// Redirections followed so far by every router of the process, by kind (all kinds, 0 included).
+fn redirects_by_kind() -> serde_json::Map<String, serde_json::Value> {
+    crate::resp::cluster::redirect::seen_so_far()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n.into()))
+        .collect()
 }
 
 fn shard_count(st: &State) -> usize {
