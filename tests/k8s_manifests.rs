@@ -380,16 +380,18 @@ fn check_workload(obj: &Value, container: &Value, objects: &[Value]) -> Result<C
     })
 }
 
-/// The app container of the first workload of `objects`, to tamper with.
-fn app_container<'a>(objects: &'a mut [Value], kind: &str) -> &'a mut Value {
+/// The check's error for `overlay` once `change` has altered its first `kind` object.
+fn error_after(overlay: &str, kind: &str, change: impl FnOnce(&mut Value)) -> String {
+    let mut objects = objects(overlay);
     let obj = objects
         .iter_mut()
         .find(|o| o["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind}"));
-    obj["spec"]["template"]["spec"]["containers"]
-        .as_array_mut()
-        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == APP_CONTAINER))
-        .expect("app container")
+        .unwrap_or_else(|| panic!("{overlay}: no {kind}"));
+    change(obj);
+    match check_overlay(&objects) {
+        Ok(_) => panic!("{overlay}: the change to its {kind} must fail the check"),
+        Err(e) => e,
+    }
 }
 
 #[test]
@@ -437,25 +439,25 @@ fn every_overlay_gives_the_app_an_environment_its_parser_accepts() {
 
 #[test]
 fn a_variable_the_binary_does_not_read_fails_the_check() {
-    let mut objects = objects("demo");
-    let container = app_container(&mut objects, "StatefulSet");
-    container["env"]
-        .as_array_mut()
-        .expect("env list")
-        .push(json!({"name": "EVENTS_PER_SECONDS", "value": "100"}));
-    let err = check_overlay(&objects).expect_err("a misspelt variable must fail");
+    let err = error_after("demo", "StatefulSet", |sts| {
+        let containers = &mut sts["spec"]["template"]["spec"]["containers"];
+        let app = containers
+            .as_array_mut()
+            .and_then(|cs| cs.iter_mut().find(|c| c["name"] == APP_CONTAINER))
+            .expect("app container");
+        app["env"]
+            .as_array_mut()
+            .expect("env list")
+            .push(json!({"name": "EVENTS_PER_SECONDS", "value": "100"}));
+    });
     assert!(err.contains("sets EVENTS_PER_SECONDS"), "{err}");
 }
 
 #[test]
 fn a_value_the_binary_rejects_fails_the_check() {
-    let mut objects = objects("rehearsal");
-    let cm = objects
-        .iter_mut()
-        .find(|o| o["kind"] == "ConfigMap")
-        .expect("ConfigMap");
-    cm["data"]["SHARDS"] = json!("two");
-    let err = check_overlay(&objects).expect_err("a bad value must fail");
+    let err = error_after("rehearsal", "ConfigMap", |cm| {
+        cm["data"]["SHARDS"] = json!("two");
+    });
     assert!(
         err.contains("would exit 2") && err.contains("SHARDS"),
         "{err}"
@@ -464,25 +466,17 @@ fn a_value_the_binary_rejects_fails_the_check() {
 
 #[test]
 fn an_instance_count_that_disagrees_with_the_workload_fails_the_check() {
-    let mut objects = objects("rehearsal");
-    let job = objects
-        .iter_mut()
-        .find(|o| o["kind"] == "Job")
-        .expect("Job");
-    job["spec"]["completions"] = json!(4);
-    job["spec"]["parallelism"] = json!(4);
-    let err = check_overlay(&objects).expect_err("INSTANCE_COUNT 3 with 4 pods must fail");
+    let err = error_after("rehearsal", "Job", |job| {
+        job["spec"]["completions"] = json!(4);
+        job["spec"]["parallelism"] = json!(4);
+    });
     assert!(err.contains("runs 4 instances"), "{err}");
 }
 
 #[test]
 fn a_password_file_off_the_secret_volume_fails_the_check() {
-    let mut objects = objects("demo");
-    let cm = objects
-        .iter_mut()
-        .find(|o| o["kind"] == "ConfigMap")
-        .expect("ConfigMap");
-    cm["data"]["REDIS_PASSWORD_FILE"] = json!("/etc/analytics-demo/redis-password");
-    let err = check_overlay(&objects).expect_err("a password file nowhere mounted must fail");
+    let err = error_after("demo", "ConfigMap", |cm| {
+        cm["data"]["REDIS_PASSWORD_FILE"] = json!("/etc/analytics-demo/redis-password");
+    });
     assert!(err.contains("no volume is mounted there"), "{err}");
 }
