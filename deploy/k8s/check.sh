@@ -102,10 +102,14 @@ PY
 # Prints the path of a kubectl whose kustomize renders components, installing one if needed.
 find_kubectl() {
     local k
-    for k in "${KUBECTL:-}" "$(command -v kubectl || true)" "$TOOLS/bin/kubectl"; do
+    if [ -n "${KUBECTL:-}" ]; then
+        usable_kubectl "$KUBECTL" || die "KUBECTL=$KUBECTL is not a kubectl with kustomize v4 or later"
+        echo "$KUBECTL"
+        return 0
+    fi
+    for k in "$(command -v kubectl || true)" "$TOOLS/bin/kubectl"; do
         if [ -n "$k" ] && usable_kubectl "$k"; then echo "$k"; return 0; fi
     done
-    [ -z "${KUBECTL:-}" ] || die "KUBECTL=$KUBECTL is not a kubectl with kustomize v4 or later"
     if command -v apt-cache >/dev/null \
         && apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
         log "installing kubectl with apt-get"
