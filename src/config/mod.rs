@@ -355,7 +355,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
             c.log_format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         )?,
-        admin_token: r.token(&opt::admin_token, c.admin_token)?,
+        admin_token: r.token(c.admin_token, c.admin_token_file)?,
         distribution: r.choice(
             &opt::distribution,
             c.distribution,
@@ -485,7 +485,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                     })?,
             },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
-            admin_token: r.token(&opt::admin_token, v.admin_token)?,
+            admin_token: r.token(v.admin_token, v.admin_token_file)?,
             wait: std::time::Duration::from_secs(v.wait),
         }),
         SubCli::BenchRedis(v) => Command::BenchRedis(bench::resolve(v, r)?),
@@ -539,7 +539,11 @@ fn split_equals(args: &[&str]) -> Vec<String> {
 /// and the content of password files.
 fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let valued = [&opt::admin_token, &opt::database_password];
-    let files = [&opt::redis_password_file, &opt::database_password_file];
+    let files = [
+        &opt::redis_password_file,
+        &opt::database_password_file,
+        &opt::admin_token_file,
+    ];
     let mut secrets: Vec<String> = args.iter().flat_map(|a| url_secrets(a)).collect();
     let mut secret_files: Vec<String> = Vec::new();
     for pair in args.windows(2) {
