@@ -543,10 +543,10 @@ pub fn main(args: VerifyArgs) -> i32 {
         }
     };
     let json = args.json;
-    let ex = crate::executor::spawn(
+    let ex = crate::rt::executor::spawn(
         "verify",
         glommio::Placement::Unbound,
-        crate::executor::ONE_SHOT_PREEMPT,
+        crate::rt::executor::ONE_SHOT_PREEMPT,
         move || async move { run(&args, Some(tls)).await },
     );
     let result = match ex {
@@ -689,13 +689,9 @@ impl Redis {
             size: 1,
             command_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            max_reply_bytes: 64 << 20,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
-            shard: 0,
             protocol: args.redis_protocol,
             tls,
-            declare_run: None,
+            ..PoolConfig::default()
         };
         let cluster =
             crate::resp::cluster::resolve_mode(args.redis_mode, &args.redis_seeds, &cfg).await?;

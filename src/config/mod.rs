@@ -25,6 +25,7 @@ mod table_tests;
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -32,7 +33,7 @@ use argh::FromArgs;
 pub use bench::BenchRedisArgs;
 
 use crate::pg::PgConfig;
-use crate::resp::{Protocol, RedisMode, RedisUrl};
+use crate::resp::{PoolConfig, Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
@@ -228,7 +229,24 @@ impl RunOptions {
             usable_cpus.saturating_sub(1).max(1)
         }
     }
+
+    /// The Redis pool settings of the run: its command bounds, `protocol` and `tls`; one
+    /// connection, shard 0, no run declaration (callers set what differs).
+    pub fn redis_pool(&self, protocol: Protocol, tls: Arc<rustls::ClientConfig>) -> PoolConfig {
+        PoolConfig {
+            size: 1,
+            command_timeout: self.command_timeout,
+            connect_timeout: REDIS_CONNECT_TIMEOUT,
+            max_reply_bytes: self.max_reply_bytes,
+            protocol,
+            tls: Some(tls),
+            ..PoolConfig::default()
+        }
+    }
 }
+
+/// Bound of one Redis connection attempt (resolve, connect, TLS, handshake) in a run.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Config {
     /// Checks that need the shard count; `parse` runs it when `--shards` is explicit, the
