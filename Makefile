@@ -270,7 +270,7 @@ export COMPOSE_PROJECT_NAME ?= analytics-demo
 # Compose v1 resolves a relative seccomp path against the working directory: pass it absolute.
 export SECCOMP_PROFILE ?= $(CURDIR)/docker/seccomp/io_uring.json
 
-.PHONY: run-docker stop-docker logs-docker check-docker test-dashboards dashboard-screenshot
+.PHONY: run-docker stop-docker logs-docker check-docker check-k8s test-dashboards dashboard-screenshot
 
 run-docker: ## Start the compose stack (app 3000, Prometheus 9090, Grafana 3001 admin/admin, Redis 6379 + target 6380)
 	@if $(DOCKER_OK); then \
@@ -289,6 +289,9 @@ logs-docker: ## Follow the app container's log (compose stack)
 check-docker: ## Validate docker/ without an engine: compose config, promtool check config, seccomp profile
 	@bash docker/check.sh
 
+check-k8s: ## Render every deploy/k8s overlay (kubectl kustomize) and validate it offline against the Kubernetes schemas
+	@bash deploy/k8s/check.sh
+
 test-dashboards: services-install ## Evaluate every Grafana panel query against a live app + Prometheus, lint /metrics, browser-test GET /
 	@bash grafana/test-dashboards.sh
 
@@ -300,7 +303,7 @@ dashboard-screenshot: ## Screenshot the built-in dashboard of a running app (SCR
 # at demo load, a live cutover, then `verify` on the target. Each target succeeds when the
 # verdict is the expected one. Overrides: EVENTS_PER_SECOND, QUERIES_PER_SECOND, MIGRATE_SECONDS.
 # ---------------------------------------------------------------------------------------------
-.PHONY: migrate-demo migrate-demo-lossy migrate-demo-failover
+.PHONY: migrate-demo migrate-demo-lossy migrate-demo-failover rehearse-scaled
 
 MIGRATE_ENV = EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),50) \
 	QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),150) \
@@ -319,6 +322,12 @@ migrate-demo-failover: services-install ## Replicated source killed -9, replica 
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
 .PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
+
+rehearse-scaled: services-install ## One run of INSTANCES=3 processes started like an Indexed Job's pods (RUN_NAME, start barrier), DURATION=30 s at the ultra preset in total; report --run-name + verify --run-name, exits 0 on PASS
+	@INSTANCES=$(or $(INSTANCES),3) DURATION=$(or $(DURATION),30) \
+		EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),2000) \
+		QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),8000) \
+		bash .ci/rehearse-scaled.sh
 
 bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh

@@ -51,6 +51,9 @@ pub fn init_logging(format: LogFormat) {
 
 /// `analytics-demo report`: the migration report of a running instance.
 fn report(args: config::ReportArgs) -> i32 {
+    if let Some((name, url, pg)) = args.run {
+        return crate::run_report::main(name, url, pg, args.json);
+    }
     let base = args.admin_url.clone();
     let got = crate::http::block_on(move || async move {
         crate::http::request(&base, hyper::Method::GET, "/report", None, None).await

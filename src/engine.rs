@@ -63,6 +63,15 @@ pub fn run(cfg: Config) -> i32 {
         );
         return 2;
     }
+    // With several instances the rates are the run's totals: this one takes its share.
+    let (count, index) = (
+        cfg.instance_count.max(1) as usize,
+        cfg.instance_index as usize,
+    );
+    let rates = (
+        split_rate(cfg.events_per_second, count, index),
+        split_rate(cfg.queries_per_second, count, index),
+    );
     let control_cpu = cpus[0];
     let shard_cpu = |i: usize| cpus[(1 + i) % cpus.len()];
     tracing::info!(
@@ -74,8 +83,11 @@ pub fn run(cfg: Config) -> i32 {
         run_id,
         redis = %cfg.redis_url,
         postgres = %crate::pg::redacted(&pg),
-        events_per_second = cfg.events_per_second,
-        queries_per_second = cfg.queries_per_second,
+        events_per_second = rates.0,
+        queries_per_second = rates.1,
+        instance = cfg.instance_index,
+        instances = cfg.instance_count,
+        run_name = cfg.run_name.as_deref().unwrap_or(""),
         "starting"
     );
 
@@ -133,8 +145,8 @@ pub fn run(cfg: Config) -> i32 {
         let params = ShardParams {
             index: i,
             shards,
-            events_per_second: split_rate(cfg.events_per_second, shards, i),
-            queries_per_second: split_rate(cfg.queries_per_second, shards, i),
+            events_per_second: split_rate(rates.0, shards, i),
+            queries_per_second: split_rate(rates.1, shards, i),
             orgs: shard_orgs(
                 cfg.organizations,
                 cfg.instance_index,
@@ -200,7 +212,7 @@ pub fn run(cfg: Config) -> i32 {
         run_id,
         duration: cfg.run.duration,
         progress_interval: cfg.progress_interval,
-        targets: (cfg.events_per_second, cfg.queries_per_second),
+        targets: rates,
         hit_target: cfg.cache_hit_target,
         batch_size: cfg.db_batch_size,
         retention_hours: cfg.time_buckets,
@@ -210,6 +222,15 @@ pub fn run(cfg: Config) -> i32 {
         start_unix,
         admin_token: cfg.admin_token.as_deref().map(str::to_string),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
+        member: cfg
+            .run_name
+            .clone()
+            .map(|run_name| crate::control::barrier::Member {
+                run_name,
+                index: cfg.instance_index,
+                count: cfg.instance_count,
+                timeout: cfg.start_timeout,
+            }),
     };
     let placement = rt::placement(cfg.run.pin, control_cpu);
     let control_flags = flags.clone();
@@ -274,6 +295,9 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
     serde_json::json!({
         "events_per_second": cfg.events_per_second,
         "queries_per_second": cfg.queries_per_second,
+        "run_name": cfg.run_name,
+        "instance_index": cfg.instance_index,
+        "instance_count": cfg.instance_count,
         "organizations": cfg.organizations,
         "users_per_org": cfg.users_per_org,
         "cache_hit_target": cfg.cache_hit_target,

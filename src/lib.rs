@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pg;
 pub mod resp;
 pub mod rt;
+pub mod run_report;
 pub mod shard;
 pub mod tls;
 pub mod verify;

@@ -186,6 +186,8 @@ macro_rules! option_table {
             /// Every environment variable the program reads: the table's, then the log filter.
             pub const ENV_VARS: &[&str] = &[
                 $($name.env,)* $($lname.env,)* $($sname.env,)* crate::config::LOG_FILTER_ENV,
+                crate::config::INDEX_ENV_VARS[0], crate::config::INDEX_ENV_VARS[1],
+                crate::config::INDEX_ENV_VARS[2],
             ];
         }
 
@@ -316,6 +318,8 @@ option_table! { $
         log_format,
         /// token required by POST /admin/redis-target (unset = admin endpoint disabled) [env: ADMIN_TOKEN] [default: none]
         admin_token,
+        /// file holding the admin token (one trailing newline ignored), e.g. a mounted secret; instead of ADMIN_TOKEN [env: ADMIN_TOKEN_FILE] [default: none]
+        admin_token_file,
         /// how organizations and users are picked: zipf or uniform [env: DISTRIBUTION] [default: zipf]
         distribution,
         /// skew of the zipf distribution [env: ZIPF_EXPONENT] [default: 1.0] [range: >0..=5]
@@ -334,10 +338,14 @@ option_table! { $
         db_read_timeout_ms,
         /// seconds between progress log lines [env: PROGRESS_INTERVAL] [default: 5] [range: 1..=3600]
         progress_interval,
-        /// this instance's index among --instance-count instances sharing the organizations [env: INSTANCE_INDEX] [default: 0] [range: 0..]
+        /// this instance's index among --instance-count instances sharing the organizations and the rates; unset: JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), else POD_INDEX (a StatefulSet's pod-index label), else the host name's trailing -N, else 0 [env: INSTANCE_INDEX] [default: 0] [range: 0..]
         instance_index,
-        /// number of instances sharing the organizations [env: INSTANCE_COUNT] [default: 1] [range: 1..]
+        /// number of instances of one run: they split the organizations, and EVENTS_PER_SECOND / QUERIES_PER_SECOND are the run's totals [env: INSTANCE_COUNT] [default: 1] [range: 1..]
         instance_count,
+        /// name shared by every instance of one coordinated run: with --instance-count above 1 they register in PostgreSQL, wait until all are there and start their load at one instant; report --run-name and verify --run-name take the run as a whole [env: RUN_NAME] [default: none]
+        run_name,
+        /// seconds an instance of a named run waits at the start for the others before it gives up [env: START_TIMEOUT] [default: 600] [range: 1..=86400]
+        start_timeout,
         /// admin URL of a running analytics-demo [env: ADMIN_URL] [default: http://127.0.0.1:3000]
         admin_url,
         /// bench-redis: Redis connections, all shards together (at least one per shard) [env: BENCH_CONNECTIONS] [default: 50] [range: 1..=100000]
@@ -378,10 +386,10 @@ cli_struct! {
         max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
         redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
         database_ca_file, database_password, database_password_file,
-        bind_address, shards, duration, seed, log_format, admin_token, distribution,
+        bind_address, shards, duration, seed, log_format, admin_token, admin_token_file, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         db_timeout_ms, db_read_timeout_ms, progress_interval, no_pin, instance_index, instance_count,
-        admin_allow_unauthenticated_loopback,
+        run_name, start_timeout, admin_allow_unauthenticated_loopback,
     ] {
         #[argh(subcommand)]
         pub command: Option<SubCli>,
@@ -409,7 +417,7 @@ cli_struct! {
         redis_url, redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert,
         redis_client_key, redis_password_file, database_ca_file, database_password,
         database_password_file, run,
-        since,
+        since, run_name,
     ] {
         /// print the result as JSON
         #[argh(switch)]
@@ -420,7 +428,10 @@ cli_struct! {
 cli_struct! {
     /// Print the migration report of a running instance.
     #[argh(subcommand, name = "report")]
-    pub(crate) struct ReportCli [admin_url] {
+    pub(crate) struct ReportCli [
+        admin_url, run_name, database_url, database_ca_file, database_password,
+        database_password_file,
+    ] {
         /// print the raw JSON report
         #[argh(switch)]
         pub json: bool,
@@ -430,7 +441,7 @@ cli_struct! {
 cli_struct! {
     /// Switch a running instance to another Redis.
     #[argh(subcommand, name = "switch")]
-    pub(crate) struct SwitchCli [admin_url, admin_token] {
+    pub(crate) struct SwitchCli [admin_url, admin_token, admin_token_file] {
         /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss:// (the running
         /// instance applies its own --redis-ca-file and client certificate to it); a Redis
         /// Cluster's seed nodes comma separated

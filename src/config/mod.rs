@@ -70,8 +70,14 @@ pub enum ParseOutcome {
 /// The environment variable of the log filter (`tracing`'s `EnvFilter`, e.g. `info`, `debug`).
 pub const LOG_FILTER_ENV: &str = "RUST_LOG";
 
+/// Where an instance of a run takes its index from when INSTANCE_INDEX is not set, in this
+/// order: a Kubernetes Indexed Job's, a StatefulSet's pod-index label (the manifests pass it
+/// through the downward API), the host name's trailing `-N` (a StatefulSet pod's name).
+pub const INDEX_ENV_VARS: [&str; 3] = ["JOB_COMPLETION_INDEX", "POD_INDEX", "HOSTNAME"];
+
 /// Every environment variable the program reads: each option's (see `--help`), then
-/// [`LOG_FILTER_ENV`]. Tests clear them all from the environment of the programs they spawn.
+/// [`LOG_FILTER_ENV`] and [`INDEX_ENV_VARS`]. Tests clear them all from the environment of
+/// the programs they spawn.
 pub const ENV_VARS: &[&str] = opt::ENV_VARS;
 
 /// Exit code for bad usage or configuration (DESIGN.md "Interface contract").
@@ -128,6 +134,10 @@ pub struct Config {
     pub admin_allow_unauthenticated_loopback: bool,
     pub instance_index: u32,
     pub instance_count: u32,
+    /// `RUN_NAME`: the coordinated run this instance belongs to.
+    pub run_name: Option<String>,
+    /// `START_TIMEOUT`: how long a named run's instance waits for the others.
+    pub start_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +170,8 @@ pub struct VerifyArgs {
     pub runs: Vec<i64>,
     /// `--since`: judge the runs started at or after this unix time instead.
     pub since: Option<i64>,
+    /// `--run-name`: judge every instance's run of this coordinated run instead.
+    pub run_name: Option<String>,
 }
 
 /// `analytics-demo report`.
@@ -168,6 +180,9 @@ pub struct ReportArgs {
     /// `http://` or `https://` URL of a running instance.
     pub admin_url: SecretUrl,
     pub json: bool,
+    /// `--run-name`: the whole coordinated run, from PostgreSQL (with its URL as given and
+    /// resolved) instead of one instance's /report.
+    pub run: Option<(String, SecretUrl, crate::pg::PgConfig)>,
 }
 
 /// `analytics-demo switch`.
@@ -333,7 +348,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
     let redis_mode_flag = c.redis_mode.clone();
     let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(c))?;
     let redis_mode = r.redis_mode(redis_mode_flag, &redis_seeds)?;
-    let cfg = Config {
+    let mut cfg = Config {
         events_per_second: r.uint(&opt::events_per_second, c.events_per_second)?,
         queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second)?,
         organizations: r.uint(&opt::organizations, c.organizations)?,
@@ -358,7 +373,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
             c.log_format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         )?,
-        admin_token: r.token(&opt::admin_token, c.admin_token)?,
+        admin_token: r.token(c.admin_token, c.admin_token_file)?,
         distribution: r.choice(
             &opt::distribution,
             c.distribution,
@@ -376,9 +391,12 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
             &opt::admin_allow_unauthenticated_loopback,
             c.admin_allow_unauthenticated_loopback,
         )?,
-        instance_index: r.uint(&opt::instance_index, c.instance_index)?,
+        instance_index: 0,
         instance_count: r.uint(&opt::instance_count, c.instance_count)?,
+        run_name: r.run_name(&opt::run_name, c.run_name)?,
+        start_timeout: r.seconds(&opt::start_timeout, c.start_timeout)?,
     };
+    cfg.instance_index = r.instance_index(c.instance_index, cfg.instance_count)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -444,11 +462,19 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                 json: v.json,
                 runs: r.run_ids(&opt::run, v.run)?,
                 since: r.instant(&opt::since, v.since)?,
+                run_name: r.run_name(&opt::run_name, v.run_name)?,
             })
         }
         SubCli::Report(v) => Command::Report(ReportArgs {
-            admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
+            admin_url: r.http_url(&opt::admin_url, v.admin_url.clone())?,
             json: v.json,
+            run: match r.run_name(&opt::run_name, v.run_name.clone())? {
+                Some(name) => {
+                    let (url, pg) = r.postgres(database_flags!(v))?;
+                    Some((name, url, pg))
+                }
+                None => None,
+            },
         }),
         SubCli::Switch(v) => Command::Switch(SwitchArgs {
             to: {
@@ -477,7 +503,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                     })?,
             },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
-            admin_token: r.token(&opt::admin_token, v.admin_token)?,
+            admin_token: r.token(v.admin_token, v.admin_token_file)?,
             wait: std::time::Duration::from_secs(v.wait),
         }),
         SubCli::BenchRedis(v) => Command::BenchRedis(bench::resolve(v, r)?),
@@ -531,7 +557,11 @@ fn split_equals(args: &[&str]) -> Vec<String> {
 /// and the content of password files.
 fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let valued = [&opt::admin_token, &opt::database_password];
-    let files = [&opt::redis_password_file, &opt::database_password_file];
+    let files = [
+        &opt::redis_password_file,
+        &opt::database_password_file,
+        &opt::admin_token_file,
+    ];
     let mut secrets: Vec<String> = args.iter().flat_map(|a| url_secrets(a)).collect();
     let mut secret_files: Vec<String> = Vec::new();
     for pair in args.windows(2) {

@@ -163,6 +163,50 @@ impl Resolver<'_> {
         Ok(ids)
     }
 
+    /// A run name: 1 to 100 letters, digits, `.`, `_`, `-` (it is a label in reports and a key
+    /// in PostgreSQL); `None` when not set.
+    pub fn run_name(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
+        let Some(name) = self.raw(def, flag) else {
+            return Ok(None);
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > 100 || !name.chars().all(ok) {
+            return Err(format!(
+                "invalid value '{}' for {}: expected 1 to 100 letters, digits, '.', '_' or '-'",
+                name.escape_debug(),
+                def.label()
+            ));
+        }
+        Ok(Some(name))
+    }
+
+    /// This instance's index: INSTANCE_INDEX (flag or environment) when set; else, for a run
+    /// of several instances, the first of [`super::INDEX_ENV_VARS`] that is set (the host
+    /// name only when it ends in `-N`); else 0.
+    pub fn instance_index(&self, flag: Option<String>, count: u32) -> Result<u32, String> {
+        let def = &opt::instance_index;
+        let given = flag.is_some() || (self.env)(def.env).is_some_and(|v| !v.is_empty());
+        if given || count <= 1 {
+            return self.uint(def, flag);
+        }
+        let [job, pod, host] = super::INDEX_ENV_VARS;
+        for var in [job, pod] {
+            if let Some(v) = (self.env)(var).filter(|v| !v.is_empty()) {
+                return v.trim().parse().map_err(|_| {
+                    format!(
+                        "invalid value '{}' for {var} (the instance index): expected an integer",
+                        v.escape_debug()
+                    )
+                });
+            }
+        }
+        // A host name without a trailing -N: index 0, as before these sources existed (a
+        // named run's start barrier then names the index no instance took).
+        Ok((self.env)(host)
+            .and_then(|h| h.trim().rsplit_once('-')?.1.parse::<u32>().ok())
+            .unwrap_or(0))
+    }
+
     /// A point in time as unix seconds: RFC 3339 or unix seconds; `None` when not set.
     pub fn instant(&self, def: &OptDef, flag: Option<String>) -> Result<Option<i64>, String> {
         self.raw(def, flag)
@@ -427,8 +471,25 @@ impl Resolver<'_> {
     }
 
     /// A secret: never echoed. It travels in an HTTP header, so it must be visible ASCII.
-    pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<Secret>, String> {
-        match self.raw(def, flag) {
+    /// The admin token: ADMIN_TOKEN, or the content of ADMIN_TOKEN_FILE (at most one of them).
+    pub fn token(
+        &self,
+        flag: Option<String>,
+        file_flag: Option<String>,
+    ) -> Result<Option<Secret>, String> {
+        let (def, file) = (&opt::admin_token, &opt::admin_token_file);
+        let value = match (self.raw(def, flag), self.secret_file(file, file_flag)?) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{} and {} are both set: give one",
+                    def.label(),
+                    file.label()
+                ))
+            }
+            (v, None) => v,
+            (None, f) => f,
+        };
+        match value {
             None => Ok(None),
             Some(t) if t.is_empty() => Err(format!("{} must not be empty", def.label())),
             Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(format!(

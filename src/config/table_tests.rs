@@ -103,7 +103,8 @@ fn should_enforce_each_range_as_the_help_shows_it() {
 fn should_export_every_environment_variable_once() {
     let table: Vec<&str> = opt::ALL.iter().map(|d| d.env).collect();
     assert_eq!(ENV_VARS[..table.len()], table[..]);
-    assert_eq!(ENV_VARS[table.len()..], [LOG_FILTER_ENV]);
+    assert_eq!(ENV_VARS[table.len()], LOG_FILTER_ENV);
+    assert_eq!(ENV_VARS[table.len() + 1..], super::INDEX_ENV_VARS);
     let mut unique = ENV_VARS.to_vec();
     unique.sort_unstable();
     unique.dedup();

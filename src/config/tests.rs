@@ -88,6 +88,8 @@ fn should_use_defaults_when_nothing_is_set() {
         admin_allow_unauthenticated_loopback: false,
         instance_index: 0,
         instance_count: 1,
+        run_name: None,
+        start_timeout: Duration::from_secs(600),
     };
     assert_eq!(c, expected);
 }
@@ -396,6 +398,9 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "--database-password-file (DATABASE_PASSWORD_FILE): cannot read '/nonexistent/pw'"),
     ("--instance-count", "INSTANCE_COUNT", "0", "must be at least 1, got 0"),
     ("--instance-count", "INSTANCE_COUNT", "501", "is larger than --organizations (ORGANIZATIONS) (500)"),
+    ("--admin-token-file", "ADMIN_TOKEN_FILE", "/nonexistent/token", "--admin-token-file (ADMIN_TOKEN_FILE): cannot read '/nonexistent/token'"),
+    ("--run-name", "RUN_NAME", "a/b", "invalid value 'a/b' for --run-name (RUN_NAME): expected 1 to 100 letters"),
+    ("--start-timeout", "START_TIMEOUT", "0", "must be between 1 and 86400, got 0"),
 ];
 
 #[test]
@@ -727,14 +732,16 @@ fn should_parse_subcommands() {
         command(&["report"], &[]),
         Command::Report(ReportArgs {
             admin_url: "http://127.0.0.1:3000".into(),
-            json: false
+            json: false,
+            run: None,
         })
     );
     assert_eq!(
         command(&["report", "--json"], &[("ADMIN_URL", "https://a:8443")]),
         Command::Report(ReportArgs {
             admin_url: "https://a:8443".into(),
-            json: true
+            json: true,
+            run: None,
         })
     );
     match command(
@@ -1291,4 +1298,67 @@ fn should_take_several_seed_nodes_only_in_cluster_mode() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn should_take_the_instance_index_from_kubernetes_when_instance_index_is_unset() {
+    let index = |env: &[(&str, &str)]| match command(&[], env) {
+        Command::Run(c) => (c.instance_index, c.instance_count),
+        other => panic!("{other:?}"),
+    };
+    let three = ("INSTANCE_COUNT", "3");
+    assert_eq!(index(&[three, ("JOB_COMPLETION_INDEX", "2")]), (2, 3));
+    assert_eq!(
+        index(&[three, ("POD_INDEX", "1"), ("HOSTNAME", "x-2")]),
+        (1, 3)
+    );
+    assert_eq!(index(&[three, ("HOSTNAME", "analytics-demo-2")]), (2, 3));
+    // INSTANCE_INDEX wins; one instance ignores the rest.
+    assert_eq!(
+        index(&[
+            three,
+            ("INSTANCE_INDEX", "0"),
+            ("JOB_COMPLETION_INDEX", "2")
+        ]),
+        (0, 3)
+    );
+    assert_eq!(
+        index(&[("JOB_COMPLETION_INDEX", "2"), ("HOSTNAME", "web-7")]),
+        (0, 1)
+    );
+    assert_eq!(index(&[three, ("HOSTNAME", "laptop")]), (0, 3));
+    let out = error(&[], &[three, ("JOB_COMPLETION_INDEX", "x")]);
+    assert!(out.contains("JOB_COMPLETION_INDEX"), "{out}");
+    let out = error(&[], &[three, ("JOB_COMPLETION_INDEX", "3")]);
+    assert!(out.contains("must be less than"), "{out}");
+    // Run names are labels and keys: a small alphabet.
+    match command(
+        &[],
+        &[("RUN_NAME", "rehearsal-7.a_b"), ("START_TIMEOUT", "30")],
+    ) {
+        Command::Run(c) => assert_eq!(
+            (c.run_name.as_deref(), c.start_timeout),
+            (Some("rehearsal-7.a_b"), Duration::from_secs(30))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let out = error(&[], &[("RUN_NAME", "a b")]);
+    assert!(out.contains("RUN_NAME"), "{out}");
+}
+
+#[test]
+fn should_read_the_admin_token_from_a_file_and_refuse_both() {
+    let dir = std::env::temp_dir().join(format!("ad-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "s3cr3t-from-file\n").unwrap();
+    let path = file.to_str().unwrap();
+    match command(&[], &[("ADMIN_TOKEN_FILE", path)]) {
+        Command::Run(c) => assert_eq!(c.admin_token.as_deref(), Some("s3cr3t-from-file")),
+        other => panic!("{other:?}"),
+    }
+    let out = error(&[], &[("ADMIN_TOKEN_FILE", path), ("ADMIN_TOKEN", "x")]);
+    assert!(out.contains("are both set"), "{out}");
+    assert!(!out.contains("s3cr3t"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
