@@ -488,3 +488,83 @@ fn should_refuse_a_pipeline_across_slots_without_sending_it() {
     }
     assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// Counts this thread's allocations (for the routing cost test); otherwise the system
+/// allocator.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|n| n.get())
+}
+
+/// Allocations per command (one GET, then a two-command pipeline) through POOL, on this
+/// executor thread, over 2000 of each after a warm-up.
+async fn allocations_per_command(pool: &Pool) -> (f64, f64) {
+    const N: u64 = 2000;
+    let pipeline: [&[&[u8]]; 2] = [&[b"INCR", b"{alloc}n"], &[b"PFADD", b"{alloc}u", b"x"]];
+    for _ in 0..200 {
+        assert!(pool.cmd(&[b"GET", b"{alloc}n"]).await.is_ok());
+        assert!(pool.pipeline(&pipeline).await.iter().all(Result::is_ok));
+    }
+    let a = allocations();
+    for _ in 0..N {
+        assert!(pool.cmd(&[b"GET", b"{alloc}n"]).await.is_ok());
+    }
+    let b = allocations();
+    for _ in 0..N {
+        assert!(pool.pipeline(&pipeline).await.iter().all(Result::is_ok));
+    }
+    let c = allocations();
+    ((b - a) as f64 / N as f64, (c - b) as f64 / N as f64)
+}
+
+#[test]
+fn should_route_without_allocating_beyond_the_node_pool() {
+    let cluster = RedisCluster::start(3);
+    let owner = cluster.owner(keyslot(&cluster, "{alloc}"));
+    // The same node, once through a standalone pool (it serves the slot), once routed.
+    let direct = RedisUrl::parse(&cluster.nodes[owner].url()).unwrap();
+    let seed = RedisUrl::parse(&cluster.url()).unwrap();
+    let (standalone, routed) = on_executor(move || async move {
+        let cfg = PoolConfig {
+            size: 1,
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(direct, cfg.clone());
+        assert!(pool.wait_connected(Duration::from_secs(10)).await);
+        let standalone = allocations_per_command(&pool).await;
+        pool.close().await;
+        let pool = Pool::cluster(seed, Vec::new(), cfg);
+        assert!(pool.wait_connected(Duration::from_secs(10)).await);
+        let routed = allocations_per_command(&pool).await;
+        pool.close().await;
+        (standalone, routed)
+    });
+    eprintln!("allocations per command (GET, 2-command pipeline): standalone {standalone:?}, routed {routed:?}");
+    // Routing adds none: a slot lookup and the node pool's own work (a fraction for noise).
+    assert!(
+        routed.0 <= standalone.0 + 0.2,
+        "GET: {routed:?} vs {standalone:?}"
+    );
+    assert!(
+        routed.1 <= standalone.1 + 0.2,
+        "pipeline: {routed:?} vs {standalone:?}"
+    );
+}

@@ -291,7 +291,7 @@ impl Pool {
     /// One command on the least busy connection; none up => `NotConnected`, never sent.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
-            return one(c.run(&[args], None).await);
+            return c.run_one(args, None).await;
         }
         self.direct_cmd(None, args).await
     }
@@ -332,7 +332,7 @@ impl Pool {
     /// generation that must spread evenly over a fixed number of connections.
     pub async fn cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
-            return one(c.run(&[args], Some(index)).await);
+            return c.run_one(args, Some(index)).await;
         }
         self.direct_cmd(Some(index), args).await
     }
@@ -485,11 +485,6 @@ impl Drop for Pool {
             .pool_size
             .decrement(self.sh.slots.len() as f64);
     }
-}
-
-/// The one result of a one-command run.
-fn one(mut r: Vec<Result<Reply, RedisError>>) -> Result<Reply, RedisError> {
-    r.pop().unwrap_or(Err(RedisError::NotConnected))
 }
 
 impl Shared {
