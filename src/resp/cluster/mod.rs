@@ -253,13 +253,23 @@ impl Cluster {
         }
     }
 
-    /// The node at `addr` (added if new) that a redirection sends commands to now.
-    fn redirected_to(&self, addr: &str) -> usize {
+    /// The node at `addr` (added if new) that a redirection sends commands to now, once it
+    /// has a connection up or the connect timeout passed: a node just learnt of does not
+    /// fail its first commands `not_connected`.
+    async fn redirected_to(&self, addr: &str) -> usize {
         let (n, _) = self.node_for(addr);
-        if let Some(node) = &self.nodes.borrow()[n] {
-            node.redirected_at.set(Some(Instant::now()));
+        let pool = match &self.nodes.borrow()[n] {
+            Some(node) => {
+                node.redirected_at.set(Some(Instant::now()));
+                node.pool.clone()
+            }
+            None => return n,
+        };
+        if pool.connected() == 0 {
+            pool.wait_connected(self.cfg.connect_timeout).await;
         }
-        n
+        // Kept meanwhile (`LINGER`), so at the same index: looked up again all the same.
+        self.node_for(addr).0
     }
 
     /// Pools for `t`'s primaries that we have none for yet (created now, connecting).
@@ -509,14 +519,16 @@ impl Cluster {
                     return out;
                 }
                 Action::Moved { slot: s, addr } => {
-                    let n = self.redirected_to(&addr);
+                    // The map points other commands there once a connection is up, so they
+                    // do not fail not_connected while it is made (they get MOVED meanwhile).
+                    let n = self.redirected_to(&addr).await;
                     self.map.borrow_mut().set(s, n);
                     if let Some(node) = &self.nodes.borrow()[n] {
                         node.in_map.set(true);
                     }
                     self.refresh.notify();
                 }
-                Action::Ask { addr } => ask = self.node_pool(self.redirected_to(&addr)),
+                Action::Ask { addr } => ask = self.node_pool(self.redirected_to(&addr).await),
                 Action::Backoff(d) => glommio::timer::sleep(d).await,
                 Action::Refresh(d) => {
                     glommio::timer::sleep(d).await;
@@ -532,8 +544,7 @@ impl Cluster {
                 }
                 return out;
             };
-            // A node just learnt of (from the redirection or a refresh): its first commands
-            // wait for a connection (up to the connect timeout) instead of failing at once.
+            // A node just learnt of from a refresh: as in `redirected_to`.
             if pool.connected() == 0 {
                 pool.wait_connected(self.cfg.connect_timeout).await;
             }
