@@ -147,7 +147,8 @@ fn switch(args: config::SwitchArgs) -> i32 {
     let base = args.admin_url.clone();
     let token = args.admin_token.clone();
     // The only place the full URL (with its password) leaves this process: the request body.
-    let body = serde_json::json!({ "url": args.to.to_full_string() }).to_string();
+    let urls: Vec<String> = args.to.iter().map(|u| u.to_full_string()).collect();
+    let body = serde_json::json!({ "url": urls.join(","), "mode": args.mode.as_str() }).to_string();
     // A 503 means the instance is still starting (its shards are not listening yet): retry
     // for a while rather than fail a scripted cutover.
     let got = crate::http::block_on(move || async move {

@@ -10,7 +10,7 @@ use glommio::Placement;
 use crate::config::{Config, Distribution};
 use crate::control::{self, ControlParams, Flags};
 use crate::pg::writer::Backlog;
-use crate::resp::PoolConfig;
+use crate::resp::{PoolConfig, Target};
 use crate::shard::{self, pacer::split_rate, ShardLinks, ShardParams};
 
 /// CPUs this process may run on (its affinity mask, so containers' cpusets are honoured).
@@ -142,6 +142,11 @@ pub fn run(cfg: Config) -> i32 {
         mode = if cluster { "cluster" } else { "standalone" },
         "redis mode"
     );
+    let target = match cluster {
+        true => Target::new(cfg.redis_seeds.clone(), true),
+        false => None,
+    }
+    .unwrap_or_else(|| Target::standalone(cfg.redis_url.clone()));
     let start_unix = crate::workload::time::unix_now();
     let declaration = crate::resp::RunDeclaration::new(run_id, start_unix as i64, cfg.time_buckets);
     let mut row_rx = Vec::new();
@@ -180,8 +185,7 @@ pub fn run(cfg: Config) -> i32 {
             cache_ttl: cfg.cache_ttl,
             warmup_interval: cfg.warmup_interval,
             time_buckets: cfg.time_buckets,
-            redis_url: cfg.redis_url.clone(),
-            cluster_seeds: cluster.then(|| cfg.redis_seeds.clone()),
+            redis: target.clone(),
             pool: PoolConfig {
                 size: split_rate(cfg.redis_pool_size as u64, shards, i).max(1) as usize,
                 shard: i,
@@ -228,7 +232,7 @@ pub fn run(cfg: Config) -> i32 {
 
     let params = ControlParams {
         bind: cfg.bind_address,
-        redis_url: cfg.redis_url.clone(),
+        redis: target.clone(),
         redis_cfg: pool_base,
         pg,
         run_id,
@@ -244,7 +248,6 @@ pub fn run(cfg: Config) -> i32 {
         start_unix,
         admin_token: cfg.admin_token.clone(),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
-        cluster,
     };
     let placement = if cfg.pin {
         Placement::Fixed(control_cpu)

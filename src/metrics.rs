@@ -23,6 +23,12 @@ pub const REDIS_PUSH_MESSAGES_TOTAL: &str = "analytics_redis_push_messages_total
 pub const REDIS_POOL_SIZE: &str = "analytics_redis_pool_size";
 pub const REDIS_INFLIGHT: &str = "analytics_redis_inflight";
 pub const REDIS_REDIRECTS_TOTAL: &str = "analytics_redis_redirects_total";
+pub const REDIS_CLUSTER_MAP_REFRESHES_TOTAL: &str = "analytics_redis_cluster_map_refreshes_total";
+pub const REDIS_CLUSTER_NODE_UP: &str = "analytics_redis_cluster_node_up";
+pub const REDIS_CLUSTER_SLOTS: &str = "analytics_redis_cluster_slots";
+pub const REDIS_CLUSTER_MAP_VERSION: &str = "analytics_redis_cluster_map_version";
+pub const REDIS_NODE_COMMANDS_TOTAL: &str = "analytics_redis_node_commands_total";
+pub const REDIS_NODE_COMMAND_DURATION: &str = "analytics_redis_node_command_duration_seconds";
 pub const CACHE_HIT_RATIO: &str = "analytics_cache_hit_ratio";
 pub const CACHE_HIT_TARGET_RATIO: &str = "analytics_cache_hit_target_ratio";
 pub const CACHE_NATURAL_HIT_RATIO: &str = "analytics_cache_natural_hit_ratio";
@@ -117,6 +123,30 @@ fn describe() {
     metrics::describe_counter!(
         REDIS_REDIRECTS_TOTAL,
         "Redis Cluster redirections and transient refusals answered by resending: moved, ask, tryagain, clusterdown, loading, masterdown, readonly"
+    );
+    metrics::describe_counter!(
+        REDIS_CLUSTER_MAP_REFRESHES_TOTAL,
+        "Redis Cluster slot maps loaded by each shard's router (at start, after MOVED, READONLY or a lost node)"
+    );
+    metrics::describe_gauge!(
+        REDIS_CLUSTER_NODE_UP,
+        "Redis Cluster primaries in the health check's slot map: 1 if the node answered the last PING, 0 if not or if it left the map"
+    );
+    metrics::describe_gauge!(
+        REDIS_CLUSTER_SLOTS,
+        "Redis Cluster slots (of 16384) by state: assigned (a primary serves them), covered (their primary answered the last health check)"
+    );
+    metrics::describe_gauge!(
+        REDIS_CLUSTER_MAP_VERSION,
+        "Changes of the Redis Cluster slot map seen by the health check (1 for the first map)"
+    );
+    metrics::describe_counter!(
+        REDIS_NODE_COMMANDS_TOTAL,
+        "Redis Cluster: commands sent to each node (all shards), redirected attempts included"
+    );
+    metrics::describe_histogram!(
+        REDIS_NODE_COMMAND_DURATION,
+        "Redis Cluster: round trip of each command, by node (all shards)"
     );
     metrics::describe_gauge!(
         REDIS_CONNECTIONS,

@@ -20,15 +20,12 @@ fn calls(redis: &RedisServer, cmd: &str) -> u64 {
 }
 
 fn bench(redis: &RedisServer, extra: &[&str]) -> Value {
-    let url = redis.url();
-    let mut args = vec![
-        "bench-redis",
-        "--redis-url",
-        &url,
-        "--json",
-        "--shards",
-        "1",
-    ];
+    bench_url(&redis.url(), extra)
+}
+
+/// `bench-redis --json --shards 1` against URL with EXTRA arguments; its JSON result.
+fn bench_url(url: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["bench-redis", "--redis-url", url, "--json", "--shards", "1"];
     args.extend_from_slice(extra);
     let out = run_binary(&args, &[], Duration::from_secs(60));
     assert_eq!(out.code(), Some(0), "bench-redis {extra:?}: {}", out.stderr);
@@ -107,4 +104,56 @@ fn should_hold_the_paced_rate_and_account_for_every_due_operation() {
         v["latency_corrected_us"]["count"].as_u64() == Some(ops),
         "{v}"
     );
+}
+
+/// Calls of one command summed over every node of CLUSTER.
+fn cluster_calls(cluster: &common::RedisCluster, cmd: &str) -> Vec<u64> {
+    (0..cluster.nodes.len())
+        .map(|i| calls(&cluster.nodes[i], cmd))
+        .collect()
+}
+
+#[test]
+fn should_bench_a_cluster_with_every_command_on_its_slots_owner() {
+    let cluster = common::RedisCluster::start(3);
+    for (pipeline, rate) in [("1", "0"), ("16", "0"), ("1", "3000")] {
+        for i in 0..3 {
+            cluster.cli(i, &["config", "resetstat"]);
+        }
+        let v = bench_url(
+            &cluster.url(),
+            &[
+                "--connections",
+                "6",
+                "--pipeline",
+                pipeline,
+                "--rate",
+                rate,
+                "--ratio",
+                "1:1",
+                "--keys",
+                "1000",
+                "--duration",
+                "1",
+            ],
+        );
+        let (sets, gets) = (u(&v, "sets"), u(&v, "gets"));
+        // No MOVED, no cross-slot refusal: every command went to its slot's owner at once.
+        assert_eq!(u(&v, "errors"), 0, "-P {pipeline}: {v}");
+        assert!(sets + gets > 500, "-P {pipeline}: {v}");
+        // 6 connections over 3 primaries: 2 each, as redis-benchmark --cluster -c 6.
+        assert_eq!(u(&v, "connected"), 6, "-P {pipeline}: {v}");
+        assert_eq!(
+            (&v["redis_mode"], u(&v, "cluster_nodes")),
+            (&Value::from("cluster"), 3)
+        );
+        let (s, g) = (
+            cluster_calls(&cluster, "set"),
+            cluster_calls(&cluster, "get"),
+        );
+        assert_eq!(s.iter().sum::<u64>(), sets, "-P {pipeline}: {v}");
+        assert_eq!(g.iter().sum::<u64>(), gets, "-P {pipeline}: {v}");
+        // Each primary takes a share of the load.
+        assert!(s.iter().all(|n| *n > 0), "SETs per node {s:?}");
+    }
 }

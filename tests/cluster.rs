@@ -221,13 +221,6 @@ fn should_follow_moved_during_a_live_reshard() {
         Some(0.0),
         "redirect replies counted as errors"
     );
-    // Switching to or from a cluster is not part of cluster mode yet: refused, unchanged.
-    let (status, answer) = app.post(
-        "/admin/redis-target",
-        &[("content-type", "application/json")],
-        &format!("{{\"url\": \"{}\"}}", cluster.nodes[1].url()),
-    );
-    assert_eq!(status, 501, "{answer}");
     let loops = metric_sum(
         &body,
         "analytics_redis_errors_total",

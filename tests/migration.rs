@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    free_port, metric_sum, run_binary, spawn_running, wait_until, App, PgServer, RedisServer,
-    RunOutput,
+    free_port, metric_sum, run_binary, spawn_running, wait_until, App, PgServer, RedisCluster,
+    RedisServer, RunOutput,
 };
 use serde_json::Value;
 
@@ -1216,4 +1216,160 @@ fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_requir
     );
     assert!(app.alive(), "{log}");
     assert!(app.terminate().success(), "{}", app.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switches to, between and from Redis Clusters
+
+/// The JSON of GET PATH.
+fn get_json(app: &App, path: &str) -> Value {
+    let (_, body) = app.get(path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// Waits until acked events grew by N past their count now (the load runs on the new target).
+fn acked_grows(app: &App, n: f64) {
+    let from = events(app, "acked");
+    assert!(
+        wait_until(LONG, || events(app, "acked") >= from + n),
+        "acked events stalled at {from}:\n{}",
+        app.log()
+    );
+}
+
+/// Keys in every primary of CLUSTER (each one got part of the load).
+fn keys_per_primary(cluster: &RedisCluster) -> Vec<u64> {
+    cluster
+        .primaries()
+        .into_iter()
+        .map(|i| cluster.cli(i, &["DBSIZE"]).parse().unwrap_or(0))
+        .collect()
+}
+
+/// `switch --to TO --wait 30` (and EXTRA) succeeds, to a target of MODE.
+fn switched(app: &App, to: &str, extra: &[&str], mode: &str) {
+    let out = switch_with(app, to, Some(TOKEN), &[extra, &["--wait", "30"]].concat());
+    let first = out.stdout.lines().next().unwrap_or_default();
+    let answer: Value = serde_json::from_str(first).unwrap_or(Value::Null);
+    assert_eq!(
+        (out.code(), answer["mode"].as_str()),
+        (Some(0), Some(mode)),
+        "{} {}\n{}",
+        out.stdout,
+        out.stderr,
+        app.log()
+    );
+}
+
+#[test]
+fn should_switch_from_standalone_to_a_cluster_to_another_cluster_and_back() {
+    let r1 = RedisServer::start();
+    let c1 = RedisCluster::start(3);
+    let c2 = RedisCluster::start(3);
+    let pg = PgServer::start();
+    let argv = args(
+        &r1.url(),
+        &pg.url(),
+        &["--events-per-second", "200", "--queries-per-second", "200"],
+    );
+    let mut app = App::spawn_healthy(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)], LONG);
+    acked_grows(&app, 200.0);
+    assert_eq!(get_json(&app, "/api/status")["redis"]["mode"], "standalone");
+
+    // Standalone -> cluster: one seed, --to-mode auto (the target says cluster_enabled:1).
+    switched(&app, &c1.url(), &[], "cluster");
+    acked_grows(&app, 400.0);
+    assert!(
+        keys_per_primary(&c1).iter().all(|k| *k > 0),
+        "{:?}",
+        keys_per_primary(&c1)
+    );
+    // Health and status name every primary, the slots covered and the map's version.
+    let ok = wait_until(LONG, || {
+        let h = get_json(&app, "/health");
+        h["redis_cluster"]["slots_covered"] == 16384
+            && h["redis_cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+    });
+    assert!(ok, "{}", get_json(&app, "/health"));
+    let status = get_json(&app, "/api/status");
+    assert_eq!(status["redis"]["mode"], "cluster", "{status}");
+    assert_eq!(status["redis"]["cluster"]["map_version"], 1, "{status}");
+    for n in status["redis"]["cluster"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(n["status"], "up", "{status}");
+    }
+    assert_eq!(metric(&app, "analytics_redis_cluster_node_up", &[]), 3.0);
+    assert!(metric(&app, "analytics_redis_node_commands_total", &[]) > 0.0);
+    let r1_keys_then: u64 = r1.cli(&["DBSIZE"]).parse().unwrap_or(0);
+
+    // Cluster -> cluster, every seed given.
+    switched(&app, &c2.seeds(), &["--to-mode", "cluster"], "cluster");
+    acked_grows(&app, 400.0);
+    assert!(
+        keys_per_primary(&c2).iter().all(|k| *k > 0),
+        "{:?}",
+        keys_per_primary(&c2)
+    );
+    // The first cluster's map has no place in the health check any more.
+    let ok = wait_until(LONG, || {
+        let h = get_json(&app, "/health");
+        let nodes = h["redis_cluster"]["nodes"].to_string();
+        c2.nodes.iter().any(|n| nodes.contains(&n.port.to_string()))
+            && !c1
+                .nodes
+                .iter()
+                .any(|n| nodes.contains(&format!(":{}\"", n.port)))
+    });
+    assert!(ok, "{}", get_json(&app, "/health"));
+
+    // Cluster -> standalone: back to the first server, which takes the load again.
+    switched(&app, &r1.url(), &[], "standalone");
+    let before = r1.cli(&["INFO", "stats"]);
+    acked_grows(&app, 400.0);
+    assert_ne!(before, r1.cli(&["INFO", "stats"]));
+    assert!(
+        wait_until(LONG, || get_json(&app, "/health")["redis_cluster"]
+            .is_null()),
+        "{}",
+        get_json(&app, "/health")
+    );
+    assert!(r1.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0) >= r1_keys_then);
+    assert_eq!(metric(&app, "analytics_redis_cluster_node_up", &[]), 0.0);
+
+    // The report has the three cutovers, each complete.
+    let report = get_json(&app, "/report");
+    let switches = report["migration"]["switches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(switches.len(), 3, "{report}");
+    for s in &switches {
+        assert_eq!(s["cutover"]["complete"], true, "{s}");
+    }
+    assert!(
+        report["redis_cluster"]["redirects"]["moved"].is_u64(),
+        "{report}"
+    );
+    assert_eq!(
+        report["redis_cluster"]["node_outages"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    // Make before break: no event failed or was left unknown across the three switches.
+    let status = app.terminate();
+    assert!(status.success(), "{}", app.log());
+    let summary = common::summary_from_log(&app.log()).expect("summary");
+    assert_eq!(
+        (
+            summary["events_by_outcome"]["failed"].as_u64(),
+            summary["events_by_outcome"]["unknown"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{summary}"
+    );
 }

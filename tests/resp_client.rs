@@ -241,7 +241,7 @@ fn should_move_new_commands_on_set_target() {
         let pool = Pool::new(ua.clone(), cfg(3));
         assert!(pool.wait_connected(Duration::from_secs(2)).await);
         pool.cmd(&[b"SET", b"before", b"1"]).await.unwrap();
-        pool.set_target(ub.clone());
+        pool.set_target(analytics_demo::resp::Target::standalone(ub.clone()));
         assert_eq!(pool.target(), ub);
         // Make before break: commands keep succeeding (on A) while the slots move to B.
         let deadline = std::time::Instant::now() + Duration::from_secs(3);

@@ -118,22 +118,33 @@ impl Mix {
 const KEY_PREFIX: &[u8] = b"key:";
 const KEY_DIGITS: usize = 12;
 
-/// A reusable `key:NNNNNNNNNNNN` buffer: `set` rewrites the digits in place.
-pub struct KeyBuf([u8; KEY_PREFIX.len() + KEY_DIGITS]);
+/// A reusable `key:NNNNNNNNNNNN` buffer (`key:{TAG}:NNNNNNNNNNNN` in cluster mode, as
+/// redis-benchmark --cluster tags its keys): `set` rewrites the digits in place.
+#[derive(Clone)]
+pub struct KeyBuf(Vec<u8>);
 
 impl Default for KeyBuf {
     fn default() -> Self {
-        let mut b = [b'0'; KEY_PREFIX.len() + KEY_DIGITS];
-        b[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX);
-        KeyBuf(b)
+        KeyBuf::tagged(None)
     }
 }
 
 impl KeyBuf {
+    /// Keys with the hash tag `{tag}` (all in the tag's cluster slot), or untagged.
+    pub fn tagged(tag: Option<&str>) -> KeyBuf {
+        let mut b = KEY_PREFIX.to_vec();
+        if let Some(t) = tag {
+            b.extend_from_slice(format!("{{{t}}}:").as_bytes());
+        }
+        b.extend_from_slice(&[b'0'; KEY_DIGITS]);
+        KeyBuf(b)
+    }
+
     /// Writes `index` (below [`MAX_KEYS`]; higher digits are dropped) and returns the key.
     pub fn set(&mut self, index: u64) -> &[u8] {
         let mut v = index;
-        for d in self.0[KEY_PREFIX.len()..].iter_mut().rev() {
+        let digits = self.0.len() - KEY_DIGITS;
+        for d in self.0[digits..].iter_mut().rev() {
             *d = b'0' + (v % 10) as u8;
             v /= 10;
         }

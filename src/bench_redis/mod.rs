@@ -22,7 +22,9 @@ use std::time::Duration;
 use glommio::Placement;
 
 use crate::config::BenchRedisArgs;
-use crate::resp::PoolConfig;
+use crate::resp::cluster::map::Topology;
+use crate::resp::cluster::slot::key_slot;
+use crate::resp::{PoolConfig, Target};
 use crate::shard::pacer::split_rate;
 use mix::{KeyPattern, Mix, Ratio};
 use shard::{ShardPlan, ShardResult};
@@ -50,6 +52,74 @@ impl BenchRedisArgs {
         } else {
             usable_cpus.saturating_sub(1).max(1)
         }
+    }
+}
+
+/// The cluster's slot map when REDIS_MODE (or `auto` and the server) says cluster; `None`
+/// for a standalone server.
+fn cluster_topology(args: &BenchRedisArgs, cfg: &PoolConfig) -> Result<Option<Topology>, String> {
+    let (mode, seeds, cfg) = (args.redis_mode, args.redis_seeds.clone(), cfg.clone());
+    crate::http::block_on(move || async move {
+        let cluster = crate::resp::cluster::resolve_mode(mode, &seeds, &cfg)
+            .await
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        if !cluster {
+            return Ok(None);
+        }
+        crate::resp::cluster::topology_from_seeds(&seeds, &cfg)
+            .await
+            .map(Some)
+            .map_err(|why| format!("cannot read the cluster's slot map: {why}"))
+    })?
+}
+
+/// Hash tags for lanes, in lane order: lane `l` of a shard gets a tag whose slot the node
+/// `l % nodes` serves (the shard's pool reaches that node on its connection `l / nodes`),
+/// so each node takes an equal share of the connections, as redis-benchmark --cluster does.
+struct LaneTags {
+    /// Unused tags per node.
+    free: Vec<std::collections::VecDeque<String>>,
+    next: u64,
+    owner: Vec<Option<usize>>,
+}
+
+impl LaneTags {
+    fn new(t: &Topology) -> LaneTags {
+        let mut owner = vec![None; crate::resp::cluster::slot::SLOTS];
+        for (first, last, node) in &t.ranges {
+            for s in *first..=*last {
+                owner[usize::from(s)] = Some(*node);
+            }
+        }
+        LaneTags {
+            free: vec![std::collections::VecDeque::new(); t.nodes.len().max(1)],
+            next: 0,
+            owner,
+        }
+    }
+
+    /// The tags of `lanes` lanes (a shard's).
+    fn take(&mut self, lanes: usize) -> Vec<String> {
+        let nodes = self.free.len();
+        (0..lanes)
+            .map(|l| {
+                let node = l % nodes;
+                loop {
+                    if let Some(t) = self.free[node].pop_front() {
+                        return t;
+                    }
+                    // Give up on a node that serves no slot: any tag will do.
+                    if self.next > 1_000_000 {
+                        return self.next.to_string();
+                    }
+                    let tag = self.next.to_string();
+                    self.next += 1;
+                    if let Some(n) = self.owner[usize::from(key_slot(tag.as_bytes()))] {
+                        self.free[n].push_back(tag);
+                    }
+                }
+            })
+            .collect()
     }
 }
 
@@ -90,22 +160,44 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             return crate::config::EXIT_USAGE;
         }
     };
+    let base = PoolConfig {
+        command_timeout: args.command_timeout,
+        connect_timeout: Duration::from_secs(2),
+        max_reply_bytes: args.max_reply_bytes,
+        protocol: args.redis_protocol,
+        tls: Some(tls.clone()),
+        declare_run: None,
+        ..PoolConfig::default()
+    };
+    let topology = match cluster_topology(&args, &base) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let target = match &topology {
+        Some(_) => Target::new(args.redis_seeds.clone(), true),
+        None => None,
+    }
+    .unwrap_or_else(|| Target::standalone(args.redis_url.clone()));
+    let nodes = topology.as_ref().map_or(1, |t| t.nodes.len().max(1));
+    if let Some(t) = &topology {
+        tracing::info!(nodes = t.nodes.len(), "bench-redis: cluster mode");
+    }
+    // Hash tags for every lane of every shard, each owned by its lane's node.
+    let mut tags = topology.as_ref().map(LaneTags::new);
     let mut handles = Vec::with_capacity(shards);
     for i in 0..shards {
+        let lanes = split_rate(args.connections as u64, shards, i).max(1) as usize;
         let plan = ShardPlan {
             index: i,
-            redis_url: args.redis_url.clone(),
+            target: target.clone(),
+            tags: tags.as_mut().map_or_else(Vec::new, |t| t.take(lanes)),
             pool: PoolConfig {
-                size: split_rate(args.connections as u64, shards, i).max(1) as usize,
-                command_timeout: args.command_timeout,
-                connect_timeout: Duration::from_secs(2),
-                max_reply_bytes: args.max_reply_bytes,
-                backoff_min: Duration::from_millis(10),
-                backoff_max: Duration::from_secs(1),
+                size: lanes.div_ceil(nodes),
                 shard: i,
-                protocol: args.redis_protocol,
-                tls: Some(tls.clone()),
-                declare_run: None,
+                ..base.clone()
             },
             pipeline: args.pipeline,
             rate: split_rate(args.rate, shards, i),
@@ -155,7 +247,8 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             }
         }
     }
-    let summary = report::Summary::merge(&args, shards, results);
+    let mut summary = report::Summary::merge(&args, shards, results);
+    summary.cluster_nodes = topology.as_ref().map_or(0, |t| t.nodes.len());
     if args.json {
         println!("{}", summary.to_json());
     } else {

@@ -14,6 +14,8 @@ use crate::config::BenchRedisArgs;
 /// Every shard's measurements together.
 pub struct Summary {
     pub shards: usize,
+    /// Primaries in cluster mode (their connections share `connections`); 0 standalone.
+    pub cluster_nodes: usize,
     pub connections: usize,
     pub connected: usize,
     pub pipeline: usize,
@@ -37,6 +39,7 @@ impl Summary {
     pub fn merge(args: &BenchRedisArgs, shards: usize, results: Vec<ShardResult>) -> Summary {
         let mut s = Summary {
             shards,
+            cluster_nodes: 0,
             connections: args.connections,
             connected: 0,
             pipeline: args.pipeline,
@@ -96,6 +99,8 @@ impl Summary {
             "mode": if self.rate > 0 { "paced" } else { "closed_loop" },
             "target_rate": self.rate,
             "shards": self.shards,
+            "redis_mode": if self.cluster_nodes > 0 { "cluster" } else { "standalone" },
+            "cluster_nodes": self.cluster_nodes,
             "connections": self.connections,
             "connected": self.connected,
             "pipeline": self.pipeline,
@@ -124,6 +129,14 @@ impl Summary {
         } else {
             "unlimited (closed loop)".to_string()
         };
+        if self.cluster_nodes > 0 {
+            let _ = writeln!(
+                o,
+                "Redis Cluster of {} primaries: each command to its slot's owner, keys tagged \
+                 per connection",
+                self.cluster_nodes
+            );
+        }
         let _ = writeln!(
             o,
             "bench-redis: {} shard(s), {} connection(s) ({} up), pipeline {}, SET:GET {}, \

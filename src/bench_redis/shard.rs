@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::mix::{KeyBuf, Mix, Op};
-use crate::resp::{Pool, PoolConfig, RedisError, RedisUrl, Reply};
+use crate::resp::{Pool, PoolConfig, RedisError, Reply, Target};
 use crate::shard::pacer::Schedule;
 use crate::workload::Rng;
 
@@ -28,8 +28,12 @@ use crate::workload::Rng;
 #[derive(Clone)]
 pub struct ShardPlan {
     pub index: usize,
-    pub redis_url: RedisUrl,
+    pub target: Target,
+    /// Connections per node (the pool size).
     pub pool: PoolConfig,
+    /// Cluster mode: one hash tag per lane (lane `l` talks to node `l % nodes` on that
+    /// node's connection `l / nodes`), each owned by its lane's node; empty standalone.
+    pub tags: Vec<String>,
     pub pipeline: usize,
     /// This shard's share of the rate; 0 = closed loop.
     pub rate: u64,
@@ -87,9 +91,11 @@ impl Ctx {
 
 /// Runs the shard until its duration ends or `stop` is set; in-flight commands finish.
 pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
-    let pool = Pool::new(p.redis_url.clone(), p.pool.clone());
+    let pool = Pool::for_target(&p.target, p.pool.clone());
+    let lanes = p.tags.len().max(p.pool.size);
+    let nodes = lanes.div_ceil(p.pool.size);
     let deadline = Instant::now() + CONNECT_WAIT;
-    while pool.connected() < p.pool.size
+    while (pool.connected() < p.pool.size * nodes || !pool.wait_connected(Duration::ZERO).await)
         && Instant::now() < deadline
         && !stop.load(Ordering::Relaxed)
     {
@@ -125,15 +131,24 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         tally: RefCell::new(result),
     });
     let depth = p.pipeline.max(1);
+    // A lane is one connection's worth of commands: to node `l % nodes` on its connection
+    // `l / nodes` (standalone: one node, lane = connection).
+    let lane = |l: usize| (l / nodes, p.tags.get(l).map(String::as_str));
     let slots: Vec<_> = if ctx.sched.is_none() {
-        (0..p.pool.size)
-            .map(|i| glommio::spawn_local(batch(ctx.clone(), i, depth)))
+        (0..lanes)
+            .map(|l| {
+                let (conn, tag) = lane(l);
+                glommio::spawn_local(batch(ctx.clone(), conn, KeyBuf::tagged(tag), depth))
+            })
             .collect()
     } else {
-        // Slot i uses connection i / pipeline: `pipeline` commands in flight per
-        // connection, each sent at its own due time.
-        (0..p.pool.size * depth)
-            .map(|i| glommio::spawn_local(slot(ctx.clone(), i / depth)))
+        // Slot i uses lane i / pipeline: `pipeline` commands in flight per connection, each
+        // sent at its own due time.
+        (0..lanes * depth)
+            .map(|i| {
+                let (conn, tag) = lane(i / depth);
+                glommio::spawn_local(slot(ctx.clone(), conn, KeyBuf::tagged(tag)))
+            })
             .collect()
     };
     for s in slots {
@@ -167,8 +182,8 @@ fn due_before(rate: u64, span: Duration) -> u64 {
 /// Closed loop on one connection: `depth` commands in one write, every reply awaited,
 /// repeat until the end. Each command's latency runs from the batch's send to the
 /// batch's last reply, as redis-benchmark counts it.
-async fn batch(c: Rc<Ctx>, conn: usize, depth: usize) {
-    let mut keys: Vec<KeyBuf> = (0..depth).map(|_| KeyBuf::default()).collect();
+async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
+    let mut keys: Vec<KeyBuf> = (0..depth).map(|_| key.clone()).collect();
     let mut ops = Vec::with_capacity(depth);
     while !c.stopped(Instant::now()) {
         ops.clear();
@@ -207,8 +222,7 @@ async fn batch(c: Rc<Ctx>, conn: usize, depth: usize) {
 }
 
 /// One command slot: claim, wait until due (paced), send, record; until the end.
-async fn slot(c: Rc<Ctx>, conn: usize) {
-    let mut key = KeyBuf::default();
+async fn slot(c: Rc<Ctx>, conn: usize, mut key: KeyBuf) {
     loop {
         let now = Instant::now();
         if c.stopped(now) {

@@ -6,17 +6,21 @@ use std::time::Duration;
 use super::cli::{opt, BenchRedisCli};
 use super::resolve::{redis_flags, Resolver};
 use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_KEYS, MAX_ZIPF_KEYS};
-use crate::resp::{Protocol, RedisUrl};
+use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 
 /// `analytics-demo bench-redis`. See `analytics-demo bench-redis --help`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchRedisArgs {
-    /// With the password of REDIS_PASSWORD_FILE when given.
+    /// With the password of REDIS_PASSWORD_FILE when given; the first seed in cluster mode.
     pub redis_url: RedisUrl,
+    /// Every URL of REDIS_URL (a cluster's seed nodes; `redis_url` first).
+    pub redis_seeds: Vec<RedisUrl>,
+    pub redis_mode: RedisMode,
     pub redis_protocol: Protocol,
     pub redis_tls: TlsFiles,
-    /// All shards together; at least one per shard.
+    /// All shards together; at least one per shard. In cluster mode, all nodes together
+    /// (as `redis-benchmark --cluster -c`).
     pub connections: usize,
     /// Commands in flight per connection.
     pub pipeline: usize,
@@ -49,9 +53,12 @@ const MAX_IN_FLIGHT: u64 = 1_000_000;
 pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, String> {
     const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let ratio_text = r.raw(&opt::ratio, c.ratio).unwrap_or_default();
-    let (redis_url, redis_protocol, redis_tls) = r.redis_endpoint(redis_flags!(c))?;
+    let redis_mode_flag = c.redis_mode.clone();
+    let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(c))?;
     let args = BenchRedisArgs {
-        redis_url,
+        redis_mode: r.redis_mode(redis_mode_flag, &redis_seeds)?,
+        redis_url: redis_seeds[0].clone(),
+        redis_seeds,
         redis_protocol,
         redis_tls,
         connections: r.uint(&opt::connections, c.connections, 1, MAX_CONNECTIONS)? as usize,

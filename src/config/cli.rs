@@ -352,9 +352,14 @@ cli_struct! {
     #[argh(subcommand, name = "switch")]
     pub(crate) struct SwitchCli [admin_url, admin_token] {
         /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss:// (the running
-        /// instance applies its own --redis-ca-file and client certificate to it)
+        /// instance applies its own --redis-ca-file and client certificate to it); a Redis
+        /// Cluster's seed nodes comma separated
         #[argh(option)]
         pub to: String,
+        /// what --to is: auto (default: the running instance asks it with INFO; several URLs
+        /// mean a cluster), standalone or cluster
+        #[argh(option)]
+        pub to_mode: Option<String>,
         /// file holding the password of the new Redis (one trailing newline ignored); replaces
         /// the password of --to
         #[argh(option)]
@@ -374,7 +379,7 @@ cli_struct! {
     #[argh(subcommand, name = "bench-redis")]
     pub(crate) struct BenchRedisCli [
         connections, pipeline, ratio, keys, key_pattern, data_size, rate, duration, redis_url,
-        redis_protocol, shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
+        redis_mode, redis_protocol, shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
         redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
     ] {
         /// print the result as one JSON object

@@ -171,8 +171,12 @@ pub struct ReportArgs {
 /// `analytics-demo switch`.
 #[derive(Clone, PartialEq)]
 pub struct SwitchArgs {
-    /// With the password of `--to-password-file` when given.
-    pub to: RedisUrl,
+    /// The new server, or a cluster's seed nodes; with the password of `--to-password-file`
+    /// when given.
+    pub to: Vec<RedisUrl>,
+    /// `--to-mode`: what `to` is (auto: the running instance asks it; several URLs: a
+    /// cluster).
+    pub mode: crate::resp::RedisMode,
     pub admin_url: String,
     /// Never printed (`Debug` shows `***`).
     pub admin_token: Option<String>,
@@ -445,11 +449,29 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
         }),
         SubCli::Switch(v) => Command::Switch(SwitchArgs {
             to: {
-                let to = resolve::redis_url(SWITCH_TO, v.to.trim())?;
-                match &v.to_password_file {
-                    Some(path) => to.with_password(resolve::read_secret_file(SWITCH_TO_PW, path)?),
-                    None => to,
+                let pw = match &v.to_password_file {
+                    Some(path) => Some(resolve::read_secret_file(SWITCH_TO_PW, path)?),
+                    None => None,
+                };
+                let mut to = Vec::new();
+                for item in v.to.split(',').map(str::trim) {
+                    let url = resolve::redis_url(SWITCH_TO, item)?;
+                    to.push(match &pw {
+                        Some(pw) => url.with_password(pw.clone()),
+                        None => url,
+                    });
                 }
+                to
+            },
+            mode: match v.to_mode.as_deref() {
+                None => crate::resp::RedisMode::Auto,
+                Some(m) => crate::resp::RedisMode::CHOICES
+                    .iter()
+                    .find(|(name, _)| *name == m)
+                    .map(|(_, mode)| *mode)
+                    .ok_or_else(|| {
+                        format!("{SWITCH_TO_MODE}: '{m}' is not one of auto, standalone, cluster")
+                    })?,
             },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
             admin_token: r.token(&opt::admin_token, v.admin_token)?,
@@ -462,10 +484,12 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
 /// The options outside the table (`switch`'s own, no environment variable).
 const SWITCH_TO: &str = "--to";
 const SWITCH_TO_PW: &str = "--to-password-file";
+const SWITCH_TO_MODE: &str = "--to-mode";
 
 fn takes_value(flag: &str) -> bool {
     flag == SWITCH_TO
         || flag == SWITCH_TO_PW
+        || flag == SWITCH_TO_MODE
         || opt::ALL.iter().any(|d| !d.switch && d.flag() == flag)
 }
 

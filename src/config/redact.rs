@@ -161,6 +161,7 @@ impl fmt::Debug for SwitchArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwitchArgs")
             .field("to", &self.to)
+            .field("mode", &self.mode)
             .field("admin_url", &Hidden(&self.admin_url))
             .field("admin_token", &hidden_token(&self.admin_token))
             .field("wait", &self.wait)

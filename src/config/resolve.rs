@@ -279,22 +279,6 @@ impl Resolver<'_> {
             .collect())
     }
 
-    /// CA bundle and client certificate files, read and checked now.
-    /// Where and how to connect to Redis: the URL (with a password file applied), the RESP
-    /// version, and the TLS files.
-    /// One URL only: for the commands without cluster mode (`bench-redis`).
-    pub fn redis_endpoint(&self, f: RedisFlags) -> Result<(RedisUrl, Protocol, TlsFiles), String> {
-        let (mut seeds, protocol, tls) = self.redis_endpoints(f)?;
-        if seeds.len() > 1 {
-            return Err(format!(
-                "{} lists {} nodes: this command takes one Redis URL (it has no cluster mode yet)",
-                opt::redis_url.label(),
-                seeds.len()
-            ));
-        }
-        Ok((seeds.remove(0), protocol, tls))
-    }
-
     /// `--redis-mode` and the seed URLs it allows: several only with `cluster`.
     pub fn redis_mode(
         &self,
@@ -341,6 +325,7 @@ impl Resolver<'_> {
         ))
     }
 
+    /// CA bundle and client certificate files, read and checked now.
     pub fn tls_files(
         &self,
         ca: (&OptDef, Option<String>),

@@ -733,7 +733,7 @@ fn should_parse_subcommands() {
         &[("ADMIN_TOKEN", "t2")],
     ) {
         Command::Switch(s) => {
-            assert_eq!((s.to.host.as_str(), s.to.port), ("new", 6380));
+            assert_eq!((s.to[0].host.as_str(), s.to[0].port), ("new", 6380));
             assert_eq!(
                 (s.admin_url.as_str(), s.admin_token.as_deref()),
                 ("http://127.0.0.1:3000", Some("t1"))
@@ -742,9 +742,35 @@ fn should_parse_subcommands() {
         other => panic!("{other:?}"),
     }
     match command(&["switch", "--to=rediss://new"], &[("ADMIN_TOKEN", "t2")]) {
-        Command::Switch(s) => assert_eq!((s.to.tls, s.admin_token.as_deref()), (true, Some("t2"))),
+        Command::Switch(s) => {
+            assert_eq!((s.to[0].tls, s.admin_token.as_deref()), (true, Some("t2")))
+        }
         other => panic!("{other:?}"),
     }
+    match command(
+        &[
+            "switch",
+            "--to",
+            "redis://a:7000, redis://b:7001",
+            "--to-mode",
+            "cluster",
+        ],
+        &[("ADMIN_TOKEN", "t")],
+    ) {
+        Command::Switch(s) => {
+            let hosts: Vec<&str> = s.to.iter().map(|u| u.host.as_str()).collect();
+            assert_eq!(
+                (hosts, s.mode),
+                (vec!["a", "b"], crate::resp::RedisMode::Cluster)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = error(&["switch", "--to", "redis://a", "--to-mode", "ring"], &[]);
+    assert_eq!(
+        out,
+        "error: --to-mode: 'ring' is not one of auto, standalone, cluster"
+    );
     let out = error(&["switch", "--to", "http://x"], &[]);
     assert_eq!(out, "error: invalid --to 'http://x': unsupported scheme 'http' (expected redis:// or rediss://)");
     let out = error(&["--redis-url", "redis://a", "verify"], &[]);
@@ -956,7 +982,7 @@ fn should_resolve_passwords_from_files_and_values() {
         ],
         &[("REDIS_PASSWORD_FILE", &p[0])],
     ) {
-        Command::Switch(s) => assert_eq!(s.to.password(), Some("pw")),
+        Command::Switch(s) => assert_eq!(s.to[0].password(), Some("pw")),
         other => panic!("{other:?}"),
     }
     match command(
@@ -964,7 +990,7 @@ fn should_resolve_passwords_from_files_and_values() {
         &[("REDIS_PASSWORD_FILE", &p[0])],
     ) {
         Command::Switch(s) => assert_eq!(
-            s.to.password(),
+            s.to[0].password(),
             Some("urlpw"),
             "REDIS_PASSWORD_FILE is the app's"
         ),
@@ -1235,9 +1261,18 @@ fn should_take_several_seed_nodes_only_in_cluster_mode() {
         out.contains("unsupported scheme") && !out.contains("pw@"),
         "{out}"
     );
-    // bench-redis has no cluster mode.
+    // bench-redis: several seeds only in cluster mode, as for the workload.
     let out = error(&["bench-redis"], &[("REDIS_URL", seeds)]);
     assert!(out.contains("lists 3 nodes"), "{out}");
+    match command(
+        &["bench-redis", "--redis-mode", "cluster"],
+        &[("REDIS_URL", seeds)],
+    ) {
+        Command::BenchRedis(b) => {
+            assert_eq!((b.redis_mode, b.redis_seeds.len()), (RedisMode::Cluster, 3))
+        }
+        other => panic!("{other:?}"),
+    }
     match command(
         &["verify", "--redis-mode", "cluster"],
         &[("REDIS_URL", seeds)],

@@ -496,6 +496,33 @@ pub fn render(report: &Value) -> String {
             f(&st["recovered_within_2_points_of_target_after_seconds"])
         ));
     }
+    let cluster = &report["redis_cluster"];
+    if cluster.is_object() {
+        s.push_str(&format!(
+            "\nredis cluster: redirections followed {}; slots covered {}; map version {}\n",
+            cluster["redirects"], cluster["slots_covered"], cluster["map_version"]
+        ));
+        let outages = cluster["node_outages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if outages.is_empty() {
+            s.push_str("  no primary stopped answering the health check\n");
+        }
+        for o in outages {
+            s.push_str(&format!(
+                "  node {} unavailable {} ms from {}{}\n",
+                o["node"].as_str().unwrap_or("?"),
+                f(&o["duration_ms"]),
+                f(&o["start_unix"]),
+                if o["open"] == true {
+                    " (still down)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
     s
 }
 

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::http::{self, Req, Resp};
 use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig, WriterStatus};
-use crate::resp::{PoolConfig, RedisUrl};
+use crate::resp::{PoolConfig, RedisMode, RedisUrl, Target};
 use crate::shard::stats::{Op, ShardReport};
 use crate::shard::ShardCommand;
 use aggregate::{percentiles, Aggregate, Summary};
@@ -29,7 +29,8 @@ use health::Health;
 /// What the control core is started with.
 pub struct ControlParams {
     pub bind: std::net::SocketAddr,
-    pub redis_url: RedisUrl,
+    /// The Redis server or cluster the shards start on.
+    pub redis: Target,
     pub redis_cfg: PoolConfig,
     pub pg: crate::pg::PgConfig,
     pub run_id: i64,
@@ -48,8 +49,6 @@ pub struct ControlParams {
     pub admin_token: Option<String>,
     /// Without a token, accept admin requests from loopback clients.
     pub admin_allow_loopback: bool,
-    /// The shards talk to a Redis Cluster: a switch (to or from it) is refused.
-    pub cluster: bool,
 }
 
 /// Shared flags between the process's threads.
@@ -70,7 +69,7 @@ struct State {
     agg: Rc<RefCell<Aggregate>>,
     writer: Rc<RefCell<WriterStatus>>,
     backlogs: Vec<Arc<Backlog>>,
-    target: Rc<RefCell<RedisUrl>>,
+    target: Rc<RefCell<Target>>,
     migration: RefCell<migration::Migration>,
     /// Filled in by a task as shards connect (connecting waits for the peer).
     commands: RefCell<Vec<Rc<ConnectedSender<ShardCommand>>>>,
@@ -122,7 +121,7 @@ pub async fn run(
         }
     };
     let state = Rc::new(State {
-        target: Rc::new(RefCell::new(p.redis_url.clone())),
+        target: Rc::new(RefCell::new(p.redis.clone())),
         migration: RefCell::default(),
         commands: RefCell::default(),
         load: std::cell::Cell::new(Load::Starting),
@@ -370,7 +369,7 @@ fn static_gauges(p: &ControlParams) {
     metrics::gauge!(m::CACHE_HIT_TARGET_RATIO).set(p.hit_target);
     metrics::gauge!(m::TARGET_RATE, "kind" => "events").set(p.targets.0 as f64);
     metrics::gauge!(m::TARGET_RATE, "kind" => "queries").set(p.targets.1 as f64);
-    metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => p.redis_url.redacted()).set(1.0);
+    metrics::gauge!(m::REDIS_TARGET_INFO, "endpoint" => p.redis.label()).set(1.0);
     metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).absolute(0);
     metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(0.0);
     for kind in crate::pg::DbError::WRITE_KINDS {
@@ -471,8 +470,9 @@ async fn route(st: &State, req: Req) -> Resp {
             );
             let body = json!({
                 "run": s,
-                "redis_target": st.target.borrow().redacted(),
+                "redis_target": st.target.borrow().label(),
                 "migration": st.migration.borrow().to_json(st.p.hit_target),
+                "redis_cluster": cluster_report(st),
             });
             Resp::json(200, body.to_string())
         }
@@ -511,6 +511,7 @@ fn health_response(st: &State) -> Resp {
         "run_id": st.p.run_id,
         "uptime_seconds": agg.started.elapsed().as_secs_f64(),
         "redis": age(&h.redis),
+        "redis_cluster": &h.cluster,
         "postgres": age(&h.postgres),
         "shards": agg.shards.iter().enumerate().map(|(i, s)| json!({
             "shard": i,
@@ -600,10 +601,12 @@ fn status_json(st: &State) -> serde_json::Value {
             "rows_dropped": writer.rows_dropped,
         },
         "redis": {
-            "target": st.target.borrow().redacted(),
+            "target": st.target.borrow().label(),
+            "mode": if st.target.borrow().is_cluster() { "cluster" } else { "standalone" },
             "connections_up": agg.shards.iter().map(|s| s.redis_connected).sum::<usize>(),
             "pool_size": agg.shards.iter().map(|s| s.redis_pool_size).sum::<usize>(),
             "status": h.redis.status,
+            "cluster": &h.cluster,
         },
         "postgres": { "status": h.postgres.status },
         "migration": {
@@ -615,6 +618,26 @@ fn status_json(st: &State) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         },
         "history": history,
+    })
+}
+
+/// The report's Redis Cluster part: redirections followed, by kind, and the primaries'
+/// outages the health check saw (1 s resolution); null for a run that never used one.
+fn cluster_report(st: &State) -> serde_json::Value {
+    let redirects = crate::resp::cluster::redirect::seen_so_far();
+    let h = st.health.borrow();
+    if !st.target.borrow().is_cluster() && !h.cluster_seen {
+        return serde_json::Value::Null;
+    }
+    let by_kind: serde_json::Map<String, serde_json::Value> = redirects
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n.into()))
+        .collect();
+    json!({
+        "redirects": by_kind,
+        "node_outages": h.node_outages,
+        "slots_covered": h.cluster.as_ref().map(|c| c.slots_covered),
+        "map_version": h.cluster.as_ref().map(|c| c.map_version),
     })
 }
 
@@ -667,36 +690,45 @@ async fn switch_target(st: &State, req: &Req) -> Resp {
     if let Err(r) = authorize(st, req) {
         return r;
     }
-    if st.p.cluster {
-        return Resp::json(
-            501,
-            json!({"error": "switching to or from a Redis Cluster is not supported yet; the target is unchanged"}).to_string(),
-        );
-    }
     #[derive(serde::Deserialize)]
     struct Body {
         url: String,
+        mode: Option<String>,
     }
+    let bad = |msg: String| Resp::json(400, json!({ "error": msg }).to_string());
     let body: Body = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
         Err(_) => {
-            return Resp::json(
-                400,
-                json!({"error": "body must be JSON: {\"url\": \"redis://host:port\"}"}).to_string(),
+            return bad(
+                "body must be JSON: {\"url\": \"redis://host:port[,redis://seed2...]\", \"mode\": \"auto|standalone|cluster\"}"
+                    .into(),
             )
         }
     };
-    let url = match RedisUrl::parse(&body.url) {
-        Ok(u) => u,
-        Err(e) => {
-            return Resp::json(
-                400,
-                json!({"error": format!("invalid url: {e}")}).to_string(),
-            )
-        }
+    let mode = match body.mode.as_deref() {
+        None => RedisMode::Auto,
+        Some(m) => match RedisMode::CHOICES.iter().find(|(name, _)| *name == m) {
+            Some((_, mode)) => *mode,
+            None => {
+                return bad(format!(
+                    "invalid mode '{m}': one of auto, standalone, cluster"
+                ))
+            }
+        },
     };
-    let from = st.target.borrow().redacted();
-    let to = url.redacted();
+    let mut seeds = Vec::new();
+    for item in body.url.split(',').map(str::trim) {
+        match RedisUrl::parse(item) {
+            Ok(u) => seeds.push(u),
+            Err(e) => return bad(format!("invalid url: {e}")),
+        }
+    }
+    let (url, guessed) = match switch_target_of(st, seeds, mode).await {
+        Ok(t) => t,
+        Err((status, msg)) => return Resp::json(status, json!({ "error": msg }).to_string()),
+    };
+    let from = st.target.borrow().label();
+    let to = url.label();
     let commands: Vec<_> = st.commands.borrow().clone();
     if commands.len() < shard_count(st) {
         return Resp::json(
@@ -738,22 +770,72 @@ async fn switch_target(st: &State, req: &Req) -> Resp {
     metrics::counter!(m::REDIS_TARGET_SWITCHES_TOTAL).increment(1);
     metrics::gauge!(m::REDIS_TARGET_SWITCH_TIMESTAMP).set(at);
     let seq = st.migration.borrow().switches.len();
+    let mode = if st.target.borrow().is_cluster() {
+        "cluster"
+    } else {
+        "standalone"
+    };
     if delivered < shards {
         tracing::error!(from = %from, to = %to, seq, delivered, shards, "redis target switch reached only some shards");
         return Resp::json(
             503,
             json!({"switched": "partial", "error": format!("only {delivered} of {shards} shards took the switch"),
-                   "seq": seq, "from": from, "endpoint": to, "at_unix": at, "shards_switched": delivered, "shards": shards})
+                   "seq": seq, "from": from, "endpoint": to, "mode": mode, "at_unix": at, "shards_switched": delivered, "shards": shards})
                 .to_string(),
         );
     }
     tracing::warn!(from = %from, to = %to, seq, "redis target switched");
     Resp::json(
         200,
-        json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "at_unix": at,
-               "shards_switched": delivered, "shards": shards})
+        json!({"switched": true, "seq": seq, "from": from, "endpoint": to, "mode": mode,
+               "mode_note": guessed, "at_unix": at, "shards_switched": delivered, "shards": shards})
         .to_string(),
     )
+}
+
+/// What a switch names: one server or a Redis Cluster. Several URLs are a cluster's seeds;
+/// `auto` asks the target (`INFO cluster`), and a target that does not answer is taken as a
+/// standalone server, as before cluster mode (the second value then says so).
+async fn switch_target_of(
+    st: &State,
+    seeds: Vec<RedisUrl>,
+    mode: RedisMode,
+) -> Result<(Target, Option<String>), (u16, String)> {
+    let mut guessed = None;
+    let cluster = match mode {
+        RedisMode::Standalone if seeds.len() > 1 => {
+            return Err((
+                400,
+                format!(
+                    "{} URLs given, but several seed nodes are only for a Redis Cluster: give one \
+                     URL, or mode \"cluster\"",
+                    seeds.len()
+                ),
+            ))
+        }
+        RedisMode::Auto if seeds.len() > 1 => true,
+        mode => match crate::resp::cluster::resolve_mode(mode, &seeds, &st.p.redis_cfg).await {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(error = %why, "switch: the target does not answer INFO; taken as a standalone server");
+                guessed = Some(format!(
+                    "the target did not answer INFO ({why}): taken as a standalone server; \
+                         give mode \"cluster\" to switch to a cluster"
+                ));
+                false
+            }
+        },
+    };
+    if cluster && seeds.iter().any(|s| s.db != 0) {
+        return Err((
+            400,
+            "the URL names a database, but a Redis Cluster has only database 0".into(),
+        ));
+    }
+    match Target::new(seeds, cluster) {
+        Some(t) => Ok((t, guessed)),
+        None => Err((400, "no URL given".into())),
+    }
 }
 
 #[cfg(test)]

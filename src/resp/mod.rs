@@ -27,7 +27,7 @@ pub use conn::Connection;
 pub use error::RedisError;
 pub use frame::Reply;
 pub use handshake::Protocol;
-pub use pool::{Pool, PoolConfig, RunDeclaration, RUNS_KEY};
+pub use pool::{Pool, PoolConfig, RunDeclaration, Target, RUNS_KEY};
 pub use url::RedisUrl;
 
 #[cfg(test)]

@@ -52,6 +52,59 @@ pub struct PoolConfig {
 /// judges a target against the runs that actually wrote to it.
 pub const RUNS_KEY: &[u8] = b"a:runs";
 
+/// Where a pool sends its commands: one server, or a Redis Cluster reached through its
+/// seed nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    seeds: Vec<RedisUrl>,
+    cluster: bool,
+}
+
+impl Target {
+    /// One server.
+    pub fn standalone(url: RedisUrl) -> Target {
+        Target {
+            seeds: vec![url],
+            cluster: false,
+        }
+    }
+
+    /// One server (`cluster` false: `seeds` must then name one) or a Redis Cluster reached
+    /// through `seeds`; `None` when that does not hold.
+    pub fn new(seeds: Vec<RedisUrl>, cluster: bool) -> Option<Target> {
+        let fits = match cluster {
+            true => !seeds.is_empty(),
+            false => seeds.len() == 1,
+        };
+        fits.then_some(Target { seeds, cluster })
+    }
+
+    /// The server, or the first seed: the template of every cluster node's URL.
+    pub fn first(&self) -> &RedisUrl {
+        &self.seeds[0]
+    }
+
+    pub fn seeds(&self) -> &[RedisUrl] {
+        &self.seeds
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The URLs without their passwords, comma separated: how reports and metrics name it.
+    pub fn label(&self) -> String {
+        let urls: Vec<String> = self.seeds.iter().map(RedisUrl::redacted).collect();
+        urls.join(",")
+    }
+
+    /// The URLs with their passwords, comma separated (for a switch request's body only).
+    pub fn to_full_string(&self) -> String {
+        let urls: Vec<String> = self.seeds.iter().map(RedisUrl::to_full_string).collect();
+        urls.join(",")
+    }
+}
+
 /// How often a live connection declares its run again, so the key outlives the run's last
 /// counters however long the run and its connections last.
 const DECLARE_EVERY: Duration = Duration::from_secs(600);
@@ -146,6 +199,19 @@ pub struct Pool {
     /// Cluster mode: the router over one pool per primary (this pool then has no
     /// connection of its own and every method goes through the router).
     cluster: Option<Rc<Cluster>>,
+    /// What it was created for (a standalone switch changes `Shared::target`, not this).
+    kind_cluster: bool,
+    /// After a switch that the pool's own connections cannot follow (standalone to cluster,
+    /// cluster to anything): the pool that serves now. It never has a `next` of its own (a
+    /// later switch replaces it), so every method forwards at most once.
+    next: RefCell<Option<Rc<Pool>>>,
+    /// Such a switch in progress: the new pool, still connecting, and the task that hands
+    /// the commands over to it once it is up (make before break).
+    handover: RefCell<Option<Rc<Pool>>>,
+    /// Switches so far: a handover applies only if no switch came after it.
+    switch_generation: Cell<u64>,
+    /// The target's label (`Target::label`), kept current by standalone switches.
+    label: RefCell<String>,
 }
 
 struct Shared {
@@ -160,6 +226,8 @@ struct Shared {
     /// when this pool's part of a cutover was done.
     all_on_target_at: Cell<Option<f64>>,
     stats: Rc<Stats>,
+    /// The slots are counted in the pool size gauge (until closed or dropped).
+    size_counted: Cell<bool>,
     closed: Cell<bool>,
     rng: RefCell<Xoshiro256PlusPlus>,
 }
@@ -199,6 +267,7 @@ impl Pool {
             current: Cell::new(0),
             all_on_target_at: Cell::new(None),
             stats,
+            size_counted: Cell::new(true),
             closed: Cell::new(false),
             rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
             cfg,
@@ -209,11 +278,25 @@ impl Pool {
                 glommio::spawn_local(supervise(sh.clone(), i))
             })
             .collect();
+        let label = RefCell::new(sh.target.borrow().redacted());
         Rc::new(Pool {
             sh,
             supervisors: RefCell::new(supervisors),
             cluster: None,
+            kind_cluster: false,
+            next: RefCell::new(None),
+            handover: RefCell::new(None),
+            switch_generation: Cell::new(0),
+            label,
         })
+    }
+
+    /// A pool for `target`: [`Pool::new`] or [`Pool::cluster`].
+    pub fn for_target(target: &Target, cfg: PoolConfig) -> Rc<Pool> {
+        match target.cluster {
+            false => Pool::new(target.first().clone(), cfg),
+            true => Pool::cluster(target.first().clone(), target.seeds[1..].to_vec(), cfg),
+        }
     }
 
     /// A pool for a Redis Cluster reached through the seed nodes `first` and `others` (every
@@ -221,6 +304,11 @@ impl Pool {
     /// background and keeps a pool of `cfg.size` connections per primary; until the map is
     /// loaded (and the run declared) commands fail `not_connected`.
     pub fn cluster(first: RedisUrl, others: Vec<RedisUrl>, cfg: PoolConfig) -> Rc<Pool> {
+        let label = std::iter::once(&first)
+            .chain(&others)
+            .map(RedisUrl::redacted)
+            .collect::<Vec<_>>()
+            .join(",");
         let (cluster, task) = Cluster::start(first.clone(), others, cfg.clone());
         let sh = Rc::new(Shared {
             target: RefCell::new(first),
@@ -230,6 +318,7 @@ impl Pool {
             current: Cell::new(0),
             all_on_target_at: Cell::new(None),
             stats: Rc::new(Stats::new(cfg.shard)),
+            size_counted: Cell::new(false),
             closed: Cell::new(false),
             rng: RefCell::new(Xoshiro256PlusPlus::seed_from_u64(0)),
             cfg,
@@ -238,26 +327,45 @@ impl Pool {
             sh,
             supervisors: RefCell::new(vec![task]),
             cluster: Some(cluster),
+            kind_cluster: true,
+            next: RefCell::new(None),
+            handover: RefCell::new(None),
+            switch_generation: Cell::new(0),
+            label: RefCell::new(label),
         })
+    }
+
+    /// The pool that serves now: a successor after a switch across kinds, else this one.
+    fn next(&self) -> Option<Rc<Pool>> {
+        self.next.borrow().clone()
     }
 
     /// In cluster mode, the pool of every primary known so far (for per-node work such as
     /// `verify`'s SCAN); empty in standalone mode.
     pub fn node_pools(&self) -> Vec<Rc<Pool>> {
+        if let Some(n) = self.next() {
+            return n.node_pools();
+        }
         self.cluster.as_ref().map_or_else(Vec::new, |c| c.pools())
     }
 
-    /// Marks this pool as a cluster node's (see `Stats::cluster_node`).
-    pub(crate) fn mark_cluster_node(&self) {
-        self.sh.stats.cluster_node.set(true);
+    /// Marks this pool as the cluster node `addr`'s (see `Stats::cluster_node`).
+    pub(crate) fn mark_cluster_node(&self, addr: &str) {
+        self.sh.stats.mark_node(addr);
     }
 
     pub fn is_cluster(&self) -> bool {
+        if let Some(n) = self.next() {
+            return n.is_cluster();
+        }
         self.cluster.is_some()
     }
 
     /// The RESP version of a connection that is up (of a node's, in cluster mode); 0 if none.
     pub fn protocol(&self) -> u8 {
+        if let Some(n) = self.next() {
+            return n.protocol();
+        }
         if let Some(c) = &self.cluster {
             return c
                 .pools()
@@ -277,7 +385,7 @@ impl Pool {
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.connected() > 0 && self.cluster.as_ref().is_none_or(|c| c.ready()) {
+            if self.up() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -288,8 +396,21 @@ impl Pool {
         }
     }
 
+    /// A connection is up (in cluster mode: the map is loaded and the run declared).
+    fn up(&self) -> bool {
+        if let Some(n) = self.next() {
+            return n.up();
+        }
+        self.connected() > 0 && self.cluster.as_ref().is_none_or(|c| c.ready())
+    }
+
     /// One command on the least busy connection; none up => `NotConnected`, never sent.
     pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let next = self.next();
+        next.as_deref().unwrap_or(self).routed_cmd(args).await
+    }
+
+    async fn routed_cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
             return c.run_one(args, None).await;
         }
@@ -331,6 +452,14 @@ impl Pool {
     /// One command on connection `index` (modulo the pool size) when it is up: for load
     /// generation that must spread evenly over a fixed number of connections.
     pub async fn cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let next = self.next();
+        next.as_deref()
+            .unwrap_or(self)
+            .routed_cmd_on(index, args)
+            .await
+    }
+
+    async fn routed_cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
             return c.run_one(args, Some(index)).await;
         }
@@ -339,10 +468,23 @@ impl Pool {
 
     /// Several commands in one write on one connection; one result per command, in order.
     pub async fn pipeline(&self, cmds: &[&[&[u8]]]) -> Vec<Result<Reply, RedisError>> {
+        let next = self.next();
+        next.as_deref()
+            .unwrap_or(self)
+            .routed_pipeline(None, cmds)
+            .await
+    }
+
+    /// `pipeline` (`index` None) or `pipeline_on`, routed in cluster mode.
+    async fn routed_pipeline(
+        &self,
+        index: Option<usize>,
+        cmds: &[&[&[u8]]],
+    ) -> Vec<Result<Reply, RedisError>> {
         if let Some(c) = &self.cluster {
-            return c.run(cmds, None).await;
+            return c.run(cmds, index).await;
         }
-        self.direct_pipeline(None, cmds).await
+        self.direct_pipeline(index, cmds).await
     }
 
     /// Several commands in one write on connection `index` (modulo the pool size).
@@ -351,14 +493,18 @@ impl Pool {
         index: usize,
         cmds: &[&[&[u8]]],
     ) -> Vec<Result<Reply, RedisError>> {
-        if let Some(c) = &self.cluster {
-            return c.run(cmds, Some(index)).await;
-        }
-        self.direct_pipeline(Some(index), cmds).await
+        let next = self.next();
+        next.as_deref()
+            .unwrap_or(self)
+            .routed_pipeline(Some(index), cmds)
+            .await
     }
 
     /// Sets the sampled gauges (commands in flight): once per report, not per command.
     pub fn publish_gauges(&self) {
+        if let Some(n) = self.next() {
+            return n.publish_gauges();
+        }
         if let Some(c) = &self.cluster {
             // The node pools share this shard's gauge: publish their sum once.
             let n: usize = c.pools().iter().map(|p| p.inflight()).sum();
@@ -368,17 +514,74 @@ impl Pool {
         self.sh.stats.inflight.set(self.inflight() as f64);
     }
 
-    /// Live cutover: every slot connects to `url`; each keeps serving on its old connection
-    /// until the new one is up (make before break), then the old one stops taking commands
-    /// and its in-flight ones finish or fail. If the new target cannot be reached, the old
-    /// connection is retired at the first failed attempt and the slot keeps retrying.
-    pub fn set_target(&self, url: RedisUrl) {
-        if self.cluster.is_some() {
-            // Not part of cluster mode yet: the control core refuses a switch (501).
-            tracing::error!(to = %url, "redis target switch ignored: cluster mode");
+    /// Live cutover to `target`, make before break.
+    ///
+    /// - Standalone to standalone: every slot connects to the new server; each keeps serving
+    ///   on its old connection until the new one is up, then the old one stops taking
+    ///   commands and its in-flight ones finish or fail. If the new target cannot be
+    ///   reached, the old connection is retired at the first failed attempt and the slot
+    ///   keeps retrying.
+    /// - To or from a cluster, or to another cluster: a new pool of the target's kind starts
+    ///   beside the current one, which keeps serving until the new one is up (a connection,
+    ///   or for a cluster its map loaded and the run declared) or `HANDOVER_WAIT` has passed
+    ///   (an unreachable target: its errors then show). Then every new command goes to the
+    ///   new pool and the old one drains and closes. A later switch abandons a handover not
+    ///   yet done.
+    pub fn set_target(self: &Rc<Pool>, target: Target) {
+        let generation = self.switch_generation.get() + 1;
+        self.switch_generation.set(generation);
+        if let Some(abandoned) = self.handover.borrow_mut().take() {
+            close_later(abandoned, false);
+        }
+        let serving = self.next().unwrap_or_else(|| self.clone());
+        if !target.cluster && !serving.kind_cluster {
+            serving.switch_direct(target.first().clone());
             return;
         }
+        tracing::info!(from = %serving.label.borrow(), to = %target.label(),
+            cluster = target.cluster, "redis target switch to a new pool");
+        let fresh = Pool::for_target(&target, self.sh.cfg.clone());
+        *self.handover.borrow_mut() = Some(fresh.clone());
+        let pool = Rc::downgrade(self);
+        let wait = HANDOVER_WAIT.max(self.sh.cfg.connect_timeout * 2);
+        glommio::spawn_local(async move {
+            fresh.wait_connected(wait).await;
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.switch_generation.get() != generation {
+                return; // A later switch closed `fresh`.
+            }
+            pool.handover.borrow_mut().take();
+            match pool.next.replace(Some(fresh.clone())) {
+                Some(old) => close_later(old, false),
+                None => close_later(pool.clone(), true),
+            }
+            drop(pool);
+            tracing::info!(to = %fresh.label.borrow(), up = fresh.up(), "redis target switch handed over");
+            // The cutover is complete when the new pool is fully up, and not before the
+            // commands went to it.
+            fresh.sh.all_on_target_at.set(None);
+            while !fresh.sh.closed.get() {
+                let full = match &fresh.cluster {
+                    Some(c) => c.ready(),
+                    None => fresh.sh.connected_to_target() == fresh.sh.slots.len(),
+                };
+                if full {
+                    fresh
+                        .sh
+                        .all_on_target_at
+                        .set(Some(crate::workload::time::unix_now()));
+                    return;
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .detach();
+    }
+
+    /// The standalone cutover of `set_target` on this pool's own connections.
+    fn switch_direct(&self, url: RedisUrl) {
         tracing::info!(from = %self.sh.target.borrow(), to = %url, "redis target switch");
+        *self.label.borrow_mut() = url.redacted();
         *self.sh.target.borrow_mut() = url;
         self.sh.generation.set(self.sh.generation.get() + 1);
         self.sh.all_on_target_at.set(None);
@@ -389,12 +592,27 @@ impl Pool {
         }
     }
 
+    /// The server, or the first seed of the cluster, commands go to now.
     pub fn target(&self) -> RedisUrl {
+        if let Some(n) = self.next() {
+            return n.target();
+        }
         self.sh.target.borrow().clone()
+    }
+
+    /// The current target's label: its URLs without passwords (see [`Target::label`]).
+    pub fn target_label(&self) -> String {
+        if let Some(n) = self.next() {
+            return n.target_label();
+        }
+        self.label.borrow().clone()
     }
 
     /// Connections currently up and taking commands.
     pub fn connected(&self) -> usize {
+        if let Some(n) = self.next() {
+            return n.connected();
+        }
         if let Some(c) = &self.cluster {
             return c.pools().iter().map(|p| p.connected()).sum();
         }
@@ -407,6 +625,9 @@ impl Pool {
 
     /// Connections up on the current target (after a cutover, the slots already moved).
     pub fn connected_to_target(&self) -> usize {
+        if let Some(n) = self.next() {
+            return n.connected_to_target();
+        }
         if self.cluster.is_some() {
             return self.connected();
         }
@@ -415,11 +636,17 @@ impl Pool {
 
     /// When every connection was first up on the current target (None while one is not yet).
     pub fn all_on_target_at(&self) -> Option<f64> {
+        if let Some(n) = self.next() {
+            return n.all_on_target_at();
+        }
         self.sh.all_on_target_at.get()
     }
 
     /// Commands enqueued on the pool's connections and awaiting a reply.
     pub fn inflight(&self) -> usize {
+        if let Some(n) = self.next() {
+            return n.inflight();
+        }
         if let Some(c) = &self.cluster {
             return c.pools().iter().map(|p| p.inflight()).sum();
         }
@@ -433,6 +660,20 @@ impl Pool {
     /// Stops the supervisors, lets in-flight commands finish (up to `command_timeout`),
     /// closes the sockets.
     pub async fn close(&self) {
+        self.switch_generation.set(self.switch_generation.get() + 1);
+        let handover = self.handover.borrow_mut().take();
+        if let Some(p) = handover {
+            p.close_own().await;
+        }
+        let next = self.next();
+        if let Some(n) = next {
+            n.close_own().await;
+        }
+        self.close_own().await;
+    }
+
+    /// `close` for this pool's own connections or router (not its successor's).
+    async fn close_own(&self) {
         if let Some(c) = &self.cluster {
             if !self.sh.closed.replace(true) {
                 c.close().await;
@@ -468,7 +709,24 @@ impl Pool {
         for t in tasks {
             t.await;
         }
+        self.sh.uncount_size();
     }
+}
+
+/// How long a switch that needs a new pool keeps the old one serving while the new one
+/// connects (at least twice the connect timeout).
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// Closes `pool` in the background: its own connections (`own`: the pool itself, serving
+/// under a successor now) or all of it (a pool that was a successor or a handover).
+fn close_later(pool: Rc<Pool>, own: bool) {
+    glommio::spawn_local(async move {
+        match own {
+            true => pool.close_own().await,
+            false => pool.close().await,
+        }
+    })
+    .detach();
 }
 
 impl Drop for Pool {
@@ -480,10 +738,7 @@ impl Drop for Pool {
                 c.close();
             }
         }
-        self.sh
-            .stats
-            .pool_size
-            .decrement(self.sh.slots.len() as f64);
+        self.sh.uncount_size();
     }
 }
 
@@ -494,6 +749,13 @@ impl Shared {
         self.stats.count(cmd);
         self.stats.error("not_connected");
         RedisError::NotConnected
+    }
+
+    /// Takes this pool's connections out of the pool size gauge (once).
+    fn uncount_size(&self) {
+        if self.size_counted.replace(false) {
+            self.stats.pool_size.decrement(self.slots.len() as f64);
+        }
     }
 
     fn connected_to_target(&self) -> usize {

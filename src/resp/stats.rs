@@ -59,6 +59,8 @@ pub(crate) struct Stats {
     /// are not errors here; a command that exhausts its redirections is (`redirect_loop`).
     /// LOADING, MASTERDOWN and READONLY replies still count (a server state worth seeing).
     pub(crate) cluster_node: std::cell::Cell<bool>,
+    /// A cluster node's pool: its node's command count and round trips (all shards).
+    node: std::cell::OnceCell<(Counter, Histogram)>,
 }
 
 impl Stats {
@@ -89,7 +91,18 @@ impl Stats {
             reconnects: counter!(names::REDIS_RECONNECTS_TOTAL, "shard" => s()),
             pushes: counter!(names::REDIS_PUSH_MESSAGES_TOTAL, "shard" => s()),
             cluster_node: std::cell::Cell::new(false),
+            node: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Makes these the stats of the cluster node `addr` (`host:port`).
+    pub(crate) fn mark_node(&self, addr: &str) {
+        self.cluster_node.set(true);
+        let node = addr.to_string();
+        let _ = self.node.set((
+            counter!(names::REDIS_NODE_COMMANDS_TOTAL, "node" => node.clone()),
+            histogram!(names::REDIS_NODE_COMMAND_DURATION, "node" => node),
+        ));
     }
 
     /// Index of a command's label (case-insensitive match on the command name).
@@ -103,6 +116,10 @@ impl Stats {
     pub(crate) fn record(&self, cmd: usize, seconds: f64) {
         self.duration[cmd].record(seconds);
         self.commands[cmd].increment(1);
+        if let Some((count, duration)) = self.node.get() {
+            count.increment(1);
+            duration.record(seconds);
+        }
     }
 
     /// An attempt that never reached a connection (no duration to record).

@@ -17,7 +17,7 @@ use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 
 use crate::pg::reader::Reader;
 use crate::pg::writer::{Backlog, EventRow, RowBatch};
-use crate::resp::{Pool, PoolConfig, RedisUrl};
+use crate::resp::{Pool, PoolConfig, Target};
 use crate::workload::{Rng, Skewed, Weighted, EVENT_TYPES, QUERY_TYPES};
 use stats::{ShardMetrics, ShardReport, ShardStats};
 
@@ -37,9 +37,8 @@ pub struct ShardParams {
     pub cache_ttl: Duration,
     pub warmup_interval: Duration,
     pub time_buckets: u32,
-    pub redis_url: RedisUrl,
-    /// Cluster mode: the seed nodes (`redis_url` first) the pool discovers the cluster from.
-    pub cluster_seeds: Option<Vec<RedisUrl>>,
+    /// The Redis server, or the cluster's seed nodes.
+    pub redis: Target,
     pub pool: PoolConfig,
     pub pg: crate::pg::PgConfig,
     /// Bound of connecting the read connection (in the background; reads fail fast meanwhile).
@@ -57,7 +56,7 @@ pub struct ShardParams {
 #[derive(Clone, Debug)]
 pub enum ShardCommand {
     /// Live cutover to another Redis.
-    SetTarget(RedisUrl),
+    SetTarget(Target),
 }
 
 /// The channels and shared flags a shard is started with.
@@ -108,13 +107,7 @@ const ROW_MESSAGE_MAX: usize = 512;
 pub async fn run(p: ShardParams, links: ShardLinks) {
     let rows_tx = crate::notify::awake(links.rows.connect()).await;
     let reports_tx = crate::notify::awake(links.reports.connect()).await;
-    let pool = match &p.cluster_seeds {
-        Some(seeds) => {
-            let others = seeds.iter().skip(1).cloned().collect();
-            Pool::cluster(p.redis_url.clone(), others, p.pool.clone())
-        }
-        None => Pool::new(p.redis_url.clone(), p.pool.clone()),
-    };
+    let pool = Pool::for_target(&p.redis, p.pool.clone());
     let reader = Reader::new(p.pg.clone(), p.db_timeout, p.db_read_timeout, p.index);
     let org_pick = match p.zipf_exponent {
         Some(s) => Skewed::zipf(p.orgs.len(), s),
@@ -150,7 +143,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
             let rx = crate::notify::awake(rx.connect()).await;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    ShardCommand::SetTarget(url) => s.pool.set_target(url),
+                    ShardCommand::SetTarget(t) => s.pool.set_target(t),
                 }
             }
         })

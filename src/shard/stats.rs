@@ -416,7 +416,7 @@ pub fn take_report(s: &Shard, last: bool) -> ShardReport {
             .map(|o| (o.since_unix, o.since.elapsed().as_secs_f64() * 1000.0)),
         first_failure_unix: st.first_failure_unix.take(),
         last_failure_unix: st.last_failure_unix.take(),
-        redis_target: s.pool.target().redacted(),
+        redis_target: s.pool.target_label(),
     };
     st.events = [[0; 3]; 5];
     st.queries = [[0; 4]; 3];

@@ -128,6 +128,7 @@ pub struct Cluster {
     closed: Cell<bool>,
     stats: Rc<Stats>,
     redirects: Vec<Counter>,
+    map_refreshes: Counter,
 }
 
 /// A node that owns no slot any more stays this long after a redirection sent commands to
@@ -186,6 +187,8 @@ impl Cluster {
             refresh: Notify::default(),
             refreshes: Cell::new(0),
             closed: Cell::new(false),
+            map_refreshes: metrics::counter!(crate::metrics::REDIS_CLUSTER_MAP_REFRESHES_TOTAL,
+                "shard" => shard.clone()),
             redirects,
         });
         let task = glommio::spawn_local(maintain(Rc::downgrade(&c)));
@@ -223,18 +226,10 @@ impl Cluster {
         {
             return (i, false);
         }
-        let mut url = self.first.clone();
-        let (host, port) = match addr.rsplit_once(':') {
-            Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
-            None => (addr, ""),
-        };
-        url.host = host.to_string();
-        // `Redirect::parse` and `map` only pass addresses with a valid port.
-        url.port = port.parse().unwrap_or(url.port);
-        url.db = 0;
+        let url = node_url(&self.first, addr);
         tracing::info!(shard = self.cfg.shard, node = %url, "redis cluster node added");
         let pool = Pool::new(url, self.cfg.clone());
-        pool.mark_cluster_node();
+        pool.mark_cluster_node(addr);
         let node = Some(Node {
             addr: addr.to_string(),
             pool,
@@ -353,6 +348,7 @@ impl Cluster {
     fn count_redirect(&self, r: &Redirect) {
         if let Some(i) = REDIRECT_KINDS.iter().position(|k| *k == r.kind()) {
             self.redirects[i].increment(1);
+            redirect::seen(i);
         }
     }
 
@@ -583,22 +579,9 @@ impl Cluster {
                 Err(e) => why = e,
             }
         }
-        for seed in &self.seeds {
-            let conn = match Connection::connect(seed, &self.cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    why = format!("{}: {e}", seed.redacted());
-                    continue;
-                }
-            };
-            let shards = conn.cmd(&[b"CLUSTER", b"SHARDS"]).await;
-            let slots = || conn.cmd(&[b"CLUSTER", b"SLOTS"]);
-            match topology(shards, slots, &seed.host, tls).await {
-                Ok(t) => return Ok(t),
-                Err(e) => why = format!("{}: {e}", seed.redacted()),
-            }
-        }
-        Err(why)
+        topology_from_seeds(&self.seeds, &self.cfg)
+            .await
+            .map_err(|e| if e.is_empty() { why } else { e })
     }
 
     /// `ZADD a:runs` + `EXPIRE`, routed to the key's owner.
@@ -662,8 +645,48 @@ async fn send(
     }
 }
 
+/// The URL of the node at `addr` (`host:port`, as MOVED and the map give it): `first`'s
+/// user, password and TLS, database 0.
+pub(crate) fn node_url(first: &RedisUrl, addr: &str) -> RedisUrl {
+    let mut url = first.clone();
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (addr, ""),
+    };
+    url.host = host.to_string();
+    // `Redirect::parse` and `map` only pass addresses with a valid port.
+    url.port = port.parse().unwrap_or(url.port);
+    url.db = 0;
+    url
+}
+
+/// The topology from the first of `seeds` that gives one (on a connection of its own);
+/// `Err` says why the last one did not (empty: no seed).
+pub(crate) async fn topology_from_seeds(
+    seeds: &[RedisUrl],
+    cfg: &PoolConfig,
+) -> Result<Topology, String> {
+    let mut why = String::new();
+    for seed in seeds {
+        let conn = match Connection::connect(seed, cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                why = format!("{}: {e}", seed.redacted());
+                continue;
+            }
+        };
+        let shards = conn.cmd(&[b"CLUSTER", b"SHARDS"]).await;
+        let slots = || conn.cmd(&[b"CLUSTER", b"SLOTS"]);
+        match topology(shards, slots, &seed.host, seed.tls).await {
+            Ok(t) => return Ok(t),
+            Err(e) => why = format!("{}: {e}", seed.redacted()),
+        }
+    }
+    Err(why)
+}
+
 /// A topology from a `CLUSTER SHARDS` reply, else (Redis before 7) from `CLUSTER SLOTS`.
-async fn topology<F: std::future::Future<Output = Result<Reply, RedisError>>>(
+pub(crate) async fn topology<F: std::future::Future<Output = Result<Reply, RedisError>>>(
     shards: Result<Reply, RedisError>,
     slots: impl FnOnce() -> F,
     host: &str,
@@ -725,6 +748,7 @@ async fn maintain(c: std::rc::Weak<Cluster>) {
                 }
                 cl.apply(&t);
                 cl.refreshes.set(cl.refreshes.get() + 1);
+                cl.map_refreshes.increment(1);
                 failures = 0;
                 let now = cl.degraded(unassigned);
                 if now && !degraded {

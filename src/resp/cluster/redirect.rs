@@ -11,6 +11,27 @@ use std::time::Duration;
 pub const MAX_REDIRECTS: u32 = 5;
 
 /// Labels of `analytics_redis_redirects_total{kind}`, exported at zero.
+/// Redirections seen by every router of the process, by kind (for reports; the metric
+/// `analytics_redis_redirects_total` has them by shard).
+static SEEN: [std::sync::atomic::AtomicU64; REDIRECT_KINDS.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; REDIRECT_KINDS.len()];
+
+/// Counts a redirection of kind `REDIRECT_KINDS[i]`.
+pub(crate) fn seen(i: usize) {
+    if let Some(c) = SEEN.get(i) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Redirections seen so far by every router of the process, by kind.
+pub fn seen_so_far() -> Vec<(&'static str, u64)> {
+    REDIRECT_KINDS
+        .iter()
+        .zip(&SEEN)
+        .map(|(k, c)| (*k, c.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect()
+}
+
 pub const REDIRECT_KINDS: [&str; 7] = [
     "moved",
     "ask",
