@@ -270,7 +270,7 @@ export COMPOSE_PROJECT_NAME ?= analytics-demo
 # Compose v1 resolves a relative seccomp path against the working directory: pass it absolute.
 export SECCOMP_PROFILE ?= $(CURDIR)/docker/seccomp/io_uring.json
 
-.PHONY: run-docker stop-docker logs-docker check-docker test-dashboards dashboard-screenshot
+.PHONY: run-docker stop-docker logs-docker check-docker check-k8s test-dashboards dashboard-screenshot
 
 run-docker: ## Start the compose stack (app 3000, Prometheus 9090, Grafana 3001 admin/admin, Redis 6379 + target 6380)
 	@if $(DOCKER_OK); then \
@@ -288,6 +288,9 @@ logs-docker: ## Follow the app container's log (compose stack)
 
 check-docker: ## Validate docker/ without an engine: compose config, promtool check config, seccomp profile
 	@bash docker/check.sh
+
+check-k8s: ## Render every deploy/k8s overlay (kubectl kustomize) and validate it offline against the Kubernetes schemas
+	@bash deploy/k8s/check.sh
 
 test-dashboards: services-install ## Evaluate every Grafana panel query against a live app + Prometheus, lint /metrics, browser-test GET /
 	@bash grafana/test-dashboards.sh

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Evaluates every PromQL expression of Grafana dashboard JSON files against a Prometheus.
 
-    eval-dashboards.py --prometheus http://127.0.0.1:9090 --instance host:port dash.json...
+    eval-dashboards.py --prometheus http://127.0.0.1:9090 --instance host:port \
+        [--row-instance "Redis Cluster=host:port"] dash.json...
 
 Each panel expression runs twice: template variables as `.*` (the "All" choice) and as the real
-values (--instance, first shard found). Fails when a query errors or returns no finite value.
+values (--instance, first shard found). The panels of a row named in --row-instance take that
+instance as their real value instead (the Redis Cluster row: an app running in cluster mode; a
+standalone one has no cluster series). Fails when a query errors or returns no finite value.
 Template variable queries (label_values) must return values; annotation queries must evaluate
 without error (empty is fine). Prints a summary line with the counts.
 """
@@ -40,10 +43,14 @@ def finite(result):
 
 
 def panels_of(dash):
+    """Every panel with the title of the row it is under ("" before the first row)."""
+    row = ""
     for p in dash.get("panels", []):
-        yield p
+        if p.get("type") == "row":
+            row = p.get("title", "")
+        yield p, row
         for sub in p.get("panels", []):
-            yield sub
+            yield sub, row
 
 
 def substitute(expr, values):
@@ -60,13 +67,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prometheus", required=True)
     ap.add_argument("--instance", required=True)
+    ap.add_argument("--row-instance", action="append", default=[], metavar="ROW=INSTANCE",
+                    help="the real $instance of the panels under row ROW")
     ap.add_argument("files", nargs="+")
     a = ap.parse_args()
     base = a.prometheus.rstrip("/")
     shards, err = query(base, "group by (shard) (analytics_events_total)")
     shard = shards[0]["metric"]["shard"] if shards else "0"
-    variants = {"all": {"instance": ".*", "shard": ".*"},
-                "real": {"instance": re.escape(a.instance).replace("\\", "\\\\"), "shard": shard}}
+
+    def real(instance):
+        return {"instance": re.escape(instance).replace("\\", "\\\\"), "shard": shard}
+
+    variants = {"all": {"instance": ".*", "shard": ".*"}, "real": real(a.instance)}
+    row_real = {}
+    for spec in a.row_instance:
+        row, sep, instance = spec.rpartition("=")
+        if not sep or not row or not instance:
+            sys.exit(f"--row-instance {spec!r}: expected ROW=INSTANCE")
+        row_real[row] = real(instance)
+    rows_seen = set()
     failures, n_panel, n_eval, n_var, n_ann = [], 0, 0, 0, 0
     for path in a.files:
         dash = json.load(open(path))
@@ -97,13 +116,16 @@ def main():
             else:
                 print(f"  ok  annotation {ann.get('name')!r} ({len(res)} series now)")
         # panels
-        for p in panels_of(dash):
+        for p, row in panels_of(dash):
+            rows_seen.add(row)
             for t in p.get("targets", []):
                 expr = t.get("expr")
                 if not expr:
                     continue
                 n_panel += 1
                 for vname, vals in variants.items():
+                    if vname == "real":
+                        vals = row_real.get(row, vals)
                     e = substitute(expr, vals)
                     n_eval += 1
                     res, err = query(base, e)
@@ -116,6 +138,8 @@ def main():
                             v = next(float(s["value"][1]) for s in res
                                      if math.isfinite(float(s["value"][1])))
                             print(f"  ok  {p['title']} [{t.get('refId')}]: {len(res)} series, e.g. {v:.6g}")
+    for row in sorted(set(row_real) - rows_seen):
+        failures.append(f"--row-instance names row {row!r}, which no dashboard has")
     for f in failures:
         print("  FAIL " + f)
     print(f"\n{n_panel} panel expressions ({n_eval} evaluations: All and real variable values), "

@@ -236,6 +236,39 @@ ts("Reconnects and in-flight operations", [
 ], "short", w=8, desc="In-flight operations are capped by MAX_WORKERS")
 
 # --------------------------------------------------------------------------------------------
+# Cluster mode only (--redis-mode cluster): a standalone target leaves these panels empty.
+row("Redis Cluster")
+ts("Redirections followed by kind", [
+    (f"sum by (kind) (rate(analytics_redis_redirects_total{{{IS}}}[{RI}]))", "{{kind}}"),
+], "short", w=8,
+   desc="Replies that made a command go elsewhere or again, each resent (not errors): moved (slot "
+        "owner changed: map refresh), ask (slot migrating), tryagain (multi-key command on a slot "
+        "half migrated), clusterdown, loading, masterdown, readonly")
+ts("Slot map refreshes", [
+    (f"sum by (shard) (rate(analytics_redis_cluster_map_refreshes_total{{{IS}}}[{RI}]))",
+     "shard {{shard}}"),
+], "short", w=8, desc="Slot maps loaded by each shard's router: at start, after MOVED or "
+                      "READONLY (at most one every 500 ms), and every 10 minutes with the run "
+                      "declaration")
+ts("Slots assigned and covered", [
+    (f"max by (state) (analytics_redis_cluster_slots{{{I}}})", "{{state}}"),
+], "short", w=8, minv=0, maxv=16384,
+   desc="Of 16384: assigned (a primary serves them in the map), covered (their primary answered "
+        "the control core's 1 s health check). Covered below 16384: some keys cannot be served")
+ts("Commands/s by node", [
+    (f"sum by (node) (rate(analytics_redis_node_commands_total{{{I}}}[{RI}]))", "{{node}}"),
+], "ops", w=8, stack=True, desc="Commands sent to each primary (all shards), redirected attempts "
+                                "included")
+ts("Command latency p99 by node", [
+    (q(0.99, "analytics_redis_node_command_duration_seconds", "node", I), "{{node}}"),
+], "s", w=8, desc="Round trip of each command, by the node it was sent to (all shards)")
+ts("Primaries up (health check)", [
+    (f"max by (node) (analytics_redis_cluster_node_up{{{I}}})", "{{node}}"),
+], "short", w=8, stack=True, minv=0,
+   desc="1 per primary of the slot map that answered the last PING (1 s health check), 0 if it "
+        "did not or left the map; stacked, the top line is the number of primaries up")
+
+# --------------------------------------------------------------------------------------------
 row("Cache")
 ts("Cache hit ratio: natural, steered, target, ad-hoc share", [
     (f"avg(analytics_cache_natural_hit_ratio{{{I}}})", "natural (own keys, last 10 s)"),
@@ -366,8 +399,8 @@ ts("Error window: errors/s, switches and p99 latency", [
 dashboard = {
     "uid": "analytics-demo",
     "title": "Analytics Dashboard",
-    "description": "analytics-demo: load against target, latency, cache, Redis, Postgres writer, "
-                   "business KPIs and Redis migration",
+    "description": "analytics-demo: load against target, latency, cache, Redis (and Redis "
+                   "Cluster), Postgres writer, business KPIs and Redis migration",
     "tags": ["analytics-demo", "redis", "migration"],
     "timezone": "browser",
     "editable": True,

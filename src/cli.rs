@@ -36,7 +36,8 @@ pub fn main() -> i32 {
 /// Logs go to stderr (stdout carries the summary and reports), as text or JSON lines.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env(config::LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -50,6 +51,9 @@ pub fn init_logging(format: LogFormat) {
 
 /// `analytics-demo report`: the migration report of a running instance.
 fn report(args: config::ReportArgs) -> i32 {
+    if let Some((name, url, pg)) = args.run {
+        return crate::run_report::main(name, url, pg, args.json);
+    }
     let base = args.admin_url.clone();
     let got = crate::http::block_on(move || async move {
         crate::http::request(&base, hyper::Method::GET, "/report", None, None).await

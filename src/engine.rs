@@ -52,7 +52,7 @@ fn seed_from_clock() -> u64 {
 /// Runs the workload to its end; returns the exit code.
 pub fn run(cfg: Config) -> i32 {
     let cpus = usable_cpus();
-    let shards = cfg.resolved_shards(cpus.len());
+    let shards = cfg.run.resolved_shards(cpus.len());
     if let Err(e) = cfg.validate_against_shards(shards) {
         eprintln!("error: {e}");
         return 2;
@@ -73,7 +73,7 @@ pub fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let seed = cfg.seed.unwrap_or_else(seed_from_clock);
+    let seed = cfg.run.seed.unwrap_or_else(seed_from_clock);
     let run_id = (seed_from_clock() >> 1) as i64;
     let parts = shards as u64 * u64::from(cfg.instance_count.max(1));
     if u64::from(cfg.organizations) < parts {
@@ -83,19 +83,31 @@ pub fn run(cfg: Config) -> i32 {
         );
         return 2;
     }
+    // With several instances the rates are the run's totals: this one takes its share.
+    let (count, index) = (
+        cfg.instance_count.max(1) as usize,
+        cfg.instance_index as usize,
+    );
+    let rates = (
+        split_rate(cfg.events_per_second, count, index),
+        split_rate(cfg.queries_per_second, count, index),
+    );
     let control_cpu = cpus[0];
     let shard_cpu = |i: usize| cpus[(1 + i) % cpus.len()];
     tracing::info!(
         shards,
         cpus = ?cpus,
         control_cpu,
-        pinned = cfg.pin,
+        pinned = cfg.run.pin,
         seed,
         run_id,
         redis = %cfg.redis_url,
         postgres = %crate::pg::redacted(&pg),
-        events_per_second = cfg.events_per_second,
-        queries_per_second = cfg.queries_per_second,
+        events_per_second = rates.0,
+        queries_per_second = rates.1,
+        instance = cfg.instance_index,
+        instances = cfg.instance_count,
+        run_name = cfg.run_name.as_deref().unwrap_or(""),
         "starting"
     );
 
@@ -109,9 +121,9 @@ pub fn run(cfg: Config) -> i32 {
 
     let pool_base = PoolConfig {
         size: 1,
-        command_timeout: cfg.command_timeout,
+        command_timeout: cfg.run.command_timeout,
         connect_timeout: Duration::from_secs(2),
-        max_reply_bytes: cfg.max_reply_bytes,
+        max_reply_bytes: cfg.run.max_reply_bytes,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_secs(1),
         shard: 0,
@@ -166,8 +178,8 @@ pub fn run(cfg: Config) -> i32 {
         let params = ShardParams {
             index: i,
             shards,
-            events_per_second: split_rate(cfg.events_per_second, shards, i),
-            queries_per_second: split_rate(cfg.queries_per_second, shards, i),
+            events_per_second: split_rate(rates.0, shards, i),
+            queries_per_second: split_rate(rates.1, shards, i),
             orgs: shard_orgs(
                 cfg.organizations,
                 cfg.instance_index,
@@ -177,7 +189,7 @@ pub fn run(cfg: Config) -> i32 {
             ),
             users_per_org: cfg.users_per_org,
             zipf_exponent: match cfg.distribution {
-                Distribution::Zipf => Some(cfg.zipf_exponent),
+                Distribution::Zipf => Some(cfg.run.zipf_exponent),
                 Distribution::Uniform => None,
             },
             cache_hit_target: cfg.cache_hit_target,
@@ -208,7 +220,7 @@ pub fn run(cfg: Config) -> i32 {
             stopping: flags.stopping.clone(),
             ready: flags.ready.clone(),
         };
-        let placement = if cfg.pin {
+        let placement = if cfg.run.pin {
             Placement::Fixed(shard_cpu(i))
         } else {
             Placement::Unbound
@@ -236,9 +248,9 @@ pub fn run(cfg: Config) -> i32 {
         redis_cfg: pool_base,
         pg,
         run_id,
-        duration: cfg.duration,
+        duration: cfg.run.duration,
         progress_interval: cfg.progress_interval,
-        targets: (cfg.events_per_second, cfg.queries_per_second),
+        targets: rates,
         hit_target: cfg.cache_hit_target,
         batch_size: cfg.db_batch_size,
         retention_hours: cfg.time_buckets,
@@ -246,10 +258,19 @@ pub fn run(cfg: Config) -> i32 {
         config_json: config_json(&cfg, shards, seed),
         shards,
         start_unix,
-        admin_token: cfg.admin_token.clone(),
+        admin_token: cfg.admin_token.as_deref().map(str::to_string),
         admin_allow_loopback: cfg.admin_allow_unauthenticated_loopback,
+        member: cfg
+            .run_name
+            .clone()
+            .map(|run_name| crate::control::barrier::Member {
+                run_name,
+                index: cfg.instance_index,
+                count: cfg.instance_count,
+                timeout: cfg.start_timeout,
+            }),
     };
-    let placement = if cfg.pin {
+    let placement = if cfg.run.pin {
         Placement::Fixed(control_cpu)
     } else {
         Placement::Unbound
@@ -316,6 +337,9 @@ fn config_json(cfg: &Config, shards: usize, seed: u64) -> serde_json::Value {
     serde_json::json!({
         "events_per_second": cfg.events_per_second,
         "queries_per_second": cfg.queries_per_second,
+        "run_name": cfg.run_name,
+        "instance_index": cfg.instance_index,
+        "instance_count": cfg.instance_count,
         "organizations": cfg.organizations,
         "users_per_org": cfg.users_per_org,
         "cache_hit_target": cfg.cache_hit_target,

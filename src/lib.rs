@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pg;
 pub mod resp;
+pub mod run_report;
 pub mod shard;
 pub mod tls;
 pub mod verify;

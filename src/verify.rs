@@ -327,7 +327,7 @@ impl Verdict {
                     "the target declares no runs".to_string()
                 }
                 RunsFrom::Declared => "no declared run is known to this PostgreSQL".to_string(),
-                RunsFrom::Override => "no run matches --run/--since".to_string(),
+                RunsFrom::Override => "no run matches --run/--since/--run-name".to_string(),
             });
         }
         if self.lost_acknowledged_increments > 0 {
@@ -366,7 +366,7 @@ impl Verdict {
         }
         let from = match self.runs_from {
             RunsFrom::Declared => "declared by the target in a:runs",
-            RunsFrom::Override => "named by --run/--since",
+            RunsFrom::Override => "named by --run/--since/--run-name",
         };
         line(format!("runs judged ({from}): {}", self.runs_judged.len()));
         for r in &self.runs_judged {
@@ -594,7 +594,7 @@ pub async fn run(
     let now = redis_time(&redis).await?;
     v.redis_time = time::rfc3339(now);
 
-    let (ids, since) = if args.runs.is_empty() && args.since.is_none() {
+    let (ids, since) = if args.runs.is_empty() && args.since.is_none() && args.run_name.is_none() {
         let declared = declared_runs(&redis).await?;
         let ids: Vec<i64> = declared.iter().filter_map(|m| m.parse().ok()).collect();
         v.runs_declared_unknown = declared;
@@ -603,7 +603,7 @@ pub async fn run(
         v.runs_from = RunsFrom::Override;
         (args.runs.clone(), args.since)
     };
-    let records = load_runs(&client, &ids, since).await?;
+    let records = load_runs(&client, &ids, since, args.run_name.as_deref()).await?;
     v.runs_declared_unknown
         .retain(|m| !records.iter().any(|r| r.run_id.to_string() == *m));
     let stale_after = HEARTBEAT_EVERY.as_secs_f64() * 3.0;
@@ -818,11 +818,13 @@ async fn declared_runs(redis: &Redis) -> Result<Vec<String>, String> {
 /// generous, since its reads can be large, but a frozen server ends the check with exit 2.
 const DB_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The runs with these ids, or started at or after `since` (unix seconds).
+/// The runs with these ids, or started at or after `since` (unix seconds), or of the
+/// instances of the named run.
 async fn load_runs(
     client: &tokio_postgres::Client,
     ids: &[i64],
     since: Option<i64>,
+    run_name: Option<&str>,
 ) -> Result<Vec<RunRecord>, String> {
     let d = |e: tokio_postgres::Error| crate::pg::describe(&e);
     let since = since.map(|s| s as f64);
@@ -837,8 +839,8 @@ async fn load_runs(
              r.events_started, \
              (SELECT coalesce(sum(events), 0)::int8 FROM run_rollups x WHERE x.run_id = r.run_id) \
              FROM runs r WHERE r.run_id = ANY($1) OR r.started_at >= to_timestamp($2) \
-             ORDER BY r.started_at, r.run_id",
-            &[&ids, &since],
+             OR r.run_name = $3 ORDER BY r.started_at, r.run_id",
+            &[&ids, &since, &run_name],
         ),
     )
     .await

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use analytics_demo::dashboard::{INDEX_HTML, STATUS_FIELDS};
-use common::{App, PgServer, RedisServer};
+use analytics_demo::dashboard::{CLUSTER_STATUS_FIELDS, INDEX_HTML, STATUS_FIELDS};
+use common::{wait_until, App, PgServer, RedisCluster, RedisServer};
 
 #[test]
 fn page_is_small_and_self_contained() {
@@ -39,6 +39,11 @@ fn page_is_small_and_self_contained() {
         "w-pending",
         "r-target",
         "timeline",
+        "cluster-card",
+        "c-covered",
+        "c-nodes",
+        "c-redirects",
+        "c-outages",
     ] {
         assert!(
             INDEX_HTML.contains(&format!("id=\"{id}\"")),
@@ -97,13 +102,79 @@ fn served_at_root_and_status_has_every_field_the_page_reads() {
     let (code, body) = app.get("/api/status");
     assert_eq!(code, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let missing: Vec<_> = STATUS_FIELDS
-        .iter()
-        .filter(|p| !has_path(&status, p))
-        .collect();
+    assert_fields(&status, STATUS_FIELDS, &body);
+    // A standalone target: the page keeps its cluster card hidden.
+    assert_eq!(status["redis"]["mode"], "standalone", "{body}");
+    assert!(status["redis"]["cluster"].is_null(), "{body}");
+    app.terminate();
+}
+
+fn assert_fields(status: &serde_json::Value, fields: &[&str], body: &str) {
+    let missing: Vec<_> = fields.iter().filter(|p| !has_path(status, p)).collect();
     assert!(
         missing.is_empty(),
         "fields read by the page but absent from /api/status: {missing:?}\n{body}"
     );
+}
+
+/// On a Redis Cluster, `/api/status` has what the page's cluster card reads: the mode, every
+/// primary with its slots and PING state, the slot coverage and the redirection totals.
+#[test]
+fn status_on_a_cluster_has_every_field_the_cluster_card_reads() {
+    let cluster = RedisCluster::start(3);
+    let pg = PgServer::start();
+    let mut app = App::spawn_healthy(
+        &[
+            "--events-per-second",
+            "50",
+            "--queries-per-second",
+            "100",
+            "--redis-mode",
+            "cluster",
+            "--shards",
+            "1",
+            "--no-pin",
+        ],
+        &[
+            ("REDIS_URL", cluster.seeds().as_str()),
+            ("DATABASE_URL", pg.url().as_str()),
+        ],
+        Duration::from_secs(60),
+    );
+    // The control core's health check reads the map once a second.
+    let mut body = String::new();
+    let checked = wait_until(Duration::from_secs(30), || {
+        body = app.get("/api/status").1;
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|s| {
+            s["redis"]["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+                && !s["history"].as_array().is_some_and(Vec::is_empty)
+        })
+    });
+    assert!(
+        checked,
+        "no cluster state with 3 nodes in /api/status:\n{body}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_fields(&status, STATUS_FIELDS, &body);
+    assert_fields(&status, CLUSTER_STATUS_FIELDS, &body);
+    let redis = &status["redis"];
+    assert_eq!(redis["mode"], "cluster", "{body}");
+    let nodes = redis["cluster"]["nodes"].as_array().unwrap();
+    let slots: u64 = nodes.iter().filter_map(|n| n["slots"].as_u64()).sum();
+    assert_eq!(slots, 16384, "{body}");
+    let mut listed: Vec<String> = nodes
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    listed.sort();
+    let mut ours: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    ours.sort();
+    assert_eq!(listed, ours, "{body}");
     app.terminate();
 }

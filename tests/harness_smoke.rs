@@ -194,3 +194,26 @@ fn http_client_reports_no_server_as_status_0() {
     assert!(err.contains("connect"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn spawned_apps_inherit_none_of_the_programs_variables() {
+    let cmd = common::app_command();
+    let removed: Vec<String> = cmd
+        .get_envs()
+        .filter(|(_, value)| value.is_none())
+        .map(|(key, _)| key.to_string_lossy().into_owned())
+        .collect();
+    // NO_PIN, the bench and verify variables and RUST_LOG leaked through a hand-kept list once.
+    let named = [
+        "NO_PIN",
+        "ADMIN_ALLOW_UNAUTHENTICATED_LOOPBACK",
+        "BENCH_RATE",
+        "RUST_LOG",
+    ];
+    for var in analytics_demo::config::ENV_VARS.iter().chain(&named) {
+        assert!(
+            removed.iter().any(|r| r == var),
+            "{var} is passed on to spawned apps"
+        );
+    }
+}

@@ -44,17 +44,6 @@ impl MixPlan {
     }
 }
 
-impl BenchRedisArgs {
-    /// `--shards` if set, else one per usable CPU but one (as the workload does), at least 1.
-    pub fn resolved_shards(&self, usable_cpus: usize) -> usize {
-        if self.shards != 0 {
-            self.shards
-        } else {
-            usable_cpus.saturating_sub(1).max(1)
-        }
-    }
-}
-
 /// The cluster's slot map when REDIS_MODE (or `auto` and the server) says cluster; `None`
 /// for a standalone server.
 fn cluster_topology(args: &BenchRedisArgs, cfg: &PoolConfig) -> Result<Option<Topology>, String> {
@@ -127,7 +116,7 @@ impl LaneTags {
 /// reached or no command succeeded).
 pub fn main(args: BenchRedisArgs) -> i32 {
     let cpus = crate::engine::usable_cpus();
-    let shards = args.resolved_shards(cpus.len());
+    let shards = args.run.resolved_shards(cpus.len());
     if let Err(e) = args.validate_against_shards(shards) {
         eprintln!("error: {e}");
         return crate::config::EXIT_USAGE;
@@ -139,7 +128,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             return 1;
         }
     }
-    let seed = args.seed.unwrap_or_else(|| {
+    let seed = args.run.seed.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -161,9 +150,9 @@ pub fn main(args: BenchRedisArgs) -> i32 {
         }
     };
     let base = PoolConfig {
-        command_timeout: args.command_timeout,
+        command_timeout: args.run.command_timeout,
         connect_timeout: Duration::from_secs(2),
-        max_reply_bytes: args.max_reply_bytes,
+        max_reply_bytes: args.run.max_reply_bytes,
         protocol: args.redis_protocol,
         tls: Some(tls.clone()),
         declare_run: None,
@@ -205,10 +194,10 @@ pub fn main(args: BenchRedisArgs) -> i32 {
                 ratio: args.ratio,
                 key_pattern: args.key_pattern,
                 keys: args.keys,
-                zipf_exponent: args.zipf_exponent,
+                zipf_exponent: args.run.zipf_exponent,
             },
             data_size: args.data_size,
-            duration: args.duration,
+            duration: args.run.duration,
             seed,
         };
         // A shard whose share of a tiny rate is 0 would run closed loop: give it nothing.
@@ -216,7 +205,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             continue;
         }
         // Same placement as the workload's shards: the CPUs after the first.
-        let placement = if args.pin {
+        let placement = if args.run.pin {
             Placement::Fixed(cpus[(1 + i) % cpus.len()])
         } else {
             Placement::Unbound

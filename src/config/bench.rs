@@ -1,11 +1,10 @@
 //! `analytics-demo bench-redis`: its options resolved from the shared table, with the
 //! cross-option rules (connections per shard, value size against the reply cap, zipf size).
 
-use std::time::Duration;
-
 use super::cli::{opt, BenchRedisCli};
-use super::resolve::{redis_flags, Resolver};
-use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_KEYS, MAX_ZIPF_KEYS};
+use super::resolve::{redis_flags, run_flags, Resolver};
+use super::RunOptions;
+use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_ZIPF_KEYS};
 use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 
@@ -27,31 +26,20 @@ pub struct BenchRedisArgs {
     pub ratio: Ratio,
     pub keys: u64,
     pub key_pattern: KeyPattern,
-    pub zipf_exponent: f64,
     pub data_size: usize,
     /// Commands per second, all shards; 0 = closed loop (as fast as replies come back).
     pub rate: u64,
-    /// `None` = until SIGINT/SIGTERM.
-    pub duration: Option<Duration>,
-    /// 0 = auto, as for the workload (`Config::resolved_shards`).
-    pub shards: usize,
-    pub seed: Option<u64>,
-    pub command_timeout: Duration,
-    pub max_reply_bytes: usize,
-    pub pin: bool,
+    /// Shards, duration, seed, Redis command bounds, pinning (as for the workload).
+    pub run: RunOptions,
     pub json: bool,
 }
 
 /// Bytes of a GET reply beyond the value itself (`$<len>\r\n...\r\n`), rounded up.
 const REPLY_OVERHEAD: usize = 32;
-const MAX_DATA_SIZE: u64 = 64 << 20;
-const MAX_CONNECTIONS: u64 = 100_000;
-const MAX_PIPELINE: u64 = 10_000;
 /// One task per command in flight: keep the total sane.
 const MAX_IN_FLIGHT: u64 = 1_000_000;
 
 pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, String> {
-    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let ratio_text = r.raw(&opt::ratio, c.ratio).unwrap_or_default();
     let redis_mode_flag = c.redis_mode.clone();
     let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(c))?;
@@ -61,8 +49,8 @@ pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, 
         redis_seeds,
         redis_protocol,
         redis_tls,
-        connections: r.uint(&opt::connections, c.connections, 1, MAX_CONNECTIONS)? as usize,
-        pipeline: r.uint(&opt::pipeline, c.pipeline, 1, MAX_PIPELINE)? as usize,
+        connections: r.uint(&opt::connections, c.connections)?,
+        pipeline: r.uint(&opt::pipeline, c.pipeline)?,
         ratio: Ratio::parse(&ratio_text).map_err(|why| {
             format!(
                 "invalid value '{}' for {}: expected {why}",
@@ -70,33 +58,11 @@ pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, 
                 opt::ratio.label()
             )
         })?,
-        keys: r.uint(&opt::keys, c.keys, 1, MAX_KEYS)?,
+        keys: r.uint(&opt::keys, c.keys)?,
         key_pattern: r.choice(&opt::key_pattern, c.key_pattern, &KeyPattern::CHOICES)?,
-        zipf_exponent: r.number(
-            &opt::zipf_exponent,
-            c.zipf_exponent,
-            |v| v > 0.0 && v <= 5.0,
-            "greater than 0 and at most 5",
-        )?,
-        data_size: r.uint(&opt::data_size, c.data_size, 1, MAX_DATA_SIZE)? as usize,
-        rate: r.uint(&opt::rate, c.rate, 0, u64::MAX)?,
-        duration: Some(r.seconds(&opt::duration, c.duration, 0, TEN_YEARS)?)
-            .filter(|d| !d.is_zero()),
-        shards: r.uint(&opt::shards, c.shards, 0, 1024)? as usize,
-        seed: r.opt_uint(&opt::seed, c.seed)?,
-        command_timeout: Duration::from_millis(r.uint(
-            &opt::command_timeout_ms,
-            c.command_timeout_ms,
-            1,
-            600_000,
-        )?),
-        max_reply_bytes: r.uint(
-            &opt::max_reply_bytes,
-            c.max_reply_bytes,
-            1024,
-            usize::MAX as u64,
-        )? as usize,
-        pin: !r.switch(&opt::no_pin, c.no_pin)?,
+        data_size: r.uint(&opt::data_size, c.data_size)?,
+        rate: r.uint(&opt::rate, c.rate)?,
+        run: r.run_options(run_flags!(c))?,
         json: c.json,
     };
     args.validate()?;
@@ -116,14 +82,14 @@ impl BenchRedisArgs {
                 opt::keys.flag()
             ));
         }
-        if self.data_size + REPLY_OVERHEAD > self.max_reply_bytes {
+        if self.data_size + REPLY_OVERHEAD > self.run.max_reply_bytes {
             return Err(format!(
                 "{} ({}) does not fit in {} ({}): a GET reply would be refused; lower the \
                  first or raise the second",
                 opt::data_size.label(),
                 self.data_size,
                 opt::max_reply_bytes.label(),
-                self.max_reply_bytes
+                self.run.max_reply_bytes
             ));
         }
         if self.connections as u64 * self.pipeline as u64 > MAX_IN_FLIGHT {
@@ -135,8 +101,8 @@ impl BenchRedisArgs {
                 self.pipeline
             ));
         }
-        if self.shards != 0 {
-            self.validate_against_shards(self.shards)?;
+        if self.run.shards != 0 {
+            self.validate_against_shards(self.run.shards)?;
         }
         Ok(())
     }

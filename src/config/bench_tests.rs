@@ -51,7 +51,7 @@ fn should_use_bench_defaults() {
     assert_eq!(b.ratio, Ratio { set: 1, get: 10 });
     assert_eq!(b.key_pattern, KeyPattern::Uniform);
     assert_eq!(
-        (b.duration, b.shards, b.json, b.pin),
+        (b.run.duration, b.run.shards, b.json, b.run.pin),
         (None, 0, false, true)
     );
     assert_eq!(b.redis_url.port, 6379);
@@ -84,7 +84,7 @@ fn should_take_flags_over_env() {
     assert_eq!((b.connections, b.pipeline, b.rate), (8, 16, 0));
     assert_eq!(b.ratio, Ratio { set: 1, get: 1 });
     assert_eq!(b.key_pattern, KeyPattern::Zipf);
-    assert_eq!(b.duration, Some(std::time::Duration::from_secs(3)));
+    assert_eq!(b.run.duration, Some(std::time::Duration::from_secs(3)));
     assert!(b.json);
 }
 
@@ -147,7 +147,7 @@ fn should_check_bench_rules_between_options() {
     let b = bench(&["--connections", "2"], &[]);
     assert!(b.validate_against_shards(2).is_ok());
     assert!(b.validate_against_shards(3).is_err());
-    assert_eq!((b.resolved_shards(2), b.resolved_shards(8)), (1, 7));
+    assert_eq!((b.run.resolved_shards(2), b.run.resolved_shards(8)), (1, 7));
 }
 
 #[test]

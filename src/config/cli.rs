@@ -1,9 +1,10 @@
 //! The option table: every option's flag, environment variable, default and help text, once.
 //!
 //! argh only accepts string literals as help text and has no environment support, so the
-//! table is a macro: each entry is one doc line ending in `[env: NAME] [default: VALUE]`.
-//! From it come both the argh structs (`--help` shows the env name and default) and
-//! [`OptDef`]s, whose `env` and `default` are cut out of that same line at compile time.
+//! table is a macro: each entry is one doc line ending in `[env: NAME] [default: VALUE]`, and
+//! for a number `[range: MIN..=MAX]` too. From it come both the argh structs (`--help` shows
+//! the env name, default and range) and [`OptDef`]s, whose `env`, `default` and `range` are cut
+//! out of that same line at compile time: the parsing code takes the range from there.
 //! The flag is the field name in kebab case, which is what argh derives.
 
 use argh::FromArgs;
@@ -17,8 +18,71 @@ pub(crate) struct OptDef {
     pub env: &'static str,
     /// Built-in default as text; `None` for `[default: none]`.
     pub default: Option<&'static str>,
+    /// Accepted values of a numeric option, from `[range: ...]`; unbounded when absent.
+    pub range: Range,
     /// Whether the option is an argh switch (a flag without a value).
     pub switch: bool,
+}
+
+/// The accepted values of a numeric option, as the help text shows them: `[range: 1..=8760]`,
+/// `[range: 0..]` (no maximum but the field type's), `[range: >0..=5]` (0 itself excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Range {
+    pub min: u64,
+    /// `>`: the minimum itself is not accepted (only for decimal numbers).
+    pub min_excluded: bool,
+    /// `None`: the field type's maximum.
+    pub max: Option<u64>,
+}
+
+impl Range {
+    /// No bounds but the field type's (options without a `[range: ...]`).
+    pub const ANY: Range = Range {
+        min: 0,
+        min_excluded: false,
+        max: None,
+    };
+
+    /// Parses the text of a `[range: ...]` tag; fails the build if it is malformed.
+    const fn parse(text: &str) -> Range {
+        let b = text.as_bytes();
+        let min_excluded = !b.is_empty() && b[0] == b'>';
+        let (min, i) = digits(b, if min_excluded { 1 } else { 0 });
+        assert!(
+            i + 2 <= b.len() && b[i] == b'.' && b[i + 1] == b'.',
+            "option doc: a range is MIN..=MAX or MIN.."
+        );
+        if i + 2 == b.len() {
+            return Range {
+                min,
+                min_excluded,
+                max: None,
+            };
+        }
+        assert!(
+            b[i + 2] == b'=',
+            "option doc: a range is MIN..=MAX or MIN.."
+        );
+        let (max, end) = digits(b, i + 3);
+        assert!(end == b.len() && min <= max, "option doc: bad range");
+        Range {
+            min,
+            min_excluded,
+            max: Some(max),
+        }
+    }
+}
+
+/// The number whose digits start at `b[i]`, and the index after them.
+const fn digits(b: &[u8], mut i: usize) -> (u64, usize) {
+    let start = i;
+    let mut v: u64 = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        v = v * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    assert!(i > start, "option doc: a range bound is not a number");
+    (v, i)
 }
 
 impl OptDef {
@@ -31,6 +95,10 @@ impl OptDef {
                 None
             } else {
                 Some(default)
+            },
+            range: match find_tag(doc, "[range: ") {
+                Some(text) => Range::parse(text),
+                None => Range::ANY,
             },
             switch,
         }
@@ -49,6 +117,14 @@ impl OptDef {
 
 /// The text between `key` and the next `]` in `doc`; fails the build if it is missing.
 const fn tag(doc: &'static str, key: &str) -> &'static str {
+    match find_tag(doc, key) {
+        Some(value) => value,
+        None => panic!("option doc: every option needs [env: ...] and [default: ...]"),
+    }
+}
+
+/// The text between `key` and the next `]` in `doc`, if `key` is there.
+const fn find_tag(doc: &'static str, key: &str) -> Option<&'static str> {
     let (d, k) = (doc.as_bytes(), key.as_bytes());
     let mut i = 0;
     while i + k.len() <= d.len() {
@@ -66,13 +142,13 @@ const fn tag(doc: &'static str, key: &str) -> &'static str {
             let (_, rest) = d.split_at(start);
             let (value, _) = rest.split_at(end - start);
             match core::str::from_utf8(value) {
-                Ok(s) => return s,
+                Ok(s) => return Some(s),
                 Err(_) => panic!("option doc: tag is not UTF-8"),
             }
         }
         i += 1;
     }
-    panic!("option doc: every option needs [env: ...] and [default: ...]")
+    None
 }
 
 const fn str_eq(a: &str, b: &str) -> bool {
@@ -107,6 +183,12 @@ macro_rules! option_table {
             $( pub const $sname: OptDef = OptDef::new(stringify!($sname), $sdoc, true); )*
             /// Every option of the table, for tests and for `--flag=value` splitting.
             pub const ALL: &[&OptDef] = &[$(&$name,)* $(&$lname,)* $(&$sname,)*];
+            /// Every environment variable the program reads: the table's, then the log filter.
+            pub const ENV_VARS: &[&str] = &[
+                $($name.env,)* $($lname.env,)* $($sname.env,)* crate::config::LOG_FILTER_ENV,
+                crate::config::INDEX_ENV_VARS[0], crate::config::INDEX_ENV_VARS[1],
+                crate::config::INDEX_ENV_VARS[2],
+            ];
         }
 
         macro_rules! cli_struct {
@@ -182,25 +264,25 @@ impl Given for bool {
 
 option_table! { $
     options {
-        /// events started per second, all shards together [env: EVENTS_PER_SECOND] [default: 1000]
+        /// events started per second, all shards together [env: EVENTS_PER_SECOND] [default: 1000] [range: 0..]
         events_per_second,
-        /// dashboard queries started per second [env: QUERIES_PER_SECOND] [default: 10000]
+        /// dashboard queries started per second [env: QUERIES_PER_SECOND] [default: 10000] [range: 0..]
         queries_per_second,
-        /// number of tenant organizations (1..=10000000) [env: ORGANIZATIONS] [default: 500]
+        /// number of tenant organizations [env: ORGANIZATIONS] [default: 500] [range: 1..=10000000]
         organizations,
-        /// users per organization [env: USERS_PER_ORG] [default: 1000]
+        /// users per organization [env: USERS_PER_ORG] [default: 1000] [range: 1..]
         users_per_org,
-        /// steady-state cache hit ratio to aim for, in percent (0..=100) [env: CACHE_HIT_TARGET] [default: 95]
+        /// steady-state cache hit ratio to aim for, in percent [env: CACHE_HIT_TARGET] [default: 95] [range: 0..=100]
         cache_hit_target,
-        /// cap on operations in flight, all shards together [env: MAX_WORKERS] [default: 500]
+        /// cap on operations in flight, all shards together (at least one per shard) [env: MAX_WORKERS] [default: 500] [range: 1..]
         max_workers,
-        /// number of Redis connections, all shards together (at least one per shard) [env: REDIS_POOL_SIZE] [default: 100]
+        /// number of Redis connections, all shards together (at least one per shard) [env: REDIS_POOL_SIZE] [default: 100] [range: 1..]
         redis_pool_size,
-        /// lifetime of cached query results, in seconds [env: CACHE_TTL] [default: 300]
+        /// lifetime of cached query results, in seconds [env: CACHE_TTL] [default: 300] [range: 1..=315360000]
         cache_ttl,
-        /// seconds between refreshes of every organization's dashboard cache [env: WARMUP_INTERVAL] [default: 300]
+        /// seconds between refreshes of every organization's dashboard cache [env: WARMUP_INTERVAL] [default: 300] [range: 1..=315360000]
         warmup_interval,
-        /// hours of per-hour counters kept in Redis (1..=8760) [env: TIME_BUCKETS] [default: 24]
+        /// hours of per-hour counters kept in Redis [env: TIME_BUCKETS] [default: 24] [range: 1..=8760]
         time_buckets,
         /// the Redis to load: redis://[user[:password]@]host[:port][/db] or rediss:// [env: REDIS_URL] [default: redis://127.0.0.1:6379]
         redis_url,
@@ -226,11 +308,11 @@ option_table! { $
         database_password_file,
         /// address of the HTTP server (metrics, health, report, admin, dashboard) [env: BIND_ADDRESS] [default: 0.0.0.0:3000]
         bind_address,
-        /// shard executors (0 = usable CPUs - 1, at least 1; at most 1024) [env: SHARDS] [default: 0]
+        /// shard executors (0 = usable CPUs - 1, at least 1) [env: SHARDS] [default: 0] [range: 0..=1024]
         shards,
-        /// seconds to run (0 = until stopped) [env: DURATION] [default: 0]
+        /// seconds to run (0 = until stopped) [env: DURATION] [default: 0] [range: 0..=315360000]
         duration,
-        /// seed of the random generators (unset = derived from time and pid) [env: SEED] [default: none]
+        /// seed of the random generators (unset = derived from time and pid) [env: SEED] [default: none] [range: 0..]
         seed,
         /// log format: text or json [env: LOG_FORMAT] [default: text]
         log_format,
@@ -238,41 +320,45 @@ option_table! { $
         admin_token,
         /// how organizations and users are picked: zipf or uniform [env: DISTRIBUTION] [default: zipf]
         distribution,
-        /// skew of the zipf distribution (greater than 0, at most 5) [env: ZIPF_EXPONENT] [default: 1.0]
+        /// skew of the zipf distribution [env: ZIPF_EXPONENT] [default: 1.0] [range: >0..=5]
         zipf_exponent,
-        /// timeout of one Redis command, in milliseconds (1..=600000) [env: REDIS_COMMAND_TIMEOUT_MS] [default: 1000]
+        /// timeout of one Redis command, in milliseconds [env: REDIS_COMMAND_TIMEOUT_MS] [default: 1000] [range: 1..=600000]
         command_timeout_ms,
-        /// largest Redis reply accepted, in bytes (at least 1024) [env: REDIS_MAX_REPLY_BYTES] [default: 16777216]
+        /// largest Redis reply accepted, in bytes [env: REDIS_MAX_REPLY_BYTES] [default: 16777216] [range: 1024..]
         max_reply_bytes,
-        /// rows per PostgreSQL COPY batch (1..=1000000) [env: DB_BATCH_SIZE] [default: 5000]
+        /// rows per PostgreSQL COPY batch [env: DB_BATCH_SIZE] [default: 5000] [range: 1..=1000000]
         db_batch_size,
-        /// event rows held in memory while PostgreSQL is slow or down (at least the batch size) [env: DB_BUFFER_ROWS] [default: 500000]
+        /// event rows held in memory while PostgreSQL is slow or down (at least the batch size) [env: DB_BUFFER_ROWS] [default: 500000] [range: 1..]
         db_buffer_rows,
-        /// timeout of each PostgreSQL operation of the writer and of start-up, in milliseconds: connecting and logging in, one batch's COPY transaction, retention; 90% of it is the server-side statement_timeout of those connections. A batch that times out is retried on a new connection; raise this with a large --db-batch-size (1..=600000) [env: DB_TIMEOUT_MS] [default: 5000]
+        /// timeout of each PostgreSQL operation of the writer and of start-up, in milliseconds: connecting and logging in, one batch's COPY transaction, retention; 90% of it is the server-side statement_timeout of those connections. A batch that times out is retried on a new connection; raise this with a large --db-batch-size [env: DB_TIMEOUT_MS] [default: 5000] [range: 1..=600000]
         db_timeout_ms,
-        /// timeout of one cache-miss read from PostgreSQL, in milliseconds: a read that takes longer fails its query (counted as an error) and frees its in-flight slot; 90% of it is the server-side statement_timeout of the read connections (1..=600000) [env: DB_READ_TIMEOUT_MS] [default: 1000]
+        /// timeout of one cache-miss read from PostgreSQL, in milliseconds: a read that takes longer fails its query (counted as an error) and frees its in-flight slot; 90% of it is the server-side statement_timeout of the read connections [env: DB_READ_TIMEOUT_MS] [default: 1000] [range: 1..=600000]
         db_read_timeout_ms,
-        /// seconds between progress log lines (1..=3600) [env: PROGRESS_INTERVAL] [default: 5]
+        /// seconds between progress log lines [env: PROGRESS_INTERVAL] [default: 5] [range: 1..=3600]
         progress_interval,
-        /// this instance's index among --instance-count instances sharing the organizations [env: INSTANCE_INDEX] [default: 0]
+        /// this instance's index among --instance-count instances sharing the organizations and the rates; unset: JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), else POD_INDEX (a StatefulSet's pod-index label), else the host name's trailing -N, else 0 [env: INSTANCE_INDEX] [default: 0] [range: 0..]
         instance_index,
-        /// number of instances sharing the organizations [env: INSTANCE_COUNT] [default: 1]
+        /// number of instances of one run: they split the organizations, and EVENTS_PER_SECOND / QUERIES_PER_SECOND are the run's totals [env: INSTANCE_COUNT] [default: 1] [range: 1..]
         instance_count,
+        /// name shared by every instance of one coordinated run: with --instance-count above 1 they register in PostgreSQL, wait until all are there and start their load at one instant; report --run-name and verify --run-name take the run as a whole [env: RUN_NAME] [default: none]
+        run_name,
+        /// seconds an instance of a named run waits at the start for the others before it gives up [env: START_TIMEOUT] [default: 600] [range: 1..=86400]
+        start_timeout,
         /// admin URL of a running analytics-demo [env: ADMIN_URL] [default: http://127.0.0.1:3000]
         admin_url,
-        /// bench-redis: Redis connections, all shards together (at least one per shard; at most 100000) [env: BENCH_CONNECTIONS] [default: 50]
+        /// bench-redis: Redis connections, all shards together (at least one per shard) [env: BENCH_CONNECTIONS] [default: 50] [range: 1..=100000]
         connections,
-        /// bench-redis: commands in flight per connection, like redis-benchmark -P (1..=10000) [env: BENCH_PIPELINE] [default: 1]
+        /// bench-redis: commands in flight per connection, like redis-benchmark -P [env: BENCH_PIPELINE] [default: 1] [range: 1..=10000]
         pipeline,
         /// bench-redis: SET:GET command ratio, e.g. 1:10 [env: BENCH_RATIO] [default: 1:10]
         ratio,
-        /// bench-redis: key space, keys key:000000000000 upwards (1..=1000000000000; zipf at most 10000000) [env: BENCH_KEYS] [default: 100000]
+        /// bench-redis: key space, keys key:000000000000 upwards (zipf at most 10000000) [env: BENCH_KEYS] [default: 100000] [range: 1..=1000000000000]
         keys,
         /// bench-redis: how keys are picked: uniform or zipf (skew: --zipf-exponent) [env: BENCH_KEY_PATTERN] [default: uniform]
         key_pattern,
-        /// bench-redis: bytes per SET value (1..=67108864, below --max-reply-bytes) [env: BENCH_DATA_SIZE] [default: 32]
+        /// bench-redis: bytes per SET value (below --max-reply-bytes) [env: BENCH_DATA_SIZE] [default: 32] [range: 1..=67108864]
         data_size,
-        /// bench-redis: commands per second, all shards together (0 = unlimited: closed loop) [env: BENCH_RATE] [default: 0]
+        /// bench-redis: commands per second, all shards together (0 = unlimited: closed loop) [env: BENCH_RATE] [default: 0] [range: 0..]
         rate,
         /// verify: judge the runs started at or after this time (RFC 3339, e.g. 2026-11-25T17:00:00Z, or unix seconds) instead of the runs the target declares [env: VERIFY_SINCE] [default: none]
         since,
@@ -301,7 +387,7 @@ cli_struct! {
         bind_address, shards, duration, seed, log_format, admin_token, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         db_timeout_ms, db_read_timeout_ms, progress_interval, no_pin, instance_index, instance_count,
-        admin_allow_unauthenticated_loopback,
+        run_name, start_timeout, admin_allow_unauthenticated_loopback,
     ] {
         #[argh(subcommand)]
         pub command: Option<SubCli>,
@@ -329,7 +415,7 @@ cli_struct! {
         redis_url, redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert,
         redis_client_key, redis_password_file, database_ca_file, database_password,
         database_password_file, run,
-        since,
+        since, run_name,
     ] {
         /// print the result as JSON
         #[argh(switch)]
@@ -340,7 +426,10 @@ cli_struct! {
 cli_struct! {
     /// Print the migration report of a running instance.
     #[argh(subcommand, name = "report")]
-    pub(crate) struct ReportCli [admin_url] {
+    pub(crate) struct ReportCli [
+        admin_url, run_name, database_url, database_ca_file, database_password,
+        database_password_file,
+    ] {
         /// print the raw JSON report
         #[argh(switch)]
         pub json: bool,

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `cli.rs` | the option table, the argh structs built from it |
 //! | `resolve.rs` | raw text to typed values, with the error messages |
-//! | `redact.rs` | hiding passwords and tokens in text, and the `Debug` impls that rely on it |
+//! | `redact.rs` | hiding passwords and tokens in text; `Secret` and `SecretUrl`, which hide themselves |
 //! | `bench.rs` | the `bench-redis` subcommand's options and rules |
 
 mod bench;
@@ -19,6 +19,8 @@ mod bench_tests;
 mod cli;
 mod redact;
 mod resolve;
+#[cfg(test)]
+mod table_tests;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +36,8 @@ use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
-use resolve::{database_flags, redis_flags, Resolver};
+pub use redact::{Secret, SecretUrl};
+use resolve::{database_flags, redis_flags, run_flags, Resolver};
 
 /// What the process should do.
 // Built once at start-up: boxing `Config` would buy nothing.
@@ -63,11 +66,24 @@ pub enum ParseOutcome {
     },
 }
 
+/// The environment variable of the log filter (`tracing`'s `EnvFilter`, e.g. `info`, `debug`).
+pub const LOG_FILTER_ENV: &str = "RUST_LOG";
+
+/// Where an instance of a run takes its index from when INSTANCE_INDEX is not set, in this
+/// order: a Kubernetes Indexed Job's, a StatefulSet's pod-index label (the manifests pass it
+/// through the downward API), the host name's trailing `-N` (a StatefulSet pod's name).
+pub const INDEX_ENV_VARS: [&str; 3] = ["JOB_COMPLETION_INDEX", "POD_INDEX", "HOSTNAME"];
+
+/// Every environment variable the program reads: each option's (see `--help`), then
+/// [`LOG_FILTER_ENV`] and [`INDEX_ENV_VARS`]. Tests clear them all from the environment of
+/// the programs they spawn.
+pub const ENV_VARS: &[&str] = opt::ENV_VARS;
+
 /// Exit code for bad usage or configuration (DESIGN.md "Interface contract").
 pub const EXIT_USAGE: i32 = 2;
 
 /// The workload's configuration. See `analytics-demo --help` for each option.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub events_per_second: u64,
     pub queries_per_second: u64,
@@ -94,24 +110,17 @@ pub struct Config {
     /// CA bundle and client certificate for `rediss://` (also for a switched-to target).
     pub redis_tls: TlsFiles,
     /// A validated `postgres://`/`postgresql://` URL with a host, as given. May hold a
-    /// password: print it with care (`Debug` hides it).
-    pub database_url: String,
+    /// password (`Debug` and `Display` hide it).
+    pub database_url: SecretUrl,
     /// `database_url` resolved with DATABASE_PASSWORD(_FILE) and DATABASE_CA_FILE.
     pub database: PgConfig,
     pub bind_address: SocketAddr,
-    /// 0 = auto; see [`Config::resolved_shards`].
-    pub shards: usize,
-    /// `None` = run until stopped.
-    pub duration: Option<Duration>,
-    /// `None` = derive one from the time and pid.
-    pub seed: Option<u64>,
+    /// Shards, duration, seed, Redis command bounds, pinning (shared with `bench-redis`).
+    pub run: RunOptions,
     pub log_format: LogFormat,
     /// `None` = admin endpoint disabled. Never printed (`Debug` shows `***`).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub distribution: Distribution,
-    pub zipf_exponent: f64,
-    pub command_timeout: Duration,
-    pub max_reply_bytes: usize,
     pub db_batch_size: usize,
     /// Rows held in memory while PostgreSQL is slow or down; at least `db_batch_size`.
     pub db_buffer_rows: usize,
@@ -120,12 +129,14 @@ pub struct Config {
     /// Bound of one cache-miss read.
     pub db_read_timeout: Duration,
     pub progress_interval: Duration,
-    /// Pin threads to CPUs (`--no-pin` turns it off).
-    pub pin: bool,
     /// Admin endpoints without a token for loopback clients (off by default).
     pub admin_allow_unauthenticated_loopback: bool,
     pub instance_index: u32,
     pub instance_count: u32,
+    /// `RUN_NAME`: the coordinated run this instance belongs to.
+    pub run_name: Option<String>,
+    /// `START_TIMEOUT`: how long a named run's instance waits for the others.
+    pub start_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +153,7 @@ pub enum Distribution {
 }
 
 /// `analytics-demo verify`.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VerifyArgs {
     /// As [`Config::redis_url`].
     pub redis_url: RedisUrl,
@@ -151,25 +162,30 @@ pub struct VerifyArgs {
     pub redis_protocol: Protocol,
     pub redis_tls: TlsFiles,
     /// Validated like [`Config::database_url`].
-    pub database_url: String,
+    pub database_url: SecretUrl,
     pub database: PgConfig,
     pub json: bool,
     /// `--run`: judge these runs (sorted, no duplicates) instead of the declared ones.
     pub runs: Vec<i64>,
     /// `--since`: judge the runs started at or after this unix time instead.
     pub since: Option<i64>,
+    /// `--run-name`: judge every instance's run of this coordinated run instead.
+    pub run_name: Option<String>,
 }
 
 /// `analytics-demo report`.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReportArgs {
     /// `http://` or `https://` URL of a running instance.
-    pub admin_url: String,
+    pub admin_url: SecretUrl,
     pub json: bool,
+    /// `--run-name`: the whole coordinated run, from PostgreSQL (with its URL as given and
+    /// resolved) instead of one instance's /report.
+    pub run: Option<(String, SecretUrl, crate::pg::PgConfig)>,
 }
 
 /// `analytics-demo switch`.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SwitchArgs {
     /// The new server, or a cluster's seed nodes; with the password of `--to-password-file`
     /// when given.
@@ -177,14 +193,32 @@ pub struct SwitchArgs {
     /// `--to-mode`: what `to` is (auto: the running instance asks it; several URLs: a
     /// cluster).
     pub mode: crate::resp::RedisMode,
-    pub admin_url: String,
+    pub admin_url: SecretUrl,
     /// Never printed (`Debug` shows `***`).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// How long to wait for the cutover to complete (zero: do not wait).
     pub wait: std::time::Duration,
 }
 
-impl Config {
+/// The options of a run that the workload and `bench-redis` share, resolved once (by
+/// `Resolver::run_options`) for both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// `None` = run until stopped.
+    pub duration: Option<Duration>,
+    /// 0 = auto; see [`RunOptions::resolved_shards`].
+    pub shards: usize,
+    /// `None` = derive one from the time and pid.
+    pub seed: Option<u64>,
+    /// Skew of the zipf distributions (tenants and users; bench-redis keys).
+    pub zipf_exponent: f64,
+    pub command_timeout: Duration,
+    pub max_reply_bytes: usize,
+    /// Pin threads to CPUs (`--no-pin` turns it off).
+    pub pin: bool,
+}
+
+impl RunOptions {
     /// The shard count to use: `--shards` if set, else one per usable CPU but one (that one
     /// runs the control core), and at least 1.
     pub fn resolved_shards(&self, usable_cpus: usize) -> usize {
@@ -194,9 +228,11 @@ impl Config {
             usable_cpus.saturating_sub(1).max(1)
         }
     }
+}
 
+impl Config {
     /// Checks that need the shard count; `parse` runs it when `--shards` is explicit, the
-    /// caller must run it with [`Config::resolved_shards`] otherwise.
+    /// caller must run it with [`RunOptions::resolved_shards`] otherwise.
     pub fn validate_against_shards(&self, shards: usize) -> Result<(), String> {
         let checks = [
             (&opt::redis_pool_size, self.redis_pool_size, "connection"),
@@ -290,30 +326,21 @@ fn usage_error(message: String) -> ParseOutcome {
 }
 
 fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
-    const U32: u64 = u32::MAX as u64;
-    const USIZE: u64 = usize::MAX as u64;
-    // Durations stay far from what would overflow an `Instant` or a Redis EX argument.
-    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
     let (database_url, database) = r.postgres(database_flags!(c))?;
     let redis_mode_flag = c.redis_mode.clone();
     let (redis_seeds, redis_protocol, redis_tls) = r.redis_endpoints(redis_flags!(c))?;
     let redis_mode = r.redis_mode(redis_mode_flag, &redis_seeds)?;
-    let cfg = Config {
-        events_per_second: r.uint(&opt::events_per_second, c.events_per_second, 0, u64::MAX)?,
-        queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second, 0, u64::MAX)?,
-        organizations: r.uint(&opt::organizations, c.organizations, 1, 10_000_000)? as u32,
-        users_per_org: r.uint(&opt::users_per_org, c.users_per_org, 1, U32)? as u32,
-        cache_hit_target: r.number(
-            &opt::cache_hit_target,
-            c.cache_hit_target,
-            |v| (0.0..=100.0).contains(&v),
-            "between 0 and 100",
-        )? / 100.0,
-        max_workers: r.uint(&opt::max_workers, c.max_workers, 1, USIZE)? as usize,
-        redis_pool_size: r.uint(&opt::redis_pool_size, c.redis_pool_size, 1, USIZE)? as usize,
-        cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl, 1, TEN_YEARS)?,
-        warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval, 1, TEN_YEARS)?,
-        time_buckets: r.uint(&opt::time_buckets, c.time_buckets, 1, 8760)? as u32,
+    let mut cfg = Config {
+        events_per_second: r.uint(&opt::events_per_second, c.events_per_second)?,
+        queries_per_second: r.uint(&opt::queries_per_second, c.queries_per_second)?,
+        organizations: r.uint(&opt::organizations, c.organizations)?,
+        users_per_org: r.uint(&opt::users_per_org, c.users_per_org)?,
+        cache_hit_target: r.number(&opt::cache_hit_target, c.cache_hit_target)? / 100.0,
+        max_workers: r.uint(&opt::max_workers, c.max_workers)?,
+        redis_pool_size: r.uint(&opt::redis_pool_size, c.redis_pool_size)?,
+        cache_ttl: r.seconds(&opt::cache_ttl, c.cache_ttl)?,
+        warmup_interval: r.seconds(&opt::warmup_interval, c.warmup_interval)?,
+        time_buckets: r.uint(&opt::time_buckets, c.time_buckets)?,
         redis_url: redis_seeds[0].clone(),
         redis_seeds,
         redis_mode,
@@ -322,10 +349,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         database_url,
         database,
         bind_address: r.socket_addr(&opt::bind_address, c.bind_address)?,
-        shards: r.uint(&opt::shards, c.shards, 0, 1024)? as usize,
-        duration: Some(r.seconds(&opt::duration, c.duration, 0, TEN_YEARS)?)
-            .filter(|d| !d.is_zero()),
-        seed: r.opt_uint(&opt::seed, c.seed)?,
+        run: r.run_options(run_flags!(c))?,
         log_format: r.choice(
             &opt::log_format,
             c.log_format,
@@ -340,42 +364,21 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
                 ("uniform", Distribution::Uniform),
             ],
         )?,
-        zipf_exponent: r.number(
-            &opt::zipf_exponent,
-            c.zipf_exponent,
-            |v| v > 0.0 && v <= 5.0,
-            "greater than 0 and at most 5",
-        )?,
-        command_timeout: Duration::from_millis(r.uint(
-            &opt::command_timeout_ms,
-            c.command_timeout_ms,
-            1,
-            600_000,
-        )?),
-        max_reply_bytes: r.uint(&opt::max_reply_bytes, c.max_reply_bytes, 1024, USIZE)? as usize,
-        db_batch_size: r.uint(&opt::db_batch_size, c.db_batch_size, 1, 1_000_000)? as usize,
-        db_buffer_rows: r.uint(&opt::db_buffer_rows, c.db_buffer_rows, 1, USIZE)? as usize,
-        db_timeout: Duration::from_millis(r.uint(
-            &opt::db_timeout_ms,
-            c.db_timeout_ms,
-            1,
-            600_000,
-        )?),
-        db_read_timeout: Duration::from_millis(r.uint(
-            &opt::db_read_timeout_ms,
-            c.db_read_timeout_ms,
-            1,
-            600_000,
-        )?),
-        progress_interval: r.seconds(&opt::progress_interval, c.progress_interval, 1, 3600)?,
-        pin: !r.switch(&opt::no_pin, c.no_pin)?,
+        db_batch_size: r.uint(&opt::db_batch_size, c.db_batch_size)?,
+        db_buffer_rows: r.uint(&opt::db_buffer_rows, c.db_buffer_rows)?,
+        db_timeout: r.millis(&opt::db_timeout_ms, c.db_timeout_ms)?,
+        db_read_timeout: r.millis(&opt::db_read_timeout_ms, c.db_read_timeout_ms)?,
+        progress_interval: r.seconds(&opt::progress_interval, c.progress_interval)?,
         admin_allow_unauthenticated_loopback: r.switch(
             &opt::admin_allow_unauthenticated_loopback,
             c.admin_allow_unauthenticated_loopback,
         )?,
-        instance_index: r.uint(&opt::instance_index, c.instance_index, 0, U32)? as u32,
-        instance_count: r.uint(&opt::instance_count, c.instance_count, 1, U32)? as u32,
+        instance_index: 0,
+        instance_count: r.uint(&opt::instance_count, c.instance_count)?,
+        run_name: r.run_name(&opt::run_name, c.run_name)?,
+        start_timeout: r.seconds(&opt::start_timeout, c.start_timeout)?,
     };
+    cfg.instance_index = r.instance_index(c.instance_index, cfg.instance_count)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -417,8 +420,8 @@ impl Config {
                 self.organizations
             ));
         }
-        if self.shards != 0 {
-            self.validate_against_shards(self.shards)?;
+        if self.run.shards != 0 {
+            self.validate_against_shards(self.run.shards)?;
         }
         Ok(())
     }
@@ -441,11 +444,19 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                 json: v.json,
                 runs: r.run_ids(&opt::run, v.run)?,
                 since: r.instant(&opt::since, v.since)?,
+                run_name: r.run_name(&opt::run_name, v.run_name)?,
             })
         }
         SubCli::Report(v) => Command::Report(ReportArgs {
-            admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
+            admin_url: r.http_url(&opt::admin_url, v.admin_url.clone())?,
             json: v.json,
+            run: match r.run_name(&opt::run_name, v.run_name.clone())? {
+                Some(name) => {
+                    let (url, pg) = r.postgres(database_flags!(v))?;
+                    Some((name, url, pg))
+                }
+                None => None,
+            },
         }),
         SubCli::Switch(v) => Command::Switch(SwitchArgs {
             to: {

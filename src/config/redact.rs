@@ -1,11 +1,10 @@
-//! Keeping secrets out of messages and `Debug` output: URL passwords and the admin token.
+//! Keeping secrets out of messages and `Debug` output: URL passwords and the admin token
+//! ([`Secret`] and [`SecretUrl`] hide themselves).
 //!
 //! Redaction here works on raw text, not on parsed URLs, because it must also cover values
 //! that failed to parse (those are the ones error messages echo).
 
 use std::fmt;
-
-use super::{Config, ReportArgs, SwitchArgs, VerifyArgs};
 
 /// `scheme://user:***@host/...`: the value with any password replaced by `***`.
 ///
@@ -76,95 +75,73 @@ fn is_secret_key(key: &str) -> bool {
     ["pass", "secret", "token"].iter().any(|w| key.contains(w))
 }
 
-/// For `Debug` of values that may hold a password or token.
-struct Hidden<'a>(&'a str);
+/// A credential (the admin token): `Debug` shows `"***"`, and there is no `Display`. The
+/// value is read through `Deref` (`&str`), where it is needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
 
-impl fmt::Debug for Hidden<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", redact_url(self.0))
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
     }
 }
 
-fn hidden_token(token: &Option<String>) -> Option<&'static str> {
-    token.as_ref().map(|_| "***")
-}
-
-impl fmt::Debug for Config {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("events_per_second", &self.events_per_second)
-            .field("queries_per_second", &self.queries_per_second)
-            .field("organizations", &self.organizations)
-            .field("users_per_org", &self.users_per_org)
-            .field("cache_hit_target", &self.cache_hit_target)
-            .field("max_workers", &self.max_workers)
-            .field("redis_pool_size", &self.redis_pool_size)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("warmup_interval", &self.warmup_interval)
-            .field("time_buckets", &self.time_buckets)
-            .field("redis_url", &self.redis_url)
-            .field("redis_seeds", &self.redis_seeds)
-            .field("redis_mode", &self.redis_mode)
-            .field("redis_protocol", &self.redis_protocol)
-            .field("redis_tls", &self.redis_tls)
-            .field("database_url", &Hidden(&self.database_url))
-            .field("database", &self.database)
-            .field("bind_address", &self.bind_address)
-            .field("shards", &self.shards)
-            .field("duration", &self.duration)
-            .field("seed", &self.seed)
-            .field("log_format", &self.log_format)
-            .field("admin_token", &hidden_token(&self.admin_token))
-            .field("distribution", &self.distribution)
-            .field("zipf_exponent", &self.zipf_exponent)
-            .field("command_timeout", &self.command_timeout)
-            .field("max_reply_bytes", &self.max_reply_bytes)
-            .field("db_batch_size", &self.db_batch_size)
-            .field("db_buffer_rows", &self.db_buffer_rows)
-            .field("db_timeout", &self.db_timeout)
-            .field("db_read_timeout", &self.db_read_timeout)
-            .field("progress_interval", &self.progress_interval)
-            .field("pin", &self.pin)
-            .field("instance_index", &self.instance_index)
-            .field("instance_count", &self.instance_count)
-            .finish()
+        fmt::Debug::fmt("***", f)
     }
 }
 
-impl fmt::Debug for VerifyArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyArgs")
-            .field("redis_url", &self.redis_url)
-            .field("redis_seeds", &self.redis_seeds)
-            .field("redis_mode", &self.redis_mode)
-            .field("redis_protocol", &self.redis_protocol)
-            .field("redis_tls", &self.redis_tls)
-            .field("database_url", &Hidden(&self.database_url))
-            .field("database", &self.database)
-            .field("json", &self.json)
-            .field("runs", &self.runs)
-            .field("since", &self.since)
-            .finish()
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
-impl fmt::Debug for ReportArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReportArgs")
-            .field("admin_url", &Hidden(&self.admin_url))
-            .field("json", &self.json)
-            .finish()
+/// A URL kept as given, which may hold a password (`DATABASE_URL`, `ADMIN_URL`): `Debug` and
+/// `Display` show it with the password hidden ([`redact_url`]); `Deref` gives the whole URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> SecretUrl {
+        SecretUrl(url.into())
+    }
+
+    /// The whole URL, password included.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-impl fmt::Debug for SwitchArgs {
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> SecretUrl {
+        SecretUrl::new(url)
+    }
+}
+
+impl PartialEq<&str> for SecretUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SwitchArgs")
-            .field("to", &self.to)
-            .field("mode", &self.mode)
-            .field("admin_url", &Hidden(&self.admin_url))
-            .field("admin_token", &hidden_token(&self.admin_token))
-            .field("wait", &self.wait)
-            .finish()
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl std::ops::Deref for SecretUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }

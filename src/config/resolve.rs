@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::cli::{opt, OptDef};
-use super::redact::redact_url;
+use super::cli::{opt, OptDef, Range};
+use super::redact::{redact_url, Secret, SecretUrl};
+use super::RunOptions;
 use crate::pg::{PgConfig, PgConfigError};
 use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::{PemPath, TlsFiles};
@@ -59,6 +60,34 @@ macro_rules! database_flags {
 }
 pub(crate) use database_flags;
 
+/// The options of a run that the workload and `bench-redis` share, raw. Built with
+/// [`run_flags!`]; resolved once, by [`Resolver::run_options`].
+pub(crate) struct RunFlags {
+    pub duration: Option<String>,
+    pub shards: Option<String>,
+    pub seed: Option<String>,
+    pub zipf_exponent: Option<String>,
+    pub command_timeout_ms: Option<String>,
+    pub max_reply_bytes: Option<String>,
+    pub no_pin: bool,
+}
+
+/// `RunFlags` from a CLI struct that has those fields.
+macro_rules! run_flags {
+    ($c:expr) => {
+        $crate::config::resolve::RunFlags {
+            duration: $c.duration,
+            shards: $c.shards,
+            seed: $c.seed,
+            zipf_exponent: $c.zipf_exponent,
+            command_timeout_ms: $c.command_timeout_ms,
+            max_reply_bytes: $c.max_reply_bytes,
+            no_pin: $c.no_pin,
+        }
+    };
+}
+pub(crate) use run_flags;
+
 /// Looks options up: the flag's value if given, else the environment, else the default.
 pub(crate) struct Resolver<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
@@ -72,23 +101,30 @@ impl Resolver<'_> {
             .or_else(|| def.default.map(str::to_string))
     }
 
-    /// An integer in `min..=max`.
-    pub fn uint(
-        &self,
-        def: &OptDef,
-        flag: Option<String>,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, String> {
+    /// An integer in the option's range, within what `T` holds.
+    pub fn uint<T: UInt>(&self, def: &OptDef, flag: Option<String>) -> Result<T, String> {
         let text = required(def, self.raw(def, flag))?;
-        parse_uint(def, &text, min, max)
+        parse_uint::<T>(def, &text).map(T::from_u64)
     }
 
     /// Like [`Resolver::uint`] for an option without a default.
     pub fn opt_uint(&self, def: &OptDef, flag: Option<String>) -> Result<Option<u64>, String> {
         self.raw(def, flag)
-            .map(|text| parse_uint(def, &text, 0, u64::MAX))
+            .map(|text| parse_uint::<u64>(def, &text))
             .transpose()
+    }
+
+    /// The options every run shares (see [`RunFlags`]).
+    pub fn run_options(&self, f: RunFlags) -> Result<RunOptions, String> {
+        Ok(RunOptions {
+            duration: Some(self.seconds(&opt::duration, f.duration)?).filter(|d| !d.is_zero()),
+            shards: self.uint(&opt::shards, f.shards)?,
+            seed: self.opt_uint(&opt::seed, f.seed)?,
+            zipf_exponent: self.number(&opt::zipf_exponent, f.zipf_exponent)?,
+            command_timeout: self.millis(&opt::command_timeout_ms, f.command_timeout_ms)?,
+            max_reply_bytes: self.uint(&opt::max_reply_bytes, f.max_reply_bytes)?,
+            pin: !self.switch(&opt::no_pin, f.no_pin)?,
+        })
     }
 
     /// Items of a list option: the flag's values (given once or more) if any, else the
@@ -127,6 +163,50 @@ impl Resolver<'_> {
         Ok(ids)
     }
 
+    /// A run name: 1 to 100 letters, digits, `.`, `_`, `-` (it is a label in reports and a key
+    /// in PostgreSQL); `None` when not set.
+    pub fn run_name(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
+        let Some(name) = self.raw(def, flag) else {
+            return Ok(None);
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > 100 || !name.chars().all(ok) {
+            return Err(format!(
+                "invalid value '{}' for {}: expected 1 to 100 letters, digits, '.', '_' or '-'",
+                name.escape_debug(),
+                def.label()
+            ));
+        }
+        Ok(Some(name))
+    }
+
+    /// This instance's index: INSTANCE_INDEX (flag or environment) when set; else, for a run
+    /// of several instances, the first of [`super::INDEX_ENV_VARS`] that is set (the host
+    /// name only when it ends in `-N`); else 0.
+    pub fn instance_index(&self, flag: Option<String>, count: u32) -> Result<u32, String> {
+        let def = &opt::instance_index;
+        let given = flag.is_some() || (self.env)(def.env).is_some_and(|v| !v.is_empty());
+        if given || count <= 1 {
+            return self.uint(def, flag);
+        }
+        let [job, pod, host] = super::INDEX_ENV_VARS;
+        for var in [job, pod] {
+            if let Some(v) = (self.env)(var).filter(|v| !v.is_empty()) {
+                return v.trim().parse().map_err(|_| {
+                    format!(
+                        "invalid value '{}' for {var} (the instance index): expected an integer",
+                        v.escape_debug()
+                    )
+                });
+            }
+        }
+        // A host name without a trailing -N: index 0, as before these sources existed (a
+        // named run's start barrier then names the index no instance took).
+        Ok((self.env)(host)
+            .and_then(|h| h.trim().rsplit_once('-')?.1.parse::<u32>().ok())
+            .unwrap_or(0))
+    }
+
     /// A point in time as unix seconds: RFC 3339 or unix seconds; `None` when not set.
     pub fn instant(&self, def: &OptDef, flag: Option<String>) -> Result<Option<i64>, String> {
         self.raw(def, flag)
@@ -142,40 +222,45 @@ impl Resolver<'_> {
             .transpose()
     }
 
-    /// Whole seconds in `min..=max`.
-    pub fn seconds(
-        &self,
-        def: &OptDef,
-        flag: Option<String>,
-        min: u64,
-        max: u64,
-    ) -> Result<Duration, String> {
-        self.uint(def, flag, min, max).map(Duration::from_secs)
+    /// Whole seconds in the option's range.
+    pub fn seconds(&self, def: &OptDef, flag: Option<String>) -> Result<Duration, String> {
+        self.uint(def, flag).map(Duration::from_secs)
     }
 
-    /// A finite number accepted by `ok`; `rule` completes "must be ...".
-    pub fn number(
-        &self,
-        def: &OptDef,
-        flag: Option<String>,
-        ok: impl Fn(f64) -> bool,
-        rule: &str,
-    ) -> Result<f64, String> {
+    /// Whole milliseconds in the option's range.
+    pub fn millis(&self, def: &OptDef, flag: Option<String>) -> Result<Duration, String> {
+        self.uint(def, flag).map(Duration::from_millis)
+    }
+
+    /// A finite number in the option's range.
+    pub fn number(&self, def: &OptDef, flag: Option<String>) -> Result<f64, String> {
         let text = required(def, self.raw(def, flag))?;
         let text = text.trim();
         let v: f64 = match text.parse::<f64>() {
             Ok(v) if v.is_finite() => v,
             _ => return Err(invalid(def, text, "expected a number")),
         };
-        if ok(v) {
-            Ok(v)
-        } else {
-            Err(format!(
-                "{} must be {rule}, got {}",
-                def.label(),
-                shown(text)
-            ))
+        let Range {
+            min,
+            min_excluded,
+            max,
+        } = def.range;
+        let (min, max) = (min as f64, max.map_or(f64::INFINITY, |m| m as f64));
+        let above_min = if min_excluded { v > min } else { v >= min };
+        if above_min && v <= max {
+            return Ok(v);
         }
+        let rule = match (min_excluded, def.range.max) {
+            (true, Some(max)) => format!("greater than {min} and at most {max}"),
+            (true, None) => format!("greater than {min}"),
+            (false, Some(max)) => format!("between {min} and {max}"),
+            (false, None) => format!("at least {min}"),
+        };
+        Err(format!(
+            "{} must be {rule}, got {}",
+            def.label(),
+            shown(text)
+        ))
     }
 
     /// One of a fixed set of words (case-insensitive).
@@ -241,11 +326,11 @@ impl Resolver<'_> {
     }
 
     /// An `http://` or `https://` URL with a host, kept as given.
-    pub fn http_url(&self, def: &OptDef, flag: Option<String>) -> Result<String, String> {
+    pub fn http_url(&self, def: &OptDef, flag: Option<String>) -> Result<SecretUrl, String> {
         let text = required(def, self.raw(def, flag))?;
         let text = text.trim();
         check_url(text, &["http", "https"])
-            .map(|()| text.to_string())
+            .map(|()| SecretUrl::new(text))
             .map_err(|why| invalid_url(&def.label(), text, &why))
     }
 
@@ -360,7 +445,7 @@ impl Resolver<'_> {
 
     /// The PostgreSQL URL (kept as given) and what it resolves to with the password options
     /// (at most one of value and file) and the CA file, whose files are read now.
-    pub fn postgres(&self, f: DatabaseFlags) -> Result<(String, PgConfig), String> {
+    pub fn postgres(&self, f: DatabaseFlags) -> Result<(SecretUrl, PgConfig), String> {
         let text = self.postgres_url(&opt::database_url, f.url)?;
         let pw = self.password(&opt::database_password, f.password)?;
         let pw_file = self.secret_file(&opt::database_password_file, f.password_file)?;
@@ -379,14 +464,14 @@ impl Resolver<'_> {
             .map(|p| PemPath::new(opt::database_ca_file.label(), p));
         let label = opt::database_url.label();
         match PgConfig::parse(&text, &label, pw.as_deref(), ca) {
-            Ok(cfg) => Ok((text, cfg)),
+            Ok(cfg) => Ok((SecretUrl::new(text), cfg)),
             Err(PgConfigError::Url(why)) => Err(invalid_url(&label, &text, &why)),
             Err(PgConfigError::Files(why)) => Err(why),
         }
     }
 
     /// A secret: never echoed. It travels in an HTTP header, so it must be visible ASCII.
-    pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<String>, String> {
+    pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<Secret>, String> {
         match self.raw(def, flag) {
             None => Ok(None),
             Some(t) if t.is_empty() => Err(format!("{} must not be empty", def.label())),
@@ -394,7 +479,7 @@ impl Resolver<'_> {
                 "{} must be printable ASCII without spaces (value not shown)",
                 def.label()
             )),
-            Some(t) => Ok(Some(t)),
+            Some(t) => Ok(Some(Secret::new(t))),
         }
     }
 }
@@ -425,7 +510,27 @@ pub(crate) fn read_secret_file(label: &str, path: &str) -> Result<String, String
     Ok(text)
 }
 
-fn parse_uint(def: &OptDef, text: &str, min: u64, max: u64) -> Result<u64, String> {
+/// The unsigned integer types options resolve to: their maximum caps an open range.
+pub(crate) trait UInt {
+    const MAX: u64;
+    fn from_u64(v: u64) -> Self;
+}
+
+macro_rules! uint_types {
+    ($($t:ty),*) => {$(
+        impl UInt for $t {
+            const MAX: u64 = <$t>::MAX as u64;
+            /// Only called with a value checked against `MAX`.
+            fn from_u64(v: u64) -> Self {
+                v as $t
+            }
+        }
+    )*};
+}
+uint_types!(u32, u64, usize);
+
+fn parse_uint<T: UInt>(def: &OptDef, text: &str) -> Result<u64, String> {
+    let (min, max) = (def.range.min, def.range.max.unwrap_or(T::MAX).min(T::MAX));
     let text = text.trim();
     let v = match text.parse::<u64>() {
         Ok(v) if (min..=max).contains(&v) => return Ok(v),
@@ -435,7 +540,7 @@ fn parse_uint(def: &OptDef, text: &str, min: u64, max: u64) -> Result<u64, Strin
         Err(_) => return Err(invalid(def, text, "expected a non-negative integer")),
     };
     // A maximum that is just the field type's limit is not a rule worth stating unless hit.
-    let type_limit = [u64::MAX, u64::from(u32::MAX), usize::MAX as u64].contains(&max);
+    let type_limit = max == T::MAX;
     let rule = match v {
         Some(v) if type_limit && v < min => format!("at least {min}"),
         _ if type_limit || min == 0 => format!("at most {max}"),

@@ -59,7 +59,7 @@ fn should_use_defaults_when_nothing_is_set() {
         redis_mode: crate::resp::RedisMode::Auto,
         redis_protocol: Protocol::Auto,
         redis_tls: crate::tls::TlsFiles::default(),
-        database_url: "postgres://postgres@127.0.0.1:5432/analytics".to_string(),
+        database_url: "postgres://postgres@127.0.0.1:5432/analytics".into(),
         database: crate::pg::PgConfig::parse(
             "postgres://postgres@127.0.0.1:5432/analytics",
             "DATABASE_URL",
@@ -68,24 +68,28 @@ fn should_use_defaults_when_nothing_is_set() {
         )
         .unwrap(),
         bind_address: "0.0.0.0:3000".parse().unwrap(),
-        shards: 0,
-        duration: None,
-        seed: None,
+        run: RunOptions {
+            duration: None,
+            shards: 0,
+            seed: None,
+            zipf_exponent: 1.0,
+            command_timeout: Duration::from_millis(1000),
+            max_reply_bytes: 16_777_216,
+            pin: true,
+        },
         log_format: LogFormat::Text,
         admin_token: None,
         distribution: Distribution::Zipf,
-        zipf_exponent: 1.0,
-        command_timeout: Duration::from_millis(1000),
-        max_reply_bytes: 16_777_216,
         db_batch_size: 5000,
         db_buffer_rows: 500_000,
         db_timeout: Duration::from_millis(5000),
         db_read_timeout: Duration::from_millis(1000),
         progress_interval: Duration::from_secs(5),
-        pin: true,
         admin_allow_unauthenticated_loopback: false,
         instance_index: 0,
         instance_count: 1,
+        run_name: None,
+        start_timeout: Duration::from_secs(600),
     };
     assert_eq!(c, expected);
 }
@@ -146,7 +150,7 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         "DATABASE_URL",
         "postgresql://u@db/x",
         "postgres://h/y",
-        |c| c.database_url.clone(),
+        |c| c.database_url.as_str().to_string(),
     ),
     (
         "--bind-address",
@@ -156,13 +160,13 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         |c| c.bind_address.to_string(),
     ),
     ("--shards", "SHARDS", "1", "3", |c| {
-        format!("{:?}", c.shards)
+        format!("{:?}", c.run.shards)
     }),
     ("--duration", "DURATION", "60", "1", |c| {
-        format!("{:?}", c.duration)
+        format!("{:?}", c.run.duration)
     }),
     ("--seed", "SEED", "0", "18446744073709551615", |c| {
-        format!("{:?}", c.seed)
+        format!("{:?}", c.run.seed)
     }),
     ("--log-format", "LOG_FORMAT", "JSON", "text", |c| {
         format!("{:?}", c.log_format)
@@ -174,21 +178,21 @@ const OVERRIDES: &[(&str, &str, &str, &str, Getter)] = &[
         format!("{:?}", c.distribution)
     }),
     ("--zipf-exponent", "ZIPF_EXPONENT", "0.5", "5", |c| {
-        format!("{:?}", c.zipf_exponent)
+        format!("{:?}", c.run.zipf_exponent)
     }),
     (
         "--command-timeout-ms",
         "REDIS_COMMAND_TIMEOUT_MS",
         "1",
         "600000",
-        |c| format!("{:?}", c.command_timeout),
+        |c| format!("{:?}", c.run.command_timeout),
     ),
     (
         "--max-reply-bytes",
         "REDIS_MAX_REPLY_BYTES",
         "1024",
         "65536",
-        |c| format!("{:?}", c.max_reply_bytes),
+        |c| format!("{:?}", c.run.max_reply_bytes),
     ),
     ("--db-batch-size", "DB_BATCH_SIZE", "1", "1000", |c| {
         format!("{:?}", c.db_batch_size)
@@ -259,7 +263,7 @@ fn should_let_env_override_default_and_flag_override_env() {
         config(&[], &[("CACHE_HIT_TARGET", "12.5")]).cache_hit_target,
         0.125
     );
-    assert_eq!(config(&[], &[("DURATION", "0")]).duration, None);
+    assert_eq!(config(&[], &[("DURATION", "0")]).run.duration, None);
 }
 
 #[test]
@@ -269,17 +273,17 @@ fn should_treat_empty_env_as_unset() {
         &[("EVENTS_PER_SECOND", ""), ("ADMIN_TOKEN", ""), ("SEED", "")],
     );
     assert_eq!(
-        (c.events_per_second, c.admin_token, c.seed),
+        (c.events_per_second, c.admin_token, c.run.seed),
         (1000, None, None)
     );
 }
 
 #[test]
 fn should_pin_unless_no_pin_by_flag_or_env() {
-    assert!(config(&[], &[]).pin);
-    assert!(!config(&["--no-pin"], &[]).pin);
+    assert!(config(&[], &[]).run.pin);
+    assert!(!config(&["--no-pin"], &[]).run.pin);
     assert!(
-        !config(&["--no-pin"], &[("NO_PIN", "false")]).pin,
+        !config(&["--no-pin"], &[("NO_PIN", "false")]).run.pin,
         "flag beats env"
     );
     for (value, pin) in [
@@ -290,7 +294,11 @@ fn should_pin_unless_no_pin_by_flag_or_env() {
         ("false", true),
         ("no", true),
     ] {
-        assert_eq!(config(&[], &[("NO_PIN", value)]).pin, pin, "NO_PIN={value}");
+        assert_eq!(
+            config(&[], &[("NO_PIN", value)]).run.pin,
+            pin,
+            "NO_PIN={value}"
+        );
     }
 }
 
@@ -303,7 +311,10 @@ fn should_accept_flag_equals_value() {
     );
     // A value that looks like `--flag=value` stays a value.
     let c = config(&["--admin-token", "--seed=1"], &[]);
-    assert_eq!((c.admin_token.as_deref(), c.seed), (Some("--seed=1"), None));
+    assert_eq!(
+        (c.admin_token.as_deref(), c.run.seed),
+        (Some("--seed=1"), None)
+    );
 }
 
 /// (flag, env, invalid value, text the message must contain). Each row runs once as a flag
@@ -387,6 +398,8 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "--database-password-file (DATABASE_PASSWORD_FILE): cannot read '/nonexistent/pw'"),
     ("--instance-count", "INSTANCE_COUNT", "0", "must be at least 1, got 0"),
     ("--instance-count", "INSTANCE_COUNT", "501", "is larger than --organizations (ORGANIZATIONS) (500)"),
+    ("--run-name", "RUN_NAME", "a/b", "invalid value 'a/b' for --run-name (RUN_NAME): expected 1 to 100 letters"),
+    ("--start-timeout", "START_TIMEOUT", "0", "must be between 1 and 86400, got 0"),
 ];
 
 #[test]
@@ -512,10 +525,10 @@ fn should_resolve_automatic_shards() {
         (&fixed, 1, 3),
     ] {
         assert_eq!(
-            c.resolved_shards(cpus),
+            c.run.resolved_shards(cpus),
             want,
             "shards {} cpus {cpus}",
-            c.shards
+            c.run.shards
         );
     }
 }
@@ -718,14 +731,16 @@ fn should_parse_subcommands() {
         command(&["report"], &[]),
         Command::Report(ReportArgs {
             admin_url: "http://127.0.0.1:3000".into(),
-            json: false
+            json: false,
+            run: None,
         })
     );
     assert_eq!(
         command(&["report", "--json"], &[("ADMIN_URL", "https://a:8443")]),
         Command::Report(ReportArgs {
             admin_url: "https://a:8443".into(),
-            json: true
+            json: true,
+            run: None,
         })
     );
     match command(
@@ -1282,4 +1297,50 @@ fn should_take_several_seed_nodes_only_in_cluster_mode() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn should_take_the_instance_index_from_kubernetes_when_instance_index_is_unset() {
+    let index = |env: &[(&str, &str)]| match command(&[], env) {
+        Command::Run(c) => (c.instance_index, c.instance_count),
+        other => panic!("{other:?}"),
+    };
+    let three = ("INSTANCE_COUNT", "3");
+    assert_eq!(index(&[three, ("JOB_COMPLETION_INDEX", "2")]), (2, 3));
+    assert_eq!(
+        index(&[three, ("POD_INDEX", "1"), ("HOSTNAME", "x-2")]),
+        (1, 3)
+    );
+    assert_eq!(index(&[three, ("HOSTNAME", "analytics-demo-2")]), (2, 3));
+    // INSTANCE_INDEX wins; one instance ignores the rest.
+    assert_eq!(
+        index(&[
+            three,
+            ("INSTANCE_INDEX", "0"),
+            ("JOB_COMPLETION_INDEX", "2")
+        ]),
+        (0, 3)
+    );
+    assert_eq!(
+        index(&[("JOB_COMPLETION_INDEX", "2"), ("HOSTNAME", "web-7")]),
+        (0, 1)
+    );
+    assert_eq!(index(&[three, ("HOSTNAME", "laptop")]), (0, 3));
+    let out = error(&[], &[three, ("JOB_COMPLETION_INDEX", "x")]);
+    assert!(out.contains("JOB_COMPLETION_INDEX"), "{out}");
+    let out = error(&[], &[three, ("JOB_COMPLETION_INDEX", "3")]);
+    assert!(out.contains("must be less than"), "{out}");
+    // Run names are labels and keys: a small alphabet.
+    match command(
+        &[],
+        &[("RUN_NAME", "rehearsal-7.a_b"), ("START_TIMEOUT", "30")],
+    ) {
+        Command::Run(c) => assert_eq!(
+            (c.run_name.as_deref(), c.start_timeout),
+            (Some("rehearsal-7.a_b"), Duration::from_secs(30))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let out = error(&[], &[("RUN_NAME", "a b")]);
+    assert!(out.contains("RUN_NAME"), "{out}");
 }

@@ -2,6 +2,7 @@
 //! merge of shard reports (progress lines, gauges), and the orderly stop.
 
 pub mod aggregate;
+pub mod barrier;
 pub mod health;
 pub mod migration;
 pub mod process;
@@ -49,6 +50,8 @@ pub struct ControlParams {
     pub admin_token: Option<String>,
     /// Without a token, accept admin requests from loopback clients.
     pub admin_allow_loopback: bool,
+    /// A named run (`RUN_NAME`): this instance's place in it (start barrier, final record).
+    pub member: Option<barrier::Member>,
 }
 
 /// Shared flags between the process's threads.
@@ -87,6 +90,8 @@ enum Load {
     Starting,
     /// PostgreSQL did not answer yet: retrying; no operation has started.
     WaitingForPostgres,
+    /// A named run's start barrier: waiting for the other instances.
+    WaitingForInstances,
     Running,
 }
 
@@ -95,6 +100,7 @@ impl Load {
         match self {
             Load::Starting => "starting",
             Load::WaitingForPostgres => "waiting_for_postgres",
+            Load::WaitingForInstances => "waiting_for_instances",
             Load::Running => "running",
         }
     }
@@ -169,6 +175,16 @@ pub async fn run(
     static_gauges(&state.p);
 
     wait_for_schema(&state, &flags).await;
+    if let Some(me) = state.p.member.clone() {
+        if let Err(e) = start_together(&state, &me, &flags).await {
+            tracing::error!(error = %e, "start barrier: giving up");
+            eprintln!("error: {e}");
+            flags.stopping.store(true, Ordering::SeqCst);
+            flags.ready.store(true, Ordering::SeqCst);
+            drain_without_writer(rows, reports).await;
+            return 1;
+        }
+    }
     state.load.set(Load::Running);
     state.agg.borrow_mut().load_started();
     flags.ready.store(true, Ordering::SeqCst);
@@ -253,6 +269,17 @@ pub async fn run(
         tracing::info!(summary = %j, "summary");
     }
     println!("{}", summary.render());
+    if state.p.member.is_some() {
+        let record = json!({
+            "summary": summary,
+            "query_latency_us": barrier::histogram_pairs(&state.agg.borrow().total.query_latency),
+            "event_latency_us": barrier::histogram_pairs(&state.agg.borrow().total.event_latency),
+        });
+        let p = &state.p;
+        if let Err(e) = barrier::record_summary(p.run_id, &record, &p.pg, p.db_timeout).await {
+            tracing::warn!(error = %e, "could not store the run's summary for report --run-name");
+        }
+    }
     drop(server);
     for c in checks {
         drop(c);
@@ -281,6 +308,25 @@ async fn drain_without_writer(
     for t in tasks {
         t.await;
     }
+}
+
+/// A named run's start: waits at the barrier (see [`barrier`]), then records the start.
+async fn start_together(state: &State, me: &barrier::Member, flags: &Flags) -> Result<(), String> {
+    let p = &state.p;
+    state.load.set(Load::WaitingForInstances);
+    tracing::info!(run_name = %me.run_name, instance = me.index, instances = me.count,
+        timeout_seconds = me.timeout.as_secs(), "waiting for every instance of the run");
+    let waited = Instant::now();
+    match barrier::wait(me, p.run_id, &p.pg, p.db_timeout, &flags.term).await? {
+        barrier::Passed::Together => tracing::info!(run_name = %me.run_name,
+            waited_seconds = waited.elapsed().as_secs_f64(), "every instance is there: starting together"),
+        barrier::Passed::Late {
+            seconds_after_start,
+        } => tracing::warn!(run_name = %me.run_name,
+            seconds_after_start, "the run started before this instance: joining it late"),
+        barrier::Passed::Stopped => {}
+    }
+    Ok(())
 }
 
 /// Applies the schema, waiting for PostgreSQL as long as it takes (or until SIGINT/SIGTERM):
@@ -607,6 +653,7 @@ fn status_json(st: &State) -> serde_json::Value {
             "pool_size": agg.shards.iter().map(|s| s.redis_pool_size).sum::<usize>(),
             "status": h.redis.status,
             "cluster": &h.cluster,
+            "redirects_total": redirects_by_kind(),
         },
         "postgres": { "status": h.postgres.status },
         "migration": {
@@ -624,21 +671,24 @@ fn status_json(st: &State) -> serde_json::Value {
 /// The report's Redis Cluster part: redirections followed, by kind, and the primaries'
 /// outages the health check saw (1 s resolution); null for a run that never used one.
 fn cluster_report(st: &State) -> serde_json::Value {
-    let redirects = crate::resp::cluster::redirect::seen_so_far();
     let h = st.health.borrow();
     if !st.target.borrow().is_cluster() && !h.cluster_seen {
         return serde_json::Value::Null;
     }
-    let by_kind: serde_json::Map<String, serde_json::Value> = redirects
-        .into_iter()
-        .map(|(k, n)| (k.to_string(), n.into()))
-        .collect();
     json!({
-        "redirects": by_kind,
+        "redirects": redirects_by_kind(),
         "node_outages": h.node_outages,
         "slots_covered": h.cluster.as_ref().map(|c| c.slots_covered),
         "map_version": h.cluster.as_ref().map(|c| c.map_version),
     })
+}
+
+/// Redirections followed so far by every router of the process, by kind (all kinds, 0 included).
+fn redirects_by_kind() -> serde_json::Map<String, serde_json::Value> {
+    crate::resp::cluster::redirect::seen_so_far()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n.into()))
+        .collect()
 }
 
 fn shard_count(st: &State) -> usize {

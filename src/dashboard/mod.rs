@@ -52,6 +52,9 @@ pub const STATUS_FIELDS: &[&str] = &[
     "redis.connections_up",
     "redis.pool_size",
     "redis.status",
+    "redis.mode",
+    "redis.cluster",
+    "redis.redirects_total",
     "postgres.status",
     "migration.switches",
     "history[].t",
@@ -63,6 +66,23 @@ pub const STATUS_FIELDS: &[&str] = &[
     "history[].p99_ms",
     "history[].errors",
     "history[].skipped",
+];
+
+/// Fields the page's Redis Cluster card reads when `redis.mode` is `"cluster"` (`redis.cluster`
+/// is null otherwise). `tests/dashboard.rs` checks them against an instance on a cluster.
+pub const CLUSTER_STATUS_FIELDS: &[&str] = &[
+    "redis.cluster.slots_assigned",
+    "redis.cluster.slots_covered",
+    "redis.cluster.map_version",
+    "redis.cluster.map_from",
+    "redis.cluster.nodes[].node",
+    "redis.cluster.nodes[].slots",
+    "redis.cluster.nodes[].status",
+    "redis.cluster.nodes[].latency_ms",
+    "redis.cluster.nodes[].error",
+    "redis.cluster.node_outages",
+    "redis.redirects_total.moved",
+    "redis.redirects_total.ask",
 ];
 
 /// `GET /`: the dashboard page.

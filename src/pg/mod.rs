@@ -27,6 +27,7 @@ use crate::tls::{PemPath, TlsFiles, Verify};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/001_schema.sql")),
     (2, include_str!("../../sql/002_runs_verdict.sql")),
+    (3, include_str!("../../sql/003_scaled_runs.sql")),
 ];
 
 /// `sslmode` of DATABASE_URL, with libpq's meanings.

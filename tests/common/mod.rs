@@ -1181,41 +1181,15 @@ fn children_of(parent: u32) -> Vec<u32> {
 // The application
 // ---------------------------------------------------------------------------------------------
 
-/// Configuration variables of the contract: removed from the inherited environment so a test
-/// sees only what it passes.
-const APP_ENV_VARS: &[&str] = &[
-    "EVENTS_PER_SECOND",
-    "QUERIES_PER_SECOND",
-    "ORGANIZATIONS",
-    "USERS_PER_ORG",
-    "CACHE_HIT_TARGET",
-    "MAX_WORKERS",
-    "REDIS_POOL_SIZE",
-    "CACHE_TTL",
-    "WARMUP_INTERVAL",
-    "TIME_BUCKETS",
-    "REDIS_URL",
-    "REDIS_MODE",
-    "DATABASE_URL",
-    "BIND_ADDRESS",
-    "SHARDS",
-    "DURATION",
-    "SEED",
-    "LOG_FORMAT",
-    "ADMIN_TOKEN",
-    "REDIS_PROTOCOL",
-    "REDIS_CA_FILE",
-    "REDIS_CLIENT_CERT",
-    "REDIS_CLIENT_KEY",
-    "REDIS_PASSWORD_FILE",
-    "DATABASE_CA_FILE",
-    "DATABASE_PASSWORD",
-    "DATABASE_PASSWORD_FILE",
-    "VERIFY_RUN",
-    "VERIFY_SINCE",
-    "DB_TIMEOUT_MS",
-    "DB_READ_TIMEOUT_MS",
-];
+/// The `analytics-demo` binary with every variable it reads (`config::ENV_VARS`) removed from
+/// the inherited environment, so a test sees only what it passes.
+pub fn app_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_analytics-demo"));
+    for var in analytics_demo::config::ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
 
 /// The `analytics-demo` binary running as a child process.
 pub struct App {
@@ -1245,11 +1219,7 @@ impl App {
             http.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         let (out, err) = log_stdio(&log_path);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_analytics-demo"));
-        for var in APP_ENV_VARS {
-            cmd.env_remove(var);
-        }
-        let child = cmd
+        let child = app_command()
             .env("BIND_ADDRESS", &bind)
             .envs(env.iter().copied())
             .args(args)
@@ -1553,11 +1523,7 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let out = File::create(&out_path).expect("create stdout file");
     let err = File::create(&err_path).expect("create stderr file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_analytics-demo"));
-    for var in APP_ENV_VARS {
-        cmd.env_remove(var);
-    }
-    let mut child = cmd
+    let mut child = app_command()
         .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
