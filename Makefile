@@ -280,6 +280,20 @@ migrate-demo-lossy: services-install ## Cutover to an empty target that never re
 migrate-demo-failover: services-install ## Replicated source killed -9, replica promoted and switched to; shows what async replication may lose
 	@$(MIGRATE_ENV) bash .ci/migrate-demo.sh failover
 
+# Redis Cluster rehearsals (.ci/migrate-demo-cluster.sh): 3 primaries + 3 replicas on ports from
+# 7300, a PostgreSQL of their own, the app on 7390. EVENTS_PER_SECOND / QUERIES_PER_SECOND only
+# when given (reshard: the ultra preset; failover: 300 / 700); PHASE_SECONDS (10).
+.PHONY: migrate-demo-reshard migrate-demo-cluster-failover
+
+CLUSTER_DEMO_ENV = $(foreach v,EVENTS_PER_SECOND QUERIES_PER_SECOND,$(if $(filter command line environment,$(origin $(v))),$(v)=$($(v)))) \
+	APP_BIN='$(APP_BIN)' NO_BUILD='$(NO_BUILD)'
+
+migrate-demo-reshard: services-install ## Cluster under the ultra preset: reshard a third of the slots to one primary, rebalance back; expects 0 failed events, verify CLEAN
+	@$(CLUSTER_DEMO_ENV) bash .ci/migrate-demo-cluster.sh reshard
+
+migrate-demo-cluster-failover: services-install ## Cluster: CLUSTER FAILOVER (expects verify CLEAN), then kill -9 of a primary (loss within the async-replication window)
+	@$(CLUSTER_DEMO_ENV) bash .ci/migrate-demo-cluster.sh failover
+
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------

@@ -815,7 +815,8 @@ async fn declared_runs(redis: &Redis) -> Result<Vec<String>, String> {
 const DB_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runs with these ids, or started at or after `since` (unix seconds), or of the
-/// instances of the named run.
+/// instances of the named run (`to_jsonb`: a database of an older version, without the
+/// column, is read as well).
 async fn load_runs(
     client: &tokio_postgres::Client,
     ids: &[i64],
@@ -835,7 +836,7 @@ async fn load_runs(
              r.events_started, \
              (SELECT coalesce(sum(events), 0)::int8 FROM run_rollups x WHERE x.run_id = r.run_id) \
              FROM runs r WHERE r.run_id = ANY($1) OR r.started_at >= to_timestamp($2) \
-             OR r.run_name = $3 ORDER BY r.started_at, r.run_id",
+             OR to_jsonb(r)->>'run_name' = $3 ORDER BY r.started_at, r.run_id",
             &[&ids, &since, &run_name],
         ),
     )

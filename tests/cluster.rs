@@ -1,5 +1,6 @@
 //! Redis Cluster mode against real clusters of `redis-server`s (tests/common `RedisCluster`):
-//! a clean run, a live reshard (MOVED), and a slot held mid-migration (ASK). Small loads.
+//! a clean run, a live reshard (MOVED), a slot held mid-migration (ASK), a graceful failover,
+//! a killed primary, a node emptied of its slots, and the routing's allocations. Small loads.
 
 mod common;
 
@@ -315,6 +316,175 @@ fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
     assert_eq!(cluster.cli(to, &["GET", moved_key]), "2");
 }
 
+/// `analytics_events_total` of a running app (all outcomes).
+fn events(app: &App) -> f64 {
+    let (_, body) = app.get("/metrics");
+    metric_sum(&body, "analytics_events_total", &[]).unwrap_or(0.0)
+}
+
+/// A metric of a running app, summed over its labels (0 when absent).
+fn metric(app: &App, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, body) = app.get("/metrics");
+    metric_sum(&body, name, labels).unwrap_or(0.0)
+}
+
+/// Waits until the app has run N more events than now.
+fn run_on(app: &App, n: f64) {
+    let from = events(app);
+    assert!(
+        wait_until(Duration::from_secs(60), || events(app) >= from + n),
+        "the load stalled at {from} events:\n{}",
+        app.log()
+    );
+}
+
+/// Waits until the app has no connection left on node I and its pool size is POOL_SIZE
+/// again (the node's pool was closed and dropped).
+fn assert_pool_closed(cluster: &RedisCluster, app: &App, i: usize, pool_size: f64) {
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.clients(i) == 0),
+        "{} connection(s) of the app still on node {i}, which serves no slot:\n{}",
+        cluster.clients(i),
+        app.log()
+    );
+    assert_eq!(
+        metric(app, "analytics_redis_pool_size", &[]),
+        pool_size,
+        "{}",
+        app.log()
+    );
+}
+
+/// Stops the app: no failed or unknown event, and `verify` finds the cluster clean.
+fn finish_clean(mut app: App, cluster: &RedisCluster, pg: &PgServer) {
+    app.terminate();
+    let summary = finished(&mut app);
+    assert_no_failed_events(&summary, &app.log());
+    let (code, v) =
+        common::verify_json_with(&cluster.url(), &pg.url(), &["--redis-mode", "cluster"]);
+    assert_eq!((code, &v["clean"]), (0, &Value::Bool(true)), "{v}");
+    assert_eq!(u(&v, &["lost_acknowledged_increments"]), 0, "{v}");
+}
+
+/// A cluster run of `args` (cluster mode, all seeds) with the load going.
+fn cluster_app(cluster: &RedisCluster, pg: &PgServer) -> App {
+    let a = args(&cluster.seeds(), pg, &["--redis-mode", "cluster"]);
+    let app = common::spawn_running(&refs(&a), &[]);
+    run_on(&app, 600.0);
+    app
+}
+
+#[test]
+fn should_follow_a_graceful_failover_and_close_the_demoted_primary() {
+    let cluster = RedisCluster::start_with_replicas(3, 1);
+    let pg = PgServer::start();
+    let app = cluster_app(&cluster, &pg);
+    // Organization 1 (the largest tenant) is written all the time.
+    let primary = cluster.owner(keyslot(&cluster, "{1}"));
+    let replica = cluster.replica_of(primary);
+    let pool_size = metric(&app, "analytics_redis_pool_size", &[]);
+    assert!(
+        cluster.clients(primary) > 0,
+        "the app has no connection to node {primary}"
+    );
+    assert_eq!(cluster.cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster
+            .cli(replica, &["ROLE"])
+            .starts_with("master")),
+        "the replica was not promoted"
+    );
+    run_on(&app, 600.0);
+    // The demoted primary serves no slot: its pool is closed (no connection of the app
+    // left on it) and the pool size counts the three primaries again.
+    assert_pool_closed(&cluster, &app, primary, pool_size);
+    assert!(cluster.clients(replica) > 0);
+    let followed = metric(
+        &app,
+        "analytics_redis_redirects_total",
+        &[("kind", "moved")],
+    ) + metric(
+        &app,
+        "analytics_redis_redirects_total",
+        &[("kind", "readonly")],
+    );
+    assert!(followed > 0.0, "no MOVED or READONLY followed");
+    assert!(
+        app.log().contains("redis cluster node removed"),
+        "{}",
+        app.log()
+    );
+    finish_clean(app, &cluster, &pg);
+}
+
+#[test]
+fn should_find_the_promoted_replica_after_a_primary_is_killed() {
+    // A 2 s node timeout: the replica takes over a few seconds after the kill.
+    let mut cluster = RedisCluster::start_with_timeout(3, 1, 2000);
+    let pg = PgServer::start();
+    let mut app = cluster_app(&cluster, &pg);
+    let primary = cluster.owner(keyslot(&cluster, "{1}"));
+    let replica = cluster.replica_of(primary);
+    cluster.nodes[primary].stop();
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster
+            .cli(replica, &["ROLE"])
+            .starts_with("master")),
+        "the replica was not promoted"
+    );
+    // Nothing answers MOVED for the dead primary's slots: the router finds their new owner
+    // by refreshing its map, and the counters of organization 1 are written there again.
+    let incrs = calls(&cluster, replica, "incr");
+    assert!(
+        wait_until(Duration::from_secs(60), || calls(&cluster, replica, "incr")
+            >= incrs + 50),
+        "no INCR reached the promoted replica:\n{}",
+        app.log()
+    );
+    assert!(app.alive(), "{}", app.log());
+    let lost_node: f64 = ["not_connected", "closed", "io", "timeout"]
+        .iter()
+        .map(|k| metric(&app, "analytics_redis_errors_total", &[("kind", k)]))
+        .sum();
+    assert!(lost_node > 0.0, "the dead primary cost no error");
+    run_on(&app, 300.0);
+    app.terminate();
+    let summary = finished(&mut app);
+    let failed = u(&summary, &["events_by_outcome", "failed"]);
+    let unknown = u(&summary, &["events_by_outcome", "unknown"]);
+    assert!(failed + unknown > 0, "{summary}");
+    eprintln!(
+        "killed primary: events {} acked {} failed {failed} unknown {unknown}; errors {}",
+        u(&summary, &["events"]),
+        u(&summary, &["events_by_outcome", "acked"]),
+        summary["errors"]
+    );
+}
+
+#[test]
+fn should_close_the_pool_of_a_node_whose_slots_moved_away() {
+    let mut cluster = RedisCluster::start(3);
+    let added = cluster.add_node();
+    let pg = PgServer::start();
+    let app = cluster_app(&cluster, &pg);
+    let pool_size = metric(&app, "analytics_redis_pool_size", &[]);
+    let slot = keyslot(&cluster, "{1}");
+    let owner = cluster.owner(slot);
+    // The slot moves to the new node: the app follows it there (MOVED).
+    cluster.move_slot(slot, owner, added);
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.clients(added) > 0),
+        "the app did not follow the slot to the new node:\n{}",
+        app.log()
+    );
+    run_on(&app, 300.0);
+    // And back: the new node serves no slot any more, its pool is closed.
+    cluster.move_slot(slot, added, owner);
+    assert_pool_closed(&cluster, &app, added, pool_size);
+    run_on(&app, 300.0);
+    finish_clean(app, &cluster, &pg);
+}
+
 /// Calls of COMMAND (lower case) node I has served (INFO commandstats).
 fn calls(cluster: &RedisCluster, i: usize, command: &str) -> u64 {
     let stats = cluster.cli(i, &["INFO", "commandstats"]);
@@ -480,4 +650,92 @@ fn should_refuse_a_pipeline_across_slots_without_sending_it() {
         assert_eq!(joined.unwrap(), vec![Err("cross_slot"), Err("cross_slot")]);
     }
     assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Counts this thread's allocations (for the routing cost test); otherwise the system
+/// allocator.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|n| n.get())
+}
+
+/// Allocations per command through POOL on this executor thread: one GET, then a
+/// two-command pipeline, 100 of each.
+async fn allocations_per_command(pool: &Pool) -> (f64, f64) {
+    const N: u64 = 100;
+    let pipeline: [&[&[u8]]; 2] = [&[b"INCR", b"{alloc}n"], &[b"PFADD", b"{alloc}u", b"x"]];
+    let a = allocations();
+    for _ in 0..N {
+        assert!(pool.cmd(&[b"GET", b"{alloc}n"]).await.is_ok());
+    }
+    let b = allocations();
+    for _ in 0..N {
+        assert!(pool.pipeline(&pipeline).await.iter().all(Result::is_ok));
+    }
+    let c = allocations();
+    ((b - a) as f64 / N as f64, (c - b) as f64 / N as f64)
+}
+
+#[test]
+fn should_route_without_allocating_beyond_the_node_pool() {
+    let cluster = RedisCluster::start(3);
+    let owner = cluster.owner(keyslot(&cluster, "{alloc}"));
+    // The same node, once through a standalone pool (it serves the slot), once routed.
+    let direct = RedisUrl::parse(&cluster.nodes[owner].url()).unwrap();
+    let seed = RedisUrl::parse(&cluster.url()).unwrap();
+    let (standalone, routed) = on_executor(move || async move {
+        let cfg = PoolConfig {
+            size: 1,
+            ..PoolConfig::default()
+        };
+        let pools = [
+            Pool::new(direct, cfg.clone()),
+            Pool::cluster(seed, Vec::new(), cfg),
+        ];
+        for p in &pools {
+            assert!(p.wait_connected(Duration::from_secs(10)).await);
+            allocations_per_command(p).await; // warm-up
+        }
+        // Rounds taken in turns, the least of each kept: how a reply meets its waiting
+        // command varies with the machine's load and may cost allocations more for a while.
+        let mut least = [(f64::MAX, f64::MAX); 2];
+        for _ in 0..10 {
+            for (p, l) in pools.iter().zip(least.iter_mut()) {
+                let (get, pipe) = allocations_per_command(p).await;
+                *l = (l.0.min(get), l.1.min(pipe));
+            }
+        }
+        for p in &pools {
+            p.close().await;
+        }
+        (least[0], least[1])
+    });
+    eprintln!("allocations per command (GET, 2-command pipeline): standalone {standalone:?}, routed {routed:?}");
+    // Routing adds none: a slot lookup and the node pool's own work (a fraction for noise).
+    assert!(
+        routed.0 <= standalone.0 + 0.2,
+        "GET: {routed:?} vs {standalone:?}"
+    );
+    assert!(
+        routed.1 <= standalone.1 + 0.2,
+        "pipeline: {routed:?} vs {standalone:?}"
+    );
 }

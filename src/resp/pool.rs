@@ -412,7 +412,7 @@ impl Pool {
 
     async fn routed_cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
-            return one(c.run(&[args], None).await);
+            return c.run_one(args, None).await;
         }
         self.direct_cmd(None, args).await
     }
@@ -461,7 +461,7 @@ impl Pool {
 
     async fn routed_cmd_on(&self, index: usize, args: &[&[u8]]) -> Result<Reply, RedisError> {
         if let Some(c) = &self.cluster {
-            return one(c.run(&[args], Some(index)).await);
+            return c.run_one(args, Some(index)).await;
         }
         self.direct_cmd(Some(index), args).await
     }
@@ -740,11 +740,6 @@ impl Drop for Pool {
         }
         self.sh.uncount_size();
     }
-}
-
-/// The one result of a one-command run.
-fn one(mut r: Vec<Result<Reply, RedisError>>) -> Result<Reply, RedisError> {
-    r.pop().unwrap_or(Err(RedisError::NotConnected))
 }
 
 impl Shared {

@@ -246,10 +246,29 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of private `redis-server`s (cluster mode, no replicas), each on a free port
-/// (its bus port also chosen free), made with `redis-cli --cluster create`; killed on drop.
+/// A Redis Cluster of private `redis-server`s (cluster mode, with or without replicas), each
+/// on a free port (its bus port also chosen free), made with `redis-cli --cluster create`;
+/// killed on drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    node_timeout_ms: u32,
+}
+
+/// A cluster-enabled `redis-server` (bus port free too), not joined to any cluster yet.
+pub(crate) fn cluster_node(node_timeout_ms: u32) -> RedisServer {
+    let bus = free_port().to_string();
+    RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+        "--cluster-node-timeout",
+        &node_timeout_ms.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
 }
 
 impl RedisCluster {
@@ -260,20 +279,14 @@ impl RedisCluster {
 
     /// N primaries with REPLICAS replicas each (`--cluster-replicas`).
     pub fn start_with_replicas(n: usize, replicas: usize) -> Self {
+        Self::start_with_timeout(n, replicas, 5000)
+    }
+
+    /// `start_with_replicas` with `--cluster-node-timeout NODE_TIMEOUT_MS` (how long a node
+    /// may be unreachable before it is failed over).
+    pub fn start_with_timeout(n: usize, replicas: usize, node_timeout_ms: u32) -> Self {
         let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
-            .map(|_| {
-                let bus = free_port().to_string();
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
-            })
+            .map(|_| cluster_node(node_timeout_ms))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -284,7 +297,10 @@ impl RedisCluster {
         let replicas = replicas.to_string();
         args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         let out = redis_cli_raw(&args);
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            node_timeout_ms,
+        };
         let ok = wait_until(Duration::from_secs(60), || {
             cluster
                 .nodes
@@ -292,7 +308,96 @@ impl RedisCluster {
                 .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         });
         assert!(ok, "the cluster did not reach cluster_state:ok:\n{out}");
+        // A replica still in its first sync would make a failover wait for it.
+        let synced = wait_until(Duration::from_secs(60), || {
+            cluster.nodes.iter().all(|n| {
+                let info = n.cli(&["INFO", "replication"]);
+                info.contains("role:master")
+                    || (info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0"))
+            })
+        });
+        assert!(synced, "a replica did not finish its first sync");
         cluster
+    }
+
+    /// A new empty primary joined to the cluster (`redis-cli --cluster add-node`); its index.
+    pub fn add_node(&mut self) -> usize {
+        let node = cluster_node(self.node_timeout_ms);
+        let new = format!("127.0.0.1:{}", node.port);
+        let existing = format!("127.0.0.1:{}", self.nodes[0].port);
+        redis_cli_raw(&["--cluster", "add-node", &new, &existing]);
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        let id = self.id(i);
+        let known = wait_until(Duration::from_secs(60), || {
+            self.nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "NODES"]).contains(&id)
+                    && n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            })
+        });
+        assert!(known, "node {new} did not join the cluster");
+        i
+    }
+
+    /// The index of a replica of primary I (`ROLE` names its primary's port).
+    pub fn replica_of(&self, i: usize) -> usize {
+        let port = self.nodes[i].port.to_string();
+        (0..self.nodes.len())
+            .find(|r| {
+                let role = self.nodes[*r].cli(&["ROLE"]);
+                let mut lines = role.lines();
+                lines.next() == Some("slave") && lines.nth(1) == Some(port.as_str())
+            })
+            .unwrap_or_else(|| panic!("node {i} has no replica"))
+    }
+
+    /// Moves SLOT and its keys from node FROM to node TO (`CLUSTER SETSLOT` IMPORTING and
+    /// MIGRATING, `MIGRATE` in batches, then `SETSLOT NODE` on every node), as `redis-cli
+    /// --cluster reshard` does for each slot.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let s = slot.to_string();
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let ok = |i: usize, args: &[&str]| {
+            let r = self.cli(i, args);
+            assert_eq!(r, "OK", "node {i}: {args:?}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
+        let to_port = self.nodes[to].port.to_string();
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.lines());
+            // NOKEY: every key of the batch expired meanwhile.
+            let r = self.cli(from, &args);
+            assert!(r == "OK" || r == "NOKEY", "MIGRATE from node {from}: {r}");
+        }
+        for i in std::iter::once(to)
+            .chain(std::iter::once(from))
+            .chain((0..self.nodes.len()).filter(|i| *i != to && *i != from))
+        {
+            if self.nodes[i].pid().is_none() {
+                continue;
+            }
+            let r = self.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+            // A primary that gave its last slot away may already have become the new
+            // owner's replica (cluster-allow-replica-migration).
+            let demoted = i == from && r.contains("only with masters");
+            assert!(r == "OK" || demoted, "node {i}: SETSLOT {s} NODE: {r}");
+        }
+    }
+
+    /// Normal clients connected to node I other than the `redis-cli` asking (the app's
+    /// connections, when nothing else talks to it).
+    pub fn clients(&self, i: usize) -> usize {
+        self.cli(i, &["CLIENT", "LIST", "TYPE", "normal"])
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
     }
 
     /// Indexes of the nodes that are primaries now (`ROLE`).

@@ -115,9 +115,15 @@ pub fn parse_shards(reply: &Reply, asked_host: &str, tls: bool) -> Result<Topolo
         if slots.is_empty() {
             continue;
         }
+        // Redis 7.2+ groups a failed primary with the replica that replaced it: the one
+        // online is the primary.
+        let master = |n: &&Reply| n.field(b"role").and_then(Reply::as_bytes) == Some(b"master");
+        let online = |n: &&Reply| n.field(b"health").and_then(Reply::as_bytes) == Some(b"online");
         let primary = nodes
             .iter()
-            .find(|n| n.field(b"role").and_then(Reply::as_bytes) == Some(b"master"))
+            .filter(master)
+            .find(online)
+            .or_else(|| nodes.iter().find(master))
             .ok_or("CLUSTER SHARDS: shard with slots but no primary")?;
         let host = ["endpoint", "ip"]
             .iter()
@@ -290,6 +296,19 @@ mod tests {
         assert_eq!(t.unassigned(), 0);
         let tls = parse_shards(&reply, "seed", true).unwrap();
         assert_eq!(tls.nodes[0], "10.0.0.1:7100");
+        // A failed primary listed with the replica that took over (Redis 7.2+).
+        let mut failed = node("10.0.0.9", 7009, "master");
+        if let Reply::Array(f) = &mut failed {
+            f[13] = b("failed");
+        }
+        let taken_over = a(vec![a(vec![
+            b("slots"),
+            a(vec![i(0), i(16383)]),
+            b("nodes"),
+            a(vec![failed, node("10.0.0.2", 7001, "master")]),
+        ])]);
+        let t = parse_shards(&taken_over, "seed", false).unwrap();
+        assert_eq!(t.nodes, vec!["10.0.0.2:7001"]);
         let no_primary = a(vec![a(vec![
             b("slots"),
             a(vec![i(0), i(1)]),

@@ -11,6 +11,14 @@
 //! command goes to its slot's owner; a redirection reply (proof the command was not
 //! applied) resends it, at most [`redirect::MAX_REDIRECTS`] times. A timeout or a dropped
 //! connection is returned as is (outcome unknown) and never resent.
+//!
+//! The map is refreshed when a redirection or a lost node (a command that found no
+//! connection, or lost its own) asks for it, at most every `REFRESH_EVERY`; while a slot has
+//! no reachable primary it is refreshed that often unasked, so a replica promoted after its
+//! primary was killed is found without a MOVED. A node a refresh gives no slot (it left, was
+//! emptied, or demoted by a failover) has its pool closed. The first attempt of a command
+//! allocates nothing for routing (an array lookup, then the node pool); only a redirection
+//! does.
 
 pub mod map;
 pub mod redirect;
@@ -93,6 +101,11 @@ pub async fn resolve_mode(
 struct Node {
     addr: String,
     pool: Rc<Pool>,
+    /// The last map applied (or a MOVED since) gives it slots.
+    in_map: Cell<bool>,
+    /// When a MOVED or ASK last sent commands here: a node without slots (one importing its
+    /// first slot, answered ASK for) is kept `LINGER` after that.
+    redirected_at: Cell<Option<Instant>>,
 }
 
 /// A shard's view of a cluster: the slot map and a pool per primary.
@@ -105,7 +118,8 @@ pub struct Cluster {
     cfg: PoolConfig,
     declare: Option<RunDeclaration>,
     map: RefCell<SlotMap>,
-    nodes: RefCell<Vec<Node>>,
+    /// Indexed by the map's node numbers; a node that left is `None` (its number is reused).
+    nodes: RefCell<Vec<Option<Node>>>,
     /// The map was loaded (and the run declared, for a workload pool).
     ready: Cell<bool>,
     refresh: Notify,
@@ -115,6 +129,30 @@ pub struct Cluster {
     stats: Rc<Stats>,
     redirects: Vec<Counter>,
     map_refreshes: Counter,
+}
+
+/// A node that owns no slot any more stays this long after a redirection sent commands to
+/// it (see `Node::redirected_at`), then its pool is closed.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// An error that says the node's connection is gone or could not be made: the map may be
+/// stale (a killed primary whose replica takes over), so the router asks for a refresh.
+fn node_unreachable(e: &RedisError) -> bool {
+    matches!(
+        e,
+        RedisError::NotConnected
+            | RedisError::Connect { .. }
+            | RedisError::Closed { .. }
+            | RedisError::Io { .. }
+            | RedisError::Timeout { .. }
+    )
+}
+
+fn as_redirect(r: &Result<Reply, RedisError>) -> Option<Redirect> {
+    match r {
+        Err(RedisError::Server { msg, .. }) => Redirect::parse(msg),
+        _ => None,
+    }
 }
 
 impl Cluster {
@@ -163,7 +201,12 @@ impl Cluster {
 
     /// The node pools (every primary known so far).
     pub(crate) fn pools(&self) -> Vec<Rc<Pool>> {
-        self.nodes.borrow().iter().map(|n| n.pool.clone()).collect()
+        self.nodes
+            .borrow()
+            .iter()
+            .flatten()
+            .map(|n| n.pool.clone())
+            .collect()
     }
 
     pub(crate) async fn close(&self) {
@@ -176,42 +219,128 @@ impl Cluster {
 
     /// Our index of the node at `addr`, adding a pool for it if it is new (`true`).
     fn node_for(&self, addr: &str) -> (usize, bool) {
-        if let Some(i) = self.nodes.borrow().iter().position(|n| n.addr == addr) {
+        let mut nodes = self.nodes.borrow_mut();
+        if let Some(i) = nodes
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.addr == addr))
+        {
             return (i, false);
         }
         let url = node_url(&self.first, addr);
         tracing::info!(shard = self.cfg.shard, node = %url, "redis cluster node added");
         let pool = Pool::new(url, self.cfg.clone());
         pool.mark_cluster_node(addr);
-        let mut nodes = self.nodes.borrow_mut();
-        nodes.push(Node {
+        let node = Some(Node {
             addr: addr.to_string(),
             pool,
+            in_map: Cell::new(false),
+            redirected_at: Cell::new(None),
         });
-        (nodes.len() - 1, true)
+        match nodes.iter().position(Option::is_none) {
+            Some(i) => {
+                nodes[i] = node;
+                (i, true)
+            }
+            None => {
+                nodes.push(node);
+                (nodes.len() - 1, true)
+            }
+        }
     }
 
-    /// `t` becomes the map, with a pool for every primary it names.
+    /// The node at `addr` (added if new) that a redirection sends commands to now, once it
+    /// has a connection up or the connect timeout passed: a node just learnt of does not
+    /// fail its first commands `not_connected`.
+    async fn redirected_to(&self, addr: &str) -> usize {
+        let (n, _) = self.node_for(addr);
+        let pool = match &self.nodes.borrow()[n] {
+            Some(node) => {
+                node.redirected_at.set(Some(Instant::now()));
+                node.pool.clone()
+            }
+            None => return n,
+        };
+        if pool.connected() == 0 {
+            pool.wait_connected(self.cfg.connect_timeout).await;
+        }
+        // Kept meanwhile (`LINGER`), so at the same index: looked up again all the same.
+        self.node_for(addr).0
+    }
+
+    /// Pools for `t`'s primaries that we have none for yet (created now, connecting).
+    fn add_nodes(&self, t: &Topology) -> Vec<Rc<Pool>> {
+        t.nodes
+            .iter()
+            .filter_map(|a| match self.node_for(a) {
+                (n, true) => self.node_pool(n),
+                (_, false) => None,
+            })
+            .collect()
+    }
+
+    /// `t` becomes the map, with a pool for every primary it names; the pools of nodes it
+    /// gives no slot (they left, were emptied or demoted) are closed, unless a redirection
+    /// sent commands there within `LINGER`.
     fn apply(&self, t: &Topology) {
         let index: Vec<usize> = t.nodes.iter().map(|a| self.node_for(a).0).collect();
         self.map.borrow_mut().apply(t, |n| index[n]);
+        let mut nodes = self.nodes.borrow_mut();
+        for (i, slot) in nodes.iter_mut().enumerate() {
+            let keep = slot.as_ref().is_none_or(|node| {
+                let in_map = index.contains(&i);
+                node.in_map.set(in_map);
+                in_map
+                    || node
+                        .redirected_at
+                        .get()
+                        .is_some_and(|at| at.elapsed() < LINGER)
+            });
+            if keep {
+                continue;
+            }
+            if let Some(node) = slot.take() {
+                tracing::info!(shard = self.cfg.shard, node = %node.addr,
+                    "redis cluster node removed: it serves no slot; its connections are closed");
+                glommio::spawn_local(async move { node.pool.close_direct().await }).detach();
+            }
+        }
+    }
+
+    /// Whether the map needs refreshing without waiting for a redirection: slots without a
+    /// primary, a slot owner with no connection up (killed, or not reachable yet), or a node
+    /// kept for `LINGER` that is to be closed once that has passed.
+    fn degraded(&self, unassigned: usize) -> bool {
+        unassigned > 0
+            || self
+                .nodes
+                .borrow()
+                .iter()
+                .flatten()
+                .any(|n| !n.in_map.get() || n.pool.connected() == 0)
     }
 
     fn node_pool(&self, i: usize) -> Option<Rc<Pool>> {
-        self.nodes.borrow().get(i).map(|n| n.pool.clone())
+        self.nodes
+            .borrow()
+            .get(i)
+            .and_then(|n| n.as_ref().map(|n| n.pool.clone()))
     }
 
-    /// The node for a command of `slot` (`None`: a keyless command, any node with a
-    /// connection up).
-    fn owner(&self, slot: Option<u16>) -> Option<usize> {
+    /// The pool for a command of `slot` (`None`: a keyless command, any node with a
+    /// connection up); `None` when the slot has no known owner.
+    fn owner(&self, slot: Option<u16>) -> Option<Rc<Pool>> {
         match slot {
-            Some(s) => self.map.borrow().owner(s),
+            Some(s) => {
+                let n = self.map.borrow().owner(s)?;
+                self.node_pool(n)
+            }
             None => {
                 let nodes = self.nodes.borrow();
-                nodes
-                    .iter()
-                    .position(|n| n.pool.connected() > 0)
-                    .or((!nodes.is_empty()).then_some(0))
+                let mut live = nodes.iter().flatten();
+                let any = live.clone().next();
+                live.find(|n| n.pool.connected() > 0)
+                    .or(any)
+                    .map(|n| n.pool.clone())
             }
         }
     }
@@ -223,16 +352,53 @@ impl Cluster {
         }
     }
 
+    /// Counts `cmd` as failed with `e` without sending it; returns `e`.
+    fn fail(&self, cmd: &[&[u8]], e: RedisError) -> RedisError {
+        self.stats
+            .count(Stats::command_index(cmd.first().copied().unwrap_or(b"")));
+        self.stats.error(e.kind());
+        e
+    }
+
     /// Fails every command of `cmds` with `e`, counted (for commands never sent).
     fn fail_all(&self, cmds: &[&[&[u8]]], e: RedisError) -> Vec<Result<Reply, RedisError>> {
-        cmds.iter()
-            .map(|c| {
-                self.stats
-                    .count(Stats::command_index(c.first().copied().unwrap_or(b"")));
-                self.stats.error(e.kind());
-                Err(e.clone())
-            })
-            .collect()
+        cmds.iter().map(|c| Err(self.fail(c, e.clone()))).collect()
+    }
+
+    /// Whether `r` is a redirection to follow; a lost or unreachable node asks for a map
+    /// refresh (rate-limited by the refresh task). No allocation unless it is a redirection.
+    fn check(&self, r: &Result<Reply, RedisError>) -> bool {
+        match r {
+            Ok(_) => false,
+            Err(RedisError::Server { msg, .. }) => Redirect::parse(msg).is_some(),
+            Err(e) => {
+                if node_unreachable(e) {
+                    self.refresh.notify();
+                }
+                false
+            }
+        }
+    }
+
+    /// The slot of `cmds` (`Err`: they span slots, a bug of ours, already failed).
+    fn slot_of(&self, cmds: &[&[&[u8]]]) -> Result<Option<u16>, RedisError> {
+        slot::pipeline_slot(cmds).map_err(|x| {
+            debug_assert!(false, "commands across slots {} and {}", x.first, x.other);
+            RedisError::Cluster {
+                kind: "cross_slot",
+                msg: format!(
+                    "keys in different cluster slots ({} and {}): not sent",
+                    x.first, x.other
+                ),
+            }
+        })
+    }
+
+    /// Whether a workload pool must still refuse commands: as a standalone connection takes
+    /// no command before it declared the run, no counter lands on a cluster that does not
+    /// name the run.
+    fn undeclared(&self) -> bool {
+        self.declare.is_some() && !self.ready.get()
     }
 
     /// Commands of one slot (or keyless) sent together to the slot's owner, on connection
@@ -243,78 +409,98 @@ impl Cluster {
         cmds: &[&[&[u8]]],
         on: Option<usize>,
     ) -> Vec<Result<Reply, RedisError>> {
-        // As a standalone connection takes no command before it declared the run, no counter
-        // lands on a cluster that does not name the run.
-        if self.declare.is_some() && !self.ready.get() {
+        if self.undeclared() {
             return self.fail_all(cmds, RedisError::NotConnected);
         }
         self.route(cmds, on).await
     }
 
-    /// `run` without the wait for the run's declaration (which goes through here).
-    async fn route(&self, cmds: &[&[&[u8]]], on: Option<usize>) -> Vec<Result<Reply, RedisError>> {
-        let slot = match slot::pipeline_slot(cmds) {
+    /// `run` for one command: no allocation for routing unless it is redirected.
+    pub(crate) async fn run_one(
+        &self,
+        cmd: &[&[u8]],
+        on: Option<usize>,
+    ) -> Result<Reply, RedisError> {
+        if self.undeclared() {
+            return Err(self.fail(cmd, RedisError::NotConnected));
+        }
+        let cmds = [cmd];
+        let slot = match self.slot_of(&cmds) {
             Ok(s) => s,
-            Err(x) => {
-                debug_assert!(false, "commands across slots {} and {}", x.first, x.other);
-                let msg = format!(
-                    "keys in different cluster slots ({} and {}): not sent",
-                    x.first, x.other
-                );
-                return self.fail_all(
-                    cmds,
-                    RedisError::Cluster {
-                        kind: "cross_slot",
-                        msg,
-                    },
-                );
-            }
+            Err(e) => return Err(self.fail(cmd, e)),
         };
-        let mut out: Vec<Option<Result<Reply, RedisError>>> = vec![None; cmds.len()];
-        let mut pending: Vec<usize> = (0..cmds.len()).collect();
+        let Some(pool) = self.owner(slot) else {
+            self.refresh.notify();
+            return Err(self.fail(cmd, RedisError::NotConnected));
+        };
+        let r = pool.direct_cmd(on, cmd).await;
+        if !self.check(&r) {
+            return r;
+        }
+        let mut out = self.follow(&cmds, on, slot, vec![r]).await;
+        out.pop().unwrap_or(Err(RedisError::NotConnected))
+    }
+
+    /// `run` without the wait for the run's declaration (which goes through here). The
+    /// first attempt allocates nothing beyond the node pool's own pipeline; only a
+    /// redirection does (`follow`).
+    async fn route(&self, cmds: &[&[&[u8]]], on: Option<usize>) -> Vec<Result<Reply, RedisError>> {
+        let slot = match self.slot_of(cmds) {
+            Ok(s) => s,
+            Err(e) => return self.fail_all(cmds, e),
+        };
+        let Some(pool) = self.owner(slot) else {
+            self.refresh.notify();
+            return self.fail_all(cmds, RedisError::NotConnected);
+        };
+        let replies = match cmds.len() {
+            1 => vec![pool.direct_cmd(on, cmds[0]).await],
+            _ => pool.direct_pipeline(on, cmds).await,
+        };
+        // Every reply is checked (each may ask for a refresh).
+        let mut redirected = false;
+        for r in &replies {
+            redirected |= self.check(r);
+        }
+        if !redirected {
+            return replies;
+        }
+        self.follow(cmds, on, slot, replies).await
+    }
+
+    /// Resends the commands of `out` answered with a redirection until none is (or the
+    /// bound is reached); `out` holds the first attempt's replies, one per command.
+    async fn follow(
+        &self,
+        cmds: &[&[&[u8]]],
+        on: Option<usize>,
+        slot: Option<u16>,
+        mut out: Vec<Result<Reply, RedisError>>,
+    ) -> Vec<Result<Reply, RedisError>> {
         let mut taken = 0;
-        let mut ask: Option<usize> = None;
-        while !pending.is_empty() {
-            let asking = ask.is_some();
-            let Some(pool) = ask
-                .take()
-                .or_else(|| self.owner(slot))
-                .and_then(|n| self.node_pool(n))
-            else {
-                let sub: Vec<&[&[u8]]> = pending.iter().map(|i| cmds[*i]).collect();
-                for (i, r) in pending
-                    .iter()
-                    .zip(self.fail_all(&sub, RedisError::NotConnected))
-                {
-                    out[*i] = Some(r);
-                }
-                break;
-            };
-            let replies = send(&pool, cmds, &pending, asking, on).await;
-            let mut again = Vec::new();
+        loop {
+            // The commands whose last reply is a redirection (the others have their final
+            // reply), and the first of those redirections.
+            let mut pending = Vec::new();
             let mut redirect = None;
-            for (i, r) in pending.iter().zip(replies) {
-                if let Err(RedisError::Server { msg, .. }) = &r {
-                    if let Some(rd) = Redirect::parse(msg) {
-                        redirect.get_or_insert(rd);
-                        again.push(*i);
-                        // Until resent, the reply stands (a redirect_loop keeps its message).
-                        out[*i] = Some(r);
-                        continue;
-                    }
+            for (i, r) in out.iter().enumerate() {
+                if let Some(rd) = as_redirect(r) {
+                    redirect.get_or_insert(rd);
+                    pending.push(i);
                 }
-                out[*i] = Some(r);
             }
             let Some(rd) = redirect else {
-                break;
+                return out;
             };
             self.count_redirect(&rd);
+            let mut ask = None;
             match decide(&rd, taken) {
                 Action::GiveUp => {
-                    for i in &again {
-                        let last = match out[*i].take() {
-                            Some(Err(e)) => e.to_string(),
-                            _ => String::new(),
+                    for i in pending {
+                        // Until resent, the reply stands: the loop error keeps its message.
+                        let last = match &out[i] {
+                            Err(e) => e.to_string(),
+                            Ok(_) => String::new(),
                         };
                         let e = RedisError::Cluster {
                             kind: "redirect_loop",
@@ -324,25 +510,21 @@ impl Cluster {
                             ),
                         };
                         self.stats.error(e.kind());
-                        out[*i] = Some(Err(e));
+                        out[i] = Err(e);
                     }
-                    break;
+                    return out;
                 }
                 Action::Moved { slot: s, addr } => {
-                    let (n, fresh) = self.node_for(&addr);
+                    // The map points other commands there once a connection is up, so they
+                    // do not fail not_connected while it is made (they get MOVED meanwhile).
+                    let n = self.redirected_to(&addr).await;
                     self.map.borrow_mut().set(s, n);
+                    if let Some(node) = &self.nodes.borrow()[n] {
+                        node.in_map.set(true);
+                    }
                     self.refresh.notify();
-                    if fresh {
-                        self.connect_new(n).await;
-                    }
                 }
-                Action::Ask { addr } => {
-                    let (n, fresh) = self.node_for(&addr);
-                    if fresh {
-                        self.connect_new(n).await;
-                    }
-                    ask = Some(n);
-                }
+                Action::Ask { addr } => ask = self.node_pool(self.redirected_to(&addr).await),
                 Action::Backoff(d) => glommio::timer::sleep(d).await,
                 Action::Refresh(d) => {
                     glommio::timer::sleep(d).await;
@@ -350,11 +532,24 @@ impl Cluster {
                 }
             }
             taken += 1;
-            pending = again;
+            let asking = ask.is_some();
+            let Some(pool) = ask.or_else(|| self.owner(slot)) else {
+                self.refresh.notify();
+                for i in pending {
+                    out[i] = Err(self.fail(cmds[i], RedisError::NotConnected));
+                }
+                return out;
+            };
+            // A node just learnt of from a refresh: as in `redirected_to`.
+            if pool.connected() == 0 {
+                pool.wait_connected(self.cfg.connect_timeout).await;
+            }
+            let replies = send(&pool, cmds, &pending, asking, on).await;
+            for (i, r) in pending.into_iter().zip(replies) {
+                self.check(&r);
+                out[i] = r;
+            }
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or(Err(RedisError::NotConnected)))
-            .collect()
     }
 
     /// Asks for a map refresh and waits until one is applied (bounded: the refresh task's
@@ -365,14 +560,6 @@ impl Cluster {
         let deadline = Instant::now() + REFRESH_EVERY * 2 + self.cfg.connect_timeout;
         while self.refreshes.get() == seen && Instant::now() < deadline && !self.closed.get() {
             glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// A node just learnt from a redirection: its first commands wait for a connection
-    /// (up to the connect timeout) instead of failing `not_connected` at once.
-    async fn connect_new(&self, n: usize) {
-        if let Some(p) = self.node_pool(n) {
-            p.wait_connected(self.cfg.connect_timeout).await;
         }
     }
 
@@ -520,12 +707,17 @@ pub(crate) async fn topology<F: std::future::Future<Output = Result<Reply, Redis
 }
 
 /// Loads the map (retrying with backoff), declares the run, then refreshes the map when a
-/// redirection asks for it (at most every `REFRESH_EVERY`) and re-declares the run every
-/// `DECLARE_EVERY`. Ends when the cluster is closed or dropped.
+/// redirection or a lost node asks for it (at most every `REFRESH_EVERY`) and re-declares
+/// the run every `DECLARE_EVERY`. While the map is degraded (slots without a primary, an
+/// owner with no connection up, e.g. a killed primary before its replica's promotion) it
+/// refreshes every `REFRESH_EVERY` without being asked, so a promoted replica is found
+/// without a MOVED. Ends when the cluster is closed or dropped.
 async fn maintain(c: std::rc::Weak<Cluster>) {
     let mut failures: u32 = 0;
     let mut declared_at: Option<Instant> = None;
     let mut declare_warned = false;
+    let mut last_unassigned = 0;
+    let mut degraded = false;
     loop {
         let Some(cl) = c.upgrade() else { return };
         if cl.closed.get() {
@@ -534,23 +726,44 @@ async fn maintain(c: std::rc::Weak<Cluster>) {
         match cl.fetch_topology().await {
             Ok(t) => {
                 let unassigned = t.unassigned();
-                if unassigned > 0 {
+                if unassigned > 0 && unassigned != last_unassigned {
                     tracing::warn!(
                         shard = cl.cfg.shard,
                         unassigned,
                         "redis cluster: slots without a primary"
                     );
                 }
+                last_unassigned = unassigned;
+                // New primaries get their pool before the map sends them commands: the first
+                // ones wait for a connection (bounded) instead of failing not_connected.
+                let waiting = match cl.ready.get() {
+                    true => cl.add_nodes(&t),
+                    false => {
+                        cl.add_nodes(&t);
+                        cl.pools()
+                    }
+                };
+                for p in waiting {
+                    p.wait_connected(cl.cfg.connect_timeout).await;
+                }
                 cl.apply(&t);
                 cl.refreshes.set(cl.refreshes.get() + 1);
                 cl.map_refreshes.increment(1);
                 failures = 0;
-                if !cl.ready.get() {
-                    // The first commands (the declaration) wait for the new pools.
-                    for p in cl.pools() {
-                        p.wait_connected(cl.cfg.connect_timeout).await;
-                    }
+                let now = cl.degraded(unassigned);
+                if now && !degraded {
+                    tracing::warn!(
+                        shard = cl.cfg.shard,
+                        unassigned,
+                        "redis cluster: a slot has no reachable primary; refreshing the map until it has"
+                    );
+                } else if degraded && !now {
+                    tracing::info!(
+                        shard = cl.cfg.shard,
+                        "redis cluster: every slot has a reachable primary again"
+                    );
                 }
+                degraded = now;
             }
             Err(why) => {
                 failures += 1;
@@ -584,8 +797,9 @@ async fn maintain(c: std::rc::Weak<Cluster>) {
         let ready = cl.ready.get();
         drop(cl);
         glommio::timer::sleep(nap).await;
-        if ready && failures == 0 {
-            // Wait for a redirection to ask for a refresh, or for the next declaration.
+        if ready && failures == 0 && !degraded {
+            // Wait for a redirection or a lost node to ask for a refresh, or for the next
+            // declaration.
             let Some(cl) = c.upgrade() else { return };
             let wait =
                 DECLARE_EVERY.saturating_sub(declared_at.map_or(Duration::ZERO, |a| a.elapsed()));
