@@ -80,7 +80,7 @@ pub const INDEX_ENV_VARS: [&str; 3] = ["JOB_COMPLETION_INDEX", "POD_INDEX", "HOS
 /// the programs they spawn.
 pub const ENV_VARS: &[&str] = opt::ENV_VARS;
 
-/// Exit code for bad usage or configuration (DESIGN.md "Interface contract").
+/// Exit code for bad usage or configuration (0: done, 1: a failure or a loss found, 2: this).
 pub const EXIT_USAGE: i32 = 2;
 
 /// The workload's configuration. See `analytics-demo --help` for each option.
