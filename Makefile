@@ -303,7 +303,7 @@ dashboard-screenshot: ## Screenshot the built-in dashboard of a running app (SCR
 # at demo load, a live cutover, then `verify` on the target. Each target succeeds when the
 # verdict is the expected one. Overrides: EVENTS_PER_SECOND, QUERIES_PER_SECOND, MIGRATE_SECONDS.
 # ---------------------------------------------------------------------------------------------
-.PHONY: migrate-demo migrate-demo-lossy migrate-demo-failover
+.PHONY: migrate-demo migrate-demo-lossy migrate-demo-failover rehearse-scaled
 
 MIGRATE_ENV = EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),50) \
 	QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),150) \
@@ -336,6 +336,12 @@ migrate-demo-cluster-failover: services-install ## Cluster: CLUSTER FAILOVER (ex
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
 .PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
+
+rehearse-scaled: services-install ## One run of INSTANCES=3 processes started like an Indexed Job's pods (RUN_NAME, start barrier), DURATION=30 s at the ultra preset in total; report --run-name + verify --run-name, exits 0 on PASS
+	@INSTANCES=$(or $(INSTANCES),3) DURATION=$(or $(DURATION),30) \
+		EVENTS_PER_SECOND=$(if $(filter command line environment,$(origin EVENTS_PER_SECOND)),$(EVENTS_PER_SECOND),2000) \
+		QUERIES_PER_SECOND=$(if $(filter command line environment,$(origin QUERIES_PER_SECOND)),$(QUERIES_PER_SECOND),8000) \
+		bash .ci/rehearse-scaled.sh
 
 bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload rates, event path (BENCH_QUICK=1 for a smoke run)
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench workload -- --quick`
 
-use analytics_demo::bench_redis::mix::KeyBuf;
+use analytics_demo::workload::bench_mix::KeyBuf;
 use analytics_demo::workload::{keys, EventType, Rng, Skewed, Weighted, EVENT_TYPES, QUERY_TYPES};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 

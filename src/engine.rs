@@ -5,21 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::shared_channel;
-use glommio::Placement;
 
 use crate::config::{Config, Distribution};
 use crate::control::{self, ControlParams, Flags};
 use crate::pg::writer::Backlog;
 use crate::resp::{PoolConfig, Target};
+use crate::rt;
+use crate::rt::executor::{self, CONTROL_PREEMPT, SHARD_PREEMPT};
 use crate::shard::{self, pacer::split_rate, ShardLinks, ShardParams};
-
-/// CPUs this process may run on (its affinity mask, so containers' cpusets are honoured).
-pub fn usable_cpus() -> Vec<usize> {
-    match core_affinity::get_core_ids() {
-        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
-        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
-    }
-}
 
 /// Organizations owned by shard `index` of `shards` in instance `instance` of `instances`.
 pub fn shard_orgs(
@@ -36,22 +29,9 @@ pub fn shard_orgs(
         .collect()
 }
 
-/// Preemption interval of a shard's tasks: a long-running task yields to the reactor (and to
-/// Redis replies) at least this often.
-pub const SHARD_PREEMPT: Duration = Duration::from_millis(10);
-/// Preemption interval of the control core's tasks (writer, HTTP, reports).
-const CONTROL_PREEMPT: Duration = Duration::from_millis(100);
-
-fn seed_from_clock() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    t ^ (u64::from(std::process::id()) << 32)
-}
-
 /// Runs the workload to its end; returns the exit code.
 pub fn run(cfg: Config) -> i32 {
-    let cpus = usable_cpus();
+    let cpus = rt::usable_cpus();
     let shards = cfg.run.resolved_shards(cpus.len());
     if let Err(e) = cfg.validate_against_shards(shards) {
         eprintln!("error: {e}");
@@ -73,8 +53,8 @@ pub fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    let seed = cfg.run.seed.unwrap_or_else(seed_from_clock);
-    let run_id = (seed_from_clock() >> 1) as i64;
+    let seed = cfg.run.seed.unwrap_or_else(rt::seed_from_clock);
+    let run_id = (rt::seed_from_clock() >> 1) as i64;
     let parts = shards as u64 * u64::from(cfg.instance_count.max(1));
     if u64::from(cfg.organizations) < parts {
         eprintln!(
@@ -112,26 +92,13 @@ pub fn run(cfg: Config) -> i32 {
     );
 
     let flags = Flags::default();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, flags.term.clone()) {
-            eprintln!("error: cannot install signal handler: {e}");
-            return 1;
-        }
+    if let Err(e) = rt::stop_on_signals(&flags.term) {
+        eprintln!("error: {e}");
+        return 1;
     }
 
-    let pool_base = PoolConfig {
-        size: 1,
-        command_timeout: cfg.run.command_timeout,
-        connect_timeout: Duration::from_secs(2),
-        max_reply_bytes: cfg.run.max_reply_bytes,
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_secs(1),
-        shard: 0,
-        protocol: cfg.redis_protocol,
-        tls: Some(redis_tls),
-        // Health probes declare nothing; the shards' pools do (below).
-        declare_run: None,
-    };
+    // Health probes declare no run; the shards' pools do (below).
+    let pool_base = cfg.run.redis_pool(cfg.redis_protocol, redis_tls);
     let cluster = match cfg.redis_mode {
         crate::resp::RedisMode::Standalone => false,
         crate::resp::RedisMode::Cluster => true,
@@ -220,15 +187,10 @@ pub fn run(cfg: Config) -> i32 {
             stopping: flags.stopping.clone(),
             ready: flags.ready.clone(),
         };
-        let placement = if cfg.run.pin {
-            Placement::Fixed(shard_cpu(i))
-        } else {
-            Placement::Unbound
-        };
-        let spawned =
-            crate::executor::spawn(&format!("shard-{i}"), placement, SHARD_PREEMPT, move || {
-                shard::run(params, links)
-            });
+        let placement = rt::placement(cfg.run.pin, shard_cpu(i));
+        let spawned = executor::spawn(&format!("shard-{i}"), placement, SHARD_PREEMPT, move || {
+            shard::run(params, links)
+        });
         match spawned {
             Ok(h) => shard_handles.push(h),
             Err(e) => {
@@ -270,13 +232,9 @@ pub fn run(cfg: Config) -> i32 {
                 timeout: cfg.start_timeout,
             }),
     };
-    let placement = if cfg.run.pin {
-        Placement::Fixed(control_cpu)
-    } else {
-        Placement::Unbound
-    };
+    let placement = rt::placement(cfg.run.pin, control_cpu);
     let control_flags = flags.clone();
-    let control = crate::executor::spawn("control", placement, CONTROL_PREEMPT, move || {
+    let control = executor::spawn("control", placement, CONTROL_PREEMPT, move || {
         control::run(
             params,
             prom,

@@ -24,6 +24,8 @@ use hyper::body::Incoming;
 use hyper::rt::ReadBufCursor;
 use hyper::{Request, Response};
 
+use crate::rt;
+
 /// Largest request body we read (admin requests are tiny).
 pub const MAX_BODY: usize = 64 * 1024;
 /// Concurrent connections served. At the cap, the one that has waited longest for a request
@@ -47,7 +49,7 @@ struct Conn {
     /// while a request is being served.
     waiting_since: Cell<Option<Instant>>,
     /// Set to close it now (evicted to make room).
-    evict: crate::resp::sync::Latch,
+    evict: crate::rt::sync::Latch,
 }
 
 /// A request as handlers see it.
@@ -118,7 +120,7 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
         });
         open.borrow_mut().push(conn.clone());
         let peer = stream.peer_addr().ok();
-        let linger = dup_stream(&stream);
+        let linger = rt::dup_stream(&stream).ok();
         let (handler, open) = (handler.clone(), open.clone());
         glommio::spawn_local(async move {
             let activity = Rc::new(Cell::new(Instant::now()));
@@ -146,8 +148,7 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
                     if next <= now || conn.evict.is_set() {
                         return Ok(());
                     }
-                    futures_lite::future::or(glommio::timer::sleep(next - now), conn.evict.wait())
-                        .await;
+                    rt::time::timeout(next - now, conn.evict.wait()).await;
                 }
             };
             if let Err(e) = futures_lite::future::or(served, watchdog).await {
@@ -160,15 +161,6 @@ pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {
         })
         .detach();
     }
-}
-
-/// A second handle on the connection's socket, so it outlives hyper's: see [`linger_close`].
-fn dup_stream(stream: &glommio::net::TcpStream) -> Option<glommio::net::TcpStream> {
-    use std::os::unix::io::{AsRawFd, FromRawFd};
-    // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    // SAFETY: fd is a fresh, open socket fd owned by nobody else.
-    (fd >= 0).then(|| unsafe { glommio::net::TcpStream::from_raw_fd(fd) })
 }
 
 /// Closes a connection without losing what was sent on it. When hyper ends a connection
@@ -188,12 +180,7 @@ async fn linger_close(s: glommio::net::TcpStream) {
         if left.is_zero() {
             return;
         }
-        let read = async { Some(s.read(&mut buf).await) };
-        let timeout = async {
-            glommio::timer::sleep(left).await;
-            None
-        };
-        match futures_lite::future::or(read, timeout).await {
+        match rt::time::timeout(left, s.read(&mut buf)).await {
             Some(Ok(n)) if n > 0 => continue,
             _ => return,
         }
@@ -225,7 +212,7 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let collect = Limited::new(body, MAX_BODY).collect();
-    let body = match crate::notify::until(Instant::now() + BODY_TIMEOUT, collect).await {
+    let body = match rt::time::timeout(BODY_TIMEOUT, collect).await {
         Some(Ok(b)) => b.to_bytes(),
         Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return build(Resp::text(413, "request body too large\n"))
@@ -378,10 +365,10 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
 {
-    crate::executor::spawn(
+    rt::executor::spawn(
         "cli",
         glommio::Placement::Unbound,
-        crate::executor::ONE_SHOT_PREEMPT,
+        rt::executor::ONE_SHOT_PREEMPT,
         make,
     )
     .map_err(|e| e.to_string())?

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`config`]: every option (flag, env var, default, help) and its validation.
 //! - [`engine`]: the topology: which CPU runs the control core and which run shards.
-//! - [`executor`]: starting a glommio executor (and the guard against its parking bug).
+//! - [`rt`]: the runtime: executors (and the guard against glommio's parking bug), CPUs,
+//!   seeds, signals, timeouts, single-threaded wake-ups.
 //! - [`shard`]: one pinned executor: pacing, the event and query paths, shard stats.
 //! - [`control`]: the control core: writer, HTTP, health, progress, orderly stop.
 //! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
@@ -23,17 +24,19 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod engine;
-pub mod executor;
 pub mod http;
 pub mod metrics;
-pub mod notify;
 pub mod pg;
 pub mod resp;
+pub mod rt;
 pub mod run_report;
 pub mod shard;
 pub mod tls;
 pub mod verify;
 pub mod workload;
+
+/// Old paths of [`rt::executor`] and [`rt::time`], for code written before the move.
+pub use rt::{executor, time as notify};
 
 /// Helpers shared by the unit tests.
 #[cfg(test)]
@@ -44,10 +47,14 @@ pub(crate) mod test_util {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + 'static,
     {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::rt::executor::spawn(
+            "test",
+            glommio::Placement::Unbound,
+            crate::rt::executor::ONE_SHOT_PREEMPT,
+            f,
+        )
+        .unwrap()
+        .join()
+        .unwrap();
     }
 }

@@ -543,10 +543,10 @@ pub fn main(args: VerifyArgs) -> i32 {
         }
     };
     let json = args.json;
-    let ex = crate::executor::spawn(
+    let ex = crate::rt::executor::spawn(
         "verify",
         glommio::Placement::Unbound,
-        crate::executor::ONE_SHOT_PREEMPT,
+        crate::rt::executor::ONE_SHOT_PREEMPT,
         move || async move { run(&args, Some(tls)).await },
     );
     let result = match ex {
@@ -689,13 +689,9 @@ impl Redis {
             size: 1,
             command_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            max_reply_bytes: 64 << 20,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
-            shard: 0,
             protocol: args.redis_protocol,
             tls,
-            declare_run: None,
+            ..PoolConfig::default()
         };
         let cluster =
             crate::resp::cluster::resolve_mode(args.redis_mode, &args.redis_seeds, &cfg).await?;
@@ -819,7 +815,8 @@ async fn declared_runs(redis: &Redis) -> Result<Vec<String>, String> {
 const DB_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runs with these ids, or started at or after `since` (unix seconds), or of the
-/// instances of the named run.
+/// instances of the named run (`to_jsonb`: a database of an older version, without the
+/// column, is read as well).
 async fn load_runs(
     client: &tokio_postgres::Client,
     ids: &[i64],
@@ -839,7 +836,7 @@ async fn load_runs(
              r.events_started, \
              (SELECT coalesce(sum(events), 0)::int8 FROM run_rollups x WHERE x.run_id = r.run_id) \
              FROM runs r WHERE r.run_id = ANY($1) OR r.started_at >= to_timestamp($2) \
-             OR r.run_name = $3 ORDER BY r.started_at, r.run_id",
+             OR to_jsonb(r)->>'run_name' = $3 ORDER BY r.started_at, r.run_id",
             &[&ids, &since, &run_name],
         ),
     )

@@ -312,7 +312,7 @@ fn check_workload(obj: &Value, container: &Value, objects: &[Value]) -> Result<C
         if !name.ends_with("_FILE") {
             continue;
         }
-        if !name.ends_with("_PASSWORD_FILE") {
+        if !name.ends_with("_PASSWORD_FILE") && name != "ADMIN_TOKEN_FILE" {
             return Err(format!("{name}: no stand-in content for it here; add one"));
         }
         check_secret_file(name, value, container, pod)?;

@@ -7,26 +7,22 @@
 //! `key:NNNNNNNNNNNN` like redis-benchmark's `-r`.
 //!
 //! # Layout
-//! - [`mix`]: ratio and key-pattern parsing, the per-command picks, the reusable key buffer.
 //! - [`shard`]: one shard's command slots, closed loop or paced, and its histograms.
 //! - [`report`]: merging the shards, text and JSON output.
 
-pub mod mix;
 pub mod report;
 pub mod shard;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
-
-use glommio::Placement;
 
 use crate::config::BenchRedisArgs;
 use crate::resp::cluster::map::Topology;
 use crate::resp::cluster::slot::key_slot;
 use crate::resp::{PoolConfig, Target};
+use crate::rt::{self, executor, executor::SHARD_PREEMPT};
 use crate::shard::pacer::split_rate;
-use mix::{KeyPattern, Mix, Ratio};
+use crate::workload::bench_mix::{KeyPattern, Mix, Ratio};
 use shard::{ShardPlan, ShardResult};
 
 /// The mix as plain data (`Send`), built into samplers on the shard that uses it.
@@ -115,25 +111,18 @@ impl LaneTags {
 /// Runs the benchmark and prints its result; returns the exit code (1 when Redis was never
 /// reached or no command succeeded).
 pub fn main(args: BenchRedisArgs) -> i32 {
-    let cpus = crate::engine::usable_cpus();
+    let cpus = rt::usable_cpus();
     let shards = args.run.resolved_shards(cpus.len());
     if let Err(e) = args.validate_against_shards(shards) {
         eprintln!("error: {e}");
         return crate::config::EXIT_USAGE;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("error: cannot install signal handler: {e}");
-            return 1;
-        }
+    if let Err(e) = rt::stop_on_signals(&stop) {
+        eprintln!("error: {e}");
+        return 1;
     }
-    let seed = args.run.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        t ^ (u64::from(std::process::id()) << 32)
-    });
+    let seed = args.run.seed.unwrap_or_else(rt::seed_from_clock);
     tracing::info!(
         shards,
         connections = args.connections,
@@ -149,15 +138,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             return crate::config::EXIT_USAGE;
         }
     };
-    let base = PoolConfig {
-        command_timeout: args.run.command_timeout,
-        connect_timeout: Duration::from_secs(2),
-        max_reply_bytes: args.run.max_reply_bytes,
-        protocol: args.redis_protocol,
-        tls: Some(tls.clone()),
-        declare_run: None,
-        ..PoolConfig::default()
-    };
+    let base = args.run.redis_pool(args.redis_protocol, tls.clone());
     let topology = match cluster_topology(&args, &base) {
         Ok(t) => t,
         Err(e) => {
@@ -205,18 +186,11 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             continue;
         }
         // Same placement as the workload's shards: the CPUs after the first.
-        let placement = if args.run.pin {
-            Placement::Fixed(cpus[(1 + i) % cpus.len()])
-        } else {
-            Placement::Unbound
-        };
+        let placement = rt::placement(args.run.pin, cpus[(1 + i) % cpus.len()]);
         let shard_stop = stop.clone();
-        let spawned = crate::executor::spawn(
-            &format!("bench-{i}"),
-            placement,
-            crate::engine::SHARD_PREEMPT,
-            move || shard::run(plan, shard_stop),
-        );
+        let spawned = executor::spawn(&format!("bench-{i}"), placement, SHARD_PREEMPT, move || {
+            shard::run(plan, shard_stop)
+        });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::mix::{KeyBuf, Mix, Op};
 use crate::resp::{Pool, PoolConfig, RedisError, Reply, Target};
 use crate::shard::pacer::Schedule;
+use crate::workload::bench_mix::{KeyBuf, Mix, Op};
 use crate::workload::Rng;
 
 /// Everything a shard needs, moved into its executor thread.

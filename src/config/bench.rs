@@ -4,9 +4,9 @@
 use super::cli::{opt, BenchRedisCli};
 use super::resolve::{redis_flags, run_flags, Resolver};
 use super::RunOptions;
-use crate::bench_redis::mix::{KeyPattern, Ratio, MAX_ZIPF_KEYS};
 use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
+use crate::workload::bench_mix::{KeyPattern, Ratio, MAX_ZIPF_KEYS};
 
 /// `analytics-demo bench-redis`. See `analytics-demo bench-redis --help`.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 
 use super::cli::opt;
 use super::*;
-use crate::bench_redis::mix::{KeyPattern, Ratio};
+use crate::workload::bench_mix::{KeyPattern, Ratio};
 
 fn outcome(args: &[&str], env: &[(&str, &str)]) -> ParseOutcome {
     let argv: Vec<&str> = ["analytics-demo", "bench-redis"]

@@ -318,6 +318,8 @@ option_table! { $
         log_format,
         /// token required by POST /admin/redis-target (unset = admin endpoint disabled) [env: ADMIN_TOKEN] [default: none]
         admin_token,
+        /// file holding the admin token (one trailing newline ignored), e.g. a mounted secret; instead of ADMIN_TOKEN [env: ADMIN_TOKEN_FILE] [default: none]
+        admin_token_file,
         /// how organizations and users are picked: zipf or uniform [env: DISTRIBUTION] [default: zipf]
         distribution,
         /// skew of the zipf distribution [env: ZIPF_EXPONENT] [default: 1.0] [range: >0..=5]
@@ -384,7 +386,7 @@ cli_struct! {
         max_workers, redis_pool_size, cache_ttl, warmup_interval, time_buckets, redis_url,
         redis_mode, redis_protocol, database_url, redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
         database_ca_file, database_password, database_password_file,
-        bind_address, shards, duration, seed, log_format, admin_token, distribution,
+        bind_address, shards, duration, seed, log_format, admin_token, admin_token_file, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
         db_timeout_ms, db_read_timeout_ms, progress_interval, no_pin, instance_index, instance_count,
         run_name, start_timeout, admin_allow_unauthenticated_loopback,
@@ -439,7 +441,7 @@ cli_struct! {
 cli_struct! {
     /// Switch a running instance to another Redis.
     #[argh(subcommand, name = "switch")]
-    pub(crate) struct SwitchCli [admin_url, admin_token] {
+    pub(crate) struct SwitchCli [admin_url, admin_token, admin_token_file] {
         /// the new Redis: redis://[user[:password]@]host[:port][/db] or rediss:// (the running
         /// instance applies its own --redis-ca-file and client certificate to it); a Redis
         /// Cluster's seed nodes comma separated

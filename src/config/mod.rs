@@ -25,6 +25,7 @@ mod table_tests;
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -32,7 +33,7 @@ use argh::FromArgs;
 pub use bench::BenchRedisArgs;
 
 use crate::pg::PgConfig;
-use crate::resp::{Protocol, RedisMode, RedisUrl};
+use crate::resp::{PoolConfig, Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
 use redact::{scrub, url_secrets};
@@ -228,7 +229,24 @@ impl RunOptions {
             usable_cpus.saturating_sub(1).max(1)
         }
     }
+
+    /// The Redis pool settings of the run: its command bounds, `protocol` and `tls`; one
+    /// connection, shard 0, no run declaration (callers set what differs).
+    pub fn redis_pool(&self, protocol: Protocol, tls: Arc<rustls::ClientConfig>) -> PoolConfig {
+        PoolConfig {
+            size: 1,
+            command_timeout: self.command_timeout,
+            connect_timeout: REDIS_CONNECT_TIMEOUT,
+            max_reply_bytes: self.max_reply_bytes,
+            protocol,
+            tls: Some(tls),
+            ..PoolConfig::default()
+        }
+    }
 }
+
+/// Bound of one Redis connection attempt (resolve, connect, TLS, handshake) in a run.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Config {
     /// Checks that need the shard count; `parse` runs it when `--shards` is explicit, the
@@ -355,7 +373,7 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
             c.log_format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         )?,
-        admin_token: r.token(&opt::admin_token, c.admin_token)?,
+        admin_token: r.token(c.admin_token, c.admin_token_file)?,
         distribution: r.choice(
             &opt::distribution,
             c.distribution,
@@ -485,7 +503,7 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
                     })?,
             },
             admin_url: r.http_url(&opt::admin_url, v.admin_url)?,
-            admin_token: r.token(&opt::admin_token, v.admin_token)?,
+            admin_token: r.token(v.admin_token, v.admin_token_file)?,
             wait: std::time::Duration::from_secs(v.wait),
         }),
         SubCli::BenchRedis(v) => Command::BenchRedis(bench::resolve(v, r)?),
@@ -539,7 +557,11 @@ fn split_equals(args: &[&str]) -> Vec<String> {
 /// and the content of password files.
 fn secrets(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let valued = [&opt::admin_token, &opt::database_password];
-    let files = [&opt::redis_password_file, &opt::database_password_file];
+    let files = [
+        &opt::redis_password_file,
+        &opt::database_password_file,
+        &opt::admin_token_file,
+    ];
     let mut secrets: Vec<String> = args.iter().flat_map(|a| url_secrets(a)).collect();
     let mut secret_files: Vec<String> = Vec::new();
     for pair in args.windows(2) {

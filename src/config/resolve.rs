@@ -471,8 +471,25 @@ impl Resolver<'_> {
     }
 
     /// A secret: never echoed. It travels in an HTTP header, so it must be visible ASCII.
-    pub fn token(&self, def: &OptDef, flag: Option<String>) -> Result<Option<Secret>, String> {
-        match self.raw(def, flag) {
+    /// The admin token: ADMIN_TOKEN, or the content of ADMIN_TOKEN_FILE (at most one of them).
+    pub fn token(
+        &self,
+        flag: Option<String>,
+        file_flag: Option<String>,
+    ) -> Result<Option<Secret>, String> {
+        let (def, file) = (&opt::admin_token, &opt::admin_token_file);
+        let value = match (self.raw(def, flag), self.secret_file(file, file_flag)?) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{} and {} are both set: give one",
+                    def.label(),
+                    file.label()
+                ))
+            }
+            (v, None) => v,
+            (None, f) => f,
+        };
+        match value {
             None => Ok(None),
             Some(t) if t.is_empty() => Err(format!("{} must not be empty", def.label())),
             Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(format!(

@@ -93,7 +93,10 @@ fn should_enforce_each_range_as_the_help_shows_it() {
     }
     assert!(ranged >= 20, "only {ranged} options have a range");
     // The key names have 12 digits: the range of --keys is what they can number.
-    assert_eq!(opt::keys.range.max, Some(crate::bench_redis::mix::MAX_KEYS));
+    assert_eq!(
+        opt::keys.range.max,
+        Some(crate::workload::bench_mix::MAX_KEYS)
+    );
 }
 
 #[test]

@@ -398,6 +398,7 @@ const INVALID: &[(&str, &str, &str, &str)] = &[
         "--database-password-file (DATABASE_PASSWORD_FILE): cannot read '/nonexistent/pw'"),
     ("--instance-count", "INSTANCE_COUNT", "0", "must be at least 1, got 0"),
     ("--instance-count", "INSTANCE_COUNT", "501", "is larger than --organizations (ORGANIZATIONS) (500)"),
+    ("--admin-token-file", "ADMIN_TOKEN_FILE", "/nonexistent/token", "--admin-token-file (ADMIN_TOKEN_FILE): cannot read '/nonexistent/token'"),
     ("--run-name", "RUN_NAME", "a/b", "invalid value 'a/b' for --run-name (RUN_NAME): expected 1 to 100 letters"),
     ("--start-timeout", "START_TIMEOUT", "0", "must be between 1 and 86400, got 0"),
 ];
@@ -1343,4 +1344,21 @@ fn should_take_the_instance_index_from_kubernetes_when_instance_index_is_unset()
     }
     let out = error(&[], &[("RUN_NAME", "a b")]);
     assert!(out.contains("RUN_NAME"), "{out}");
+}
+
+#[test]
+fn should_read_the_admin_token_from_a_file_and_refuse_both() {
+    let dir = std::env::temp_dir().join(format!("ad-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "s3cr3t-from-file\n").unwrap();
+    let path = file.to_str().unwrap();
+    match command(&[], &[("ADMIN_TOKEN_FILE", path)]) {
+        Command::Run(c) => assert_eq!(c.admin_token.as_deref(), Some("s3cr3t-from-file")),
+        other => panic!("{other:?}"),
+    }
+    let out = error(&[], &[("ADMIN_TOKEN_FILE", path), ("ADMIN_TOKEN", "x")]);
+    assert!(out.contains("are both set"), "{out}");
+    assert!(!out.contains("s3cr3t"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,179 +6,33 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::shard::stats::{new_histogram, CacheOutcome, Op, ShardReport, Skip, MISS_MICROS};
+use crate::shard::counts::Counts;
+use crate::shard::stats::{CacheOutcome, Op, ShardReport, MISS_MICROS};
 use crate::workload::{EventType, Outcome, QueryType};
 
-/// Counts over some span (a second, a progress interval, or the whole run).
-#[derive(Clone)]
+/// Counts over some span (a second, a progress interval, or the whole run): the shards'
+/// [`Counts`] merged, read through `Deref`, with the figures made from them.
+#[derive(Clone, Default)]
 pub struct Window {
-    pub events: [[u64; 3]; 5],
-    pub queries: [[u64; 4]; 3],
-    /// Hits and lookups of cacheable queries on their own keys (the steered one-off ones
-    /// left out).
-    pub natural_hits: u64,
-    pub natural_lookups: u64,
-    /// By stream (`Op`) and reason (`Skip`).
-    pub skipped: [[u64; 3]; 2],
-    pub errors: BTreeMap<&'static str, u64>,
-    /// Successful queries, from the scheduled start (µs).
-    pub query_latency: Histogram<u64>,
-    /// Failed queries, from the scheduled start (µs).
-    pub query_error_latency: Histogram<u64>,
-    /// Successful queries, from the actual start (µs).
-    pub query_service: Histogram<u64>,
-    /// Acknowledged events, and failed or unknown ones (µs).
-    pub event_latency: Histogram<u64>,
-    pub event_error_latency: Histogram<u64>,
-    /// How late the shards' pacers woke (µs): stalls of the generator itself.
-    pub pacer_lateness: Histogram<u64>,
-    pub warmups: u64,
+    pub counts: Counts,
     /// Unix time at which this window was closed (one-second windows only).
     pub at_unix: f64,
 }
 
-impl Default for Window {
-    fn default() -> Window {
-        Window {
-            events: [[0; 3]; 5],
-            queries: [[0; 4]; 3],
-            natural_hits: 0,
-            natural_lookups: 0,
-            skipped: [[0; 3]; 2],
-            errors: BTreeMap::new(),
-            query_latency: new_histogram(),
-            query_error_latency: new_histogram(),
-            query_service: new_histogram(),
-            event_latency: new_histogram(),
-            event_error_latency: new_histogram(),
-            pacer_lateness: new_histogram(),
-            warmups: 0,
-            at_unix: 0.0,
-        }
+impl std::ops::Deref for Window {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Window {
+    fn deref_mut(&mut self) -> &mut Counts {
+        &mut self.counts
     }
 }
 
 impl Window {
-    /// A shard report's counts as a window.
-    pub fn from_report(r: &ShardReport) -> Window {
-        Window {
-            events: r.events,
-            queries: r.queries,
-            natural_hits: r.natural_hits,
-            natural_lookups: r.natural_lookups,
-            skipped: r.skipped,
-            errors: r.errors.iter().copied().collect(),
-            query_latency: r.query_latency.clone(),
-            query_error_latency: r.query_error_latency.clone(),
-            query_service: r.query_service.clone(),
-            event_latency: r.event_latency.clone(),
-            event_error_latency: r.event_error_latency.clone(),
-            pacer_lateness: r.pacer_lateness.clone(),
-            warmups: r.warmups,
-            at_unix: 0.0,
-        }
-    }
-
-    /// Adds another window (counts, errors and histograms).
-    pub fn merge(&mut self, other: &Window) {
-        let pairs = self
-            .events
-            .iter_mut()
-            .flatten()
-            .zip(other.events.iter().flatten());
-        pairs.for_each(|(a, b)| *a += b);
-        let pairs = self
-            .queries
-            .iter_mut()
-            .flatten()
-            .zip(other.queries.iter().flatten());
-        pairs.for_each(|(a, b)| *a += b);
-        let pairs = self
-            .skipped
-            .iter_mut()
-            .flatten()
-            .zip(other.skipped.iter().flatten());
-        pairs.for_each(|(a, b)| *a += b);
-        self.natural_hits += other.natural_hits;
-        self.natural_lookups += other.natural_lookups;
-        for (k, n) in &other.errors {
-            *self.errors.entry(k).or_default() += n;
-        }
-        let _ = self.query_latency.add(&other.query_latency);
-        let _ = self.query_error_latency.add(&other.query_error_latency);
-        let _ = self.query_service.add(&other.query_service);
-        let _ = self.event_latency.add(&other.event_latency);
-        let _ = self.event_error_latency.add(&other.event_error_latency);
-        let _ = self.pacer_lateness.add(&other.pacer_lateness);
-        self.warmups += other.warmups;
-    }
-
-    pub fn events_total(&self) -> u64 {
-        self.events.iter().flatten().sum()
-    }
-
-    pub fn queries_total(&self) -> u64 {
-        self.queries.iter().flatten().sum()
-    }
-
-    pub fn errors_total(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
-    pub fn skipped_total(&self) -> u64 {
-        self.skipped.iter().flatten().sum()
-    }
-
-    /// Skipped operations of one stream.
-    pub fn skipped_of(&self, op: Op) -> u64 {
-        self.skipped[op as usize].iter().sum()
-    }
-
-    /// Skipped operations by reason (both streams).
-    pub fn skipped_by_reason(&self) -> BTreeMap<&'static str, u64> {
-        Skip::ALL
-            .iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    self.skipped.iter().map(|s| s[*r as usize]).sum(),
-                )
-            })
-            .collect()
-    }
-
-    /// Skipped operations of one stream by the reasons that apply to it.
-    pub fn skipped_reasons_of(&self, op: Op) -> BTreeMap<&'static str, u64> {
-        Skip::ALL
-            .iter()
-            .filter(|r| r.applies_to(op))
-            .map(|r| (r.as_str(), self.skipped[op as usize][*r as usize]))
-            .collect()
-    }
-
-    /// Queries that failed (Redis or Postgres error).
-    pub fn queries_failed(&self) -> u64 {
-        self.queries
-            .iter()
-            .map(|q| q[CacheOutcome::Error as usize])
-            .sum()
-    }
-
-    /// Queries answered.
-    pub fn queries_ok(&self) -> u64 {
-        self.queries_total() - self.queries_failed()
-    }
-
-    /// Events whose counter write was acknowledged.
-    pub fn events_ok(&self) -> u64 {
-        self.events.iter().map(|e| e[Outcome::Acked as usize]).sum()
-    }
-
-    /// Events whose counter write failed or has an unknown outcome.
-    pub fn events_failed(&self) -> u64 {
-        self.events_total() - self.events_ok()
-    }
-
     /// Every operation of OP that was due: ok, error and skipped.
     pub fn outcomes(&self, op: Op) -> Outcomes {
         let (ok, error) = match op {
@@ -205,47 +59,6 @@ impl Window {
     pub fn event_latency_with_misses(&self) -> WithMisses {
         let misses = self.events_failed() + self.skipped_of(Op::Event);
         percentiles_with_misses(&self.event_latency, misses)
-    }
-
-    /// Hits and hits + misses of every cacheable query (ad-hoc ones included).
-    fn cacheable(&self) -> (u64, u64) {
-        let hits: u64 = self
-            .queries
-            .iter()
-            .map(|q| q[CacheOutcome::Hit as usize])
-            .sum();
-        let misses: u64 = self
-            .queries
-            .iter()
-            .map(|q| q[CacheOutcome::Miss as usize])
-            .sum();
-        (hits, hits + misses)
-    }
-
-    /// The steered hit ratio: hits / (hits + misses) of every cacheable query, the one-off
-    /// keys the steering loop adds included; None before any lookup.
-    pub fn hit_ratio(&self) -> Option<f64> {
-        let (hits, lookups) = self.cacheable();
-        (lookups > 0).then(|| hits as f64 / lookups as f64)
-    }
-
-    /// The natural hit ratio: cacheable queries on their own keys only (how full the cache
-    /// really is); None before any such lookup completed.
-    pub fn natural_hit_ratio(&self) -> Option<f64> {
-        (self.natural_lookups > 0).then(|| self.natural_hits as f64 / self.natural_lookups as f64)
-    }
-
-    /// Share of the cacheable lookups that the steering loop sent to one-off keys.
-    pub fn adhoc_fraction(&self) -> Option<f64> {
-        let (_, lookups) = self.cacheable();
-        let adhoc = lookups.saturating_sub(self.natural_lookups);
-        (lookups > 0).then(|| adhoc as f64 / lookups as f64)
-    }
-
-    pub fn conversion_rate(&self) -> Option<f64> {
-        let views: u64 = self.events[EventType::PageView as usize].iter().sum();
-        let conv: u64 = self.events[EventType::Conversion as usize].iter().sum();
-        (views > 0).then(|| conv as f64 / views as f64)
     }
 }
 
@@ -378,10 +191,9 @@ impl Aggregate {
     }
 
     pub fn add(&mut self, r: &ShardReport) {
-        let w = Window::from_report(r);
-        self.total.merge(&w);
-        self.interval.merge(&w);
-        self.current.merge(&w);
+        for w in [&mut self.total, &mut self.interval, &mut self.current] {
+            w.merge(&r.counts);
+        }
         if let Some(t) = self.interval_secs.get_mut(r.shard) {
             *t += r.interval.as_secs_f64();
         }
@@ -680,6 +492,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::stats::{new_histogram, Skip};
 
     fn hist(values_us: &[u64]) -> Histogram<u64> {
         let mut h = new_histogram();

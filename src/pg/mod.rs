@@ -340,12 +340,10 @@ pub async fn within<T, E: Into<DbError>>(
     limit: Duration,
     op: impl Future<Output = Result<T, E>>,
 ) -> Result<T, DbError> {
-    let op = async { op.await.map_err(Into::into) };
-    let expire = async {
-        glommio::timer::sleep(limit).await;
-        Err(DbError::Timeout(limit))
-    };
-    futures_lite::future::or(op, expire).await
+    match crate::rt::time::timeout(limit, op).await {
+        Some(done) => done.map_err(Into::into),
+        None => Err(DbError::Timeout(limit)),
+    }
 }
 
 /// TCP keepalive on PostgreSQL sockets: an idle connection to a host that went away (network

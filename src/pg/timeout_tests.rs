@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
+
+use crate::rt::executor::SHARD_PREEMPT;
 
 use super::writer::{self, Backlog, EventRow, WriterConfig, WriterStatus};
 use super::{connect, set_keepalive, within, DbError, PgConfig};
@@ -124,8 +126,8 @@ fn writer_stopped_while_frozen(
     let (b, o) = (backlog.clone(), out.clone());
     let (tx, rx) = shared_channel::new_bounded(4);
     // The shard's side on its own executor, as in the app.
-    let shard = LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
+    let shard =
+        crate::rt::executor::spawn("shard", Placement::Unbound, SHARD_PREEMPT, || async move {
             let tx = tx.connect().await;
             let _ = tx.send(vec![row(1), row(2), row(3)]).await;
         })

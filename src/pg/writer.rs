@@ -24,8 +24,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 use crate::metrics as m;
-use crate::notify;
-use crate::resp::sync::Notify;
+use crate::rt::{self, sync::Notify};
 use crate::workload::{time, Outcome};
 
 /// One event as stored in Postgres.
@@ -114,7 +113,7 @@ pub async fn run(
     for rx in receivers {
         let (queue, bell, open) = (queue.clone(), bell.clone(), open.clone());
         glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = rt::time::awake(rx.connect()).await;
             while let Some(rows) = rx.recv().await {
                 queue.borrow_mut().push_back(rows);
                 bell.notify();
@@ -167,10 +166,10 @@ pub async fn run(
         }
         match first_at {
             Some(t) => {
-                notify::until(t + FLUSH_AFTER, bell.notified()).await;
+                rt::time::until(t + FLUSH_AFTER, bell.notified()).await;
             }
             None => {
-                notify::until(Instant::now() + Duration::from_millis(500), bell.notified()).await;
+                rt::time::until(Instant::now() + Duration::from_millis(500), bell.notified()).await;
             }
         }
     }

@@ -14,15 +14,16 @@ use crate::resp::dial::dial;
 use crate::resp::frame::{encode_command, Decoder};
 use crate::resp::handshake::handshake;
 use crate::resp::stats::Stats;
-use crate::resp::sync::{Latch, Notify};
 use crate::resp::transport::{self, ReadHalf, WriteHalf};
 use crate::resp::{PoolConfig, Protocol, RedisError, RedisUrl, Reply};
+use crate::rt::sync::{Latch, Notify};
+use crate::rt::time::timeout;
 use bytes::BytesMut;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -144,14 +145,8 @@ impl Connection {
             true => Some(tls_handshake(&mut stream, url, cfg).await?),
             false => None,
         };
-        // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
-        let fd2 = unsafe { libc::dup(stream.as_raw_fd()) };
-        if fd2 < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(connect_err(format!("dup: {e}")));
-        }
-        // SAFETY: fd2 is a fresh, open socket fd owned by nobody else.
-        let wstream = unsafe { TcpStream::from_raw_fd(fd2) };
+        let wstream =
+            crate::rt::dup_stream(&stream).map_err(|e| connect_err(format!("dup: {e}")))?;
         let inner = Rc::new(Inner {
             st: RefCell::new(State {
                 out: BytesMut::with_capacity(READ_CHUNK),
@@ -319,7 +314,7 @@ impl Connection {
             if left.is_zero() {
                 break;
             }
-            futures_lite::future::or(self.inner.idle.notified(), glommio::timer::sleep(left)).await;
+            timeout(left, self.inner.idle.notified()).await;
         }
         self.close();
     }
@@ -343,12 +338,8 @@ async fn tls_handshake(
             .client_config(crate::tls::Verify::Full)
             .map_err(|msg| RedisError::Connect { msg })?,
     };
-    let shake = async { Some(transport::handshake(stream, config, &url.host).await) };
-    let expire = async {
-        glommio::timer::sleep(cfg.connect_timeout.max(Duration::from_millis(1))).await;
-        None
-    };
-    match futures_lite::future::or(shake, expire).await {
+    let limit = cfg.connect_timeout.max(Duration::from_millis(1));
+    match timeout(limit, transport::handshake(stream, config, &url.host)).await {
         Some(Ok(tls)) => Ok(tls),
         Some(Err(why)) => Err(RedisError::Connect {
             msg: format!("TLS handshake with {}: {why}", url.redacted()),
@@ -561,6 +552,6 @@ async fn sweeper(inner: Rc<Inner>) {
             return;
         }
         let nap = wake.saturating_duration_since(now);
-        futures_lite::future::or(inner.sweeper_wake.notified(), glommio::timer::sleep(nap)).await;
+        timeout(nap, inner.sweeper_wake.notified()).await;
     }
 }

@@ -22,12 +22,9 @@ pub(crate) async fn dial(url: &RedisUrl, timeout: Duration) -> Result<TcpStream,
             .map(|a| a.collect::<Vec<SocketAddr>>())
             .map_err(|e| e.to_string())
     });
-    let expire = async {
-        glommio::timer::sleep(timeout).await;
-        Err("resolution timed out".to_string())
-    };
-    let addrs = futures_lite::future::or(resolve, expire)
+    let addrs = crate::rt::time::timeout(timeout, resolve)
         .await
+        .unwrap_or_else(|| Err("resolution timed out".to_string()))
         .map_err(|e| err(format!("resolve {}: {e}", url.redacted())))?;
     let mut last = format!("{} resolved to no address", url.redacted());
     for addr in addrs {

@@ -8,7 +8,7 @@
 //! - [`cluster`]: Redis Cluster: slots, the slot map, routing and redirections.
 //! - [`error`]: the error type and its bounded `kind()` labels.
 //! - `dial`: resolve and connect; `transport`: plain TCP or TLS under a connection;
-//!   `stats`: cached metric handles; `sync`: single-threaded wake-ups.
+//!   `stats`: cached metric handles.
 
 pub mod cluster;
 pub mod conn;
@@ -18,7 +18,8 @@ pub mod frame;
 pub mod handshake;
 pub mod pool;
 mod stats;
-pub(crate) mod sync;
+/// Old path of [`crate::rt::sync`].
+pub(crate) use crate::rt::sync;
 mod transport;
 pub mod url;
 

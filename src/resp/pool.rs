@@ -8,8 +8,8 @@
 use crate::resp::cluster::Cluster;
 use crate::resp::conn::Connection;
 use crate::resp::stats::{ConnState, Stats};
-use crate::resp::sync::Notify;
 use crate::resp::{Protocol, RedisError, RedisUrl, Reply};
+use crate::rt::sync::Notify;
 use futures_lite::future::or;
 use glommio::Task;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};

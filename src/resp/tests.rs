@@ -56,11 +56,9 @@ fn cfg() -> PoolConfig {
         max_reply_bytes: 1 << 20,
         backoff_min: Duration::from_millis(5),
         backoff_max: Duration::from_millis(50),
-        shard: 0,
         // These fake servers speak RESP2 and answer whatever comes first: no HELLO.
         protocol: Protocol::Resp2,
-        tls: None,
-        declare_run: None,
+        ..PoolConfig::default()
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::stats::{event_result, Op, OpResult, Skip};
+use super::stats::{Op, Skip};
 use super::{push_row, Shard};
 use crate::pg::writer::EventRow;
 use crate::workload::{keys, time, Outcome};
@@ -17,8 +17,7 @@ use crate::workload::{keys, time, Outcome};
 /// Starts one event due at `due` as its own task (or skips it when the writer is behind).
 pub fn start(s: Rc<Shard>, due: Instant) {
     if s.backlog.pending() >= s.p.backlog_cap {
-        s.metrics.skipped(Op::Event, Skip::DbBacklog, 1);
-        s.stats.borrow_mut().skipped[Op::Event as usize][Skip::DbBacklog as usize] += 1;
+        s.record_skip(Op::Event, Skip::DbBacklog, 1);
         return;
     }
     // Reserve the row's place before the write, so the cap holds across in-flight events.
@@ -74,7 +73,7 @@ async fn run(s: &Shard, due: Instant) {
         .await;
     let outcome = match replies.first() {
         Some(Ok(_)) => {
-            s.stats.borrow_mut().redis_ok(s.p.index, started);
+            s.stats.borrow_mut().outages.ok(s.p.index, started);
             Outcome::Acked
         }
         Some(Err(e)) => {
@@ -89,7 +88,7 @@ async fn run(s: &Shard, due: Instant) {
     };
     if outcome == Outcome::Acked {
         for e in replies.iter().skip(1).filter_map(|r| r.as_ref().err()) {
-            *s.stats.borrow_mut().errors.entry(e.kind()).or_default() += 1;
+            s.stats.borrow_mut().counts.error(e.kind());
         }
     }
     let done = Instant::now();
@@ -106,15 +105,8 @@ async fn run(s: &Shard, due: Instant) {
             outcome: outcome.code(),
         },
     );
-    let latency = done.saturating_duration_since(due);
-    s.metrics.event(ty, outcome, latency.as_secs_f64());
+    s.record_event(ty, outcome, done.saturating_duration_since(due));
     let mut st = s.stats.borrow_mut();
-    st.events[ty as usize][outcome as usize] += 1;
-    let latency_us = (latency.as_micros() as u64).max(1);
-    let _ = match event_result(outcome) {
-        OpResult::Ok => st.event_latency.record(latency_us),
-        OpResult::Error => st.event_error_latency.record(latency_us),
-    };
     if let Some(seen) = st.org_last_seen.get_mut(org_rank) {
         *seen = unix as u32;
     }

@@ -2,9 +2,12 @@
 //! connection, RNG stream, generators and counters. Shards share nothing mutable with each
 //! other; they talk to the control core through bounded channels only.
 
+pub mod counts;
 pub mod events;
+pub mod outage;
 pub mod pacer;
 pub mod queries;
+pub mod sketch;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -105,8 +108,8 @@ const ROW_MESSAGE_MAX: usize = 512;
 /// Runs a shard until `stopping` is set, then drains it: no new operations, in-flight
 /// ones finish, every row goes to the writer, a final report goes to the control core.
 pub async fn run(p: ShardParams, links: ShardLinks) {
-    let rows_tx = crate::notify::awake(links.rows.connect()).await;
-    let reports_tx = crate::notify::awake(links.reports.connect()).await;
+    let rows_tx = crate::rt::time::awake(links.rows.connect()).await;
+    let reports_tx = crate::rt::time::awake(links.reports.connect()).await;
     let pool = Pool::for_target(&p.redis, p.pool.clone());
     let reader = Reader::new(p.pg.clone(), p.db_timeout, p.db_read_timeout, p.index);
     let org_pick = match p.zipf_exponent {
@@ -140,7 +143,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
     let commands = {
         let (s, rx) = (shard.clone(), links.commands);
         glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = crate::rt::time::awake(rx.connect()).await;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     ShardCommand::SetTarget(t) => s.pool.set_target(t),
@@ -272,23 +275,15 @@ async fn pace(
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if let Some(w) = wake.take() {
-            let late = now.saturating_duration_since(w);
-            s.metrics.pacer_lateness.record(late.as_secs_f64());
-            let _ = s
-                .stats
-                .borrow_mut()
-                .pacer_lateness
-                .record((late.as_micros() as u64).max(1));
+            s.record_pacer_late(now.saturating_duration_since(w));
         }
         let due = sched.take_due(now, s.p.late_limit);
         if due.late > 0 {
-            s.metrics.skipped(kind, stats::Skip::Late, due.late);
-            s.stats.borrow_mut().skipped[kind as usize][stats::Skip::Late as usize] += due.late;
+            s.record_skip(kind, stats::Skip::Late, due.late);
         }
         for k in due.from..due.to {
             if s.inflight.get() >= s.p.max_inflight {
-                s.metrics.skipped(kind, stats::Skip::MaxWorkers, 1);
-                s.stats.borrow_mut().skipped[kind as usize][stats::Skip::MaxWorkers as usize] += 1;
+                s.record_skip(kind, stats::Skip::MaxWorkers, 1);
                 continue;
             }
             op(s.clone(), sched.at(k));

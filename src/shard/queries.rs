@@ -78,8 +78,8 @@ async fn run(s: &Shard, due: Instant) {
                 if let Ok(c) = r {
                     let mut st = s.stats.borrow_mut();
                     let hit = u64::from(c == CacheOutcome::Hit);
-                    st.natural_lookups += 1;
-                    st.natural_hits += hit;
+                    st.counts.natural_lookups += 1;
+                    st.counts.natural_hits += hit;
                     st.steer_lookups += 1;
                     st.steer_hits += hit;
                 }
@@ -89,7 +89,7 @@ async fn run(s: &Shard, due: Instant) {
     };
     let cache = match result {
         Ok(c) => {
-            s.stats.borrow_mut().redis_ok(s.p.index, started);
+            s.stats.borrow_mut().outages.ok(s.p.index, started);
             c
         }
         Err(Failure::Redis(kind)) => {
@@ -102,24 +102,17 @@ async fn run(s: &Shard, due: Instant) {
             } else {
                 "postgres"
             };
-            *s.stats.borrow_mut().errors.entry(kind).or_default() += 1;
+            s.stats.borrow_mut().counts.error(kind);
             CacheOutcome::Error
         }
     };
     let done = Instant::now();
-    let corrected = done.saturating_duration_since(due);
-    let service = done.saturating_duration_since(started);
-    s.metrics
-        .query(qt, cache, corrected.as_secs_f64(), service.as_secs_f64());
-    let mut st = s.stats.borrow_mut();
-    st.queries[qt as usize][cache as usize] += 1;
-    let corrected_us = (corrected.as_micros() as u64).max(1);
-    if cache == CacheOutcome::Error {
-        let _ = st.query_error_latency.record(corrected_us);
-    } else {
-        let _ = st.query_latency.record(corrected_us);
-        let _ = st.query_service.record((service.as_micros() as u64).max(1));
-    }
+    s.record_query(
+        qt,
+        cache,
+        done.saturating_duration_since(due),
+        done.saturating_duration_since(started),
+    );
 }
 
 async fn cache_aside(
@@ -276,7 +269,7 @@ pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
                 }
             }
         }
-        s.stats.borrow_mut().warmups += refreshed;
+        s.stats.borrow_mut().counts.warmups += refreshed;
         tracing::debug!(
             shard = s.p.index,
             refreshed,

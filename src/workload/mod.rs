@@ -1,6 +1,8 @@
 //! What the simulated SaaS does: event and query mixes, skewed tenants and users, the
-//! Redis key layout, and the hour buckets counters live in.
+//! Redis key layout, and the hour buckets counters live in; and `bench-redis`'s plain SET/GET
+//! mix ([`bench_mix`]).
 
+pub mod bench_mix;
 pub mod dist;
 pub mod keys;
 pub mod time;

@@ -33,6 +33,11 @@ use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shar
 pub const FIRST_POLL_PREEMPT: Duration = Duration::from_secs(2);
 /// Preemption interval of the one-shot subcommands' executors (verify, report, switch).
 pub const ONE_SHOT_PREEMPT: Duration = Duration::from_millis(100);
+/// Preemption interval of a shard's tasks (the workload's and bench-redis's): a long-running
+/// task yields to the reactor (and to Redis replies) at least this often.
+pub const SHARD_PREEMPT: Duration = Duration::from_millis(10);
+/// Preemption interval of the control core's tasks (writer, HTTP, reports).
+pub const CONTROL_PREEMPT: Duration = Duration::from_millis(100);
 /// How often every executor is woken from outside.
 pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
 
