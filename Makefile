@@ -283,13 +283,16 @@ migrate-demo-failover: services-install ## Replicated source killed -9, replica 
 # Redis Cluster rehearsals (.ci/migrate-demo-cluster.sh): 3 primaries + 3 replicas on ports from
 # 7300, a PostgreSQL of their own, the app on 7390. EVENTS_PER_SECOND / QUERIES_PER_SECOND only
 # when given (reshard: the ultra preset; failover: 300 / 700); PHASE_SECONDS (10).
-.PHONY: migrate-demo-reshard migrate-demo-cluster-failover
+.PHONY: migrate-demo-reshard migrate-demo-cluster-failover migrate-demo-to-cluster
 
 CLUSTER_DEMO_ENV = $(foreach v,EVENTS_PER_SECOND QUERIES_PER_SECOND,$(if $(filter command line environment,$(origin $(v))),$(v)=$($(v)))) \
 	APP_BIN='$(APP_BIN)' NO_BUILD='$(NO_BUILD)'
 
 migrate-demo-reshard: services-install ## Cluster under the ultra preset: reshard a third of the slots to one primary, rebalance back; expects 0 failed events, verify CLEAN
 	@$(CLUSTER_DEMO_ENV) bash .ci/migrate-demo-cluster.sh reshard
+
+migrate-demo-to-cluster: services-install ## Standalone under load copied into a cluster (redis-cli --cluster import --cluster-copy), then switch --wait to it; verify must find exactly the increments the source took after each key's copy
+	@$(CLUSTER_DEMO_ENV) bash .ci/migrate-demo-cluster.sh to-cluster
 
 migrate-demo-cluster-failover: services-install ## Cluster: CLUSTER FAILOVER (expects verify CLEAN), then kill -9 of a primary (loss within the async-replication window)
 	@$(CLUSTER_DEMO_ENV) bash .ci/migrate-demo-cluster.sh failover

@@ -8,6 +8,11 @@
 #                                              expect 0 failed events, verify CLEAN); run 2:
 #                                              kill -9 of a primary (asynchronous replication:
 #                                              loss bounded by what it acknowledged just before)
+#   bash .ci/migrate-demo-cluster.sh to-cluster a standalone source under load copied into the
+#                                              cluster (redis-cli --cluster import --cluster-copy),
+#                                              then `switch --wait` to the cluster: the increments
+#                                              made on the source after their key was copied are
+#                                              lost, and verify must find exactly that many
 #
 # What it starts (and stops again on exit, whatever happens): 3 primaries + 3 replicas
 # (`redis-server --cluster-enabled yes`, `redis-cli --cluster create --cluster-replicas 1`) on
@@ -30,8 +35,8 @@ set -euo pipefail
 MODE="${1:-}"
 case "$MODE" in
     reshard) DEFAULT_EPS=2000 DEFAULT_QPS=8000 ;;
-    failover) DEFAULT_EPS=300 DEFAULT_QPS=700 ;;
-    *) echo "usage: $0 reshard|failover" >&2; exit 2 ;;
+    failover | to-cluster) DEFAULT_EPS=300 DEFAULT_QPS=700 ;;
+    *) echo "usage: $0 reshard|failover|to-cluster" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +50,7 @@ LAG_WINDOW_SECONDS="${LAG_WINDOW_SECONDS:-1}"
 PORT_BASE="${CLUSTER_PORT_BASE:-7300}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 APP_BIN="${APP_BIN:-$TARGET_DIR/release/analytics-demo}"
-DB_NAME="analytics_cluster_$MODE"
+DB_NAME="analytics_cluster_${MODE/-/_}"
 WORK="$ROOT/.local/migrate/cluster-$MODE"
 PG_LOCAL="$ROOT/.local/migrate/cluster-pg"
 
@@ -55,7 +60,7 @@ die() { printf '[migrate-demo-cluster %s] ERROR: %s\n' "$MODE" "$*" >&2; exit 2;
 # ---------------------------------------------------------------------------------------------
 # Clean-up: everything started here is stopped on any exit.
 # ---------------------------------------------------------------------------------------------
-NODE_PIDS=() APP_PID="" STOP_PG=""
+NODE_PIDS=() APP_PID="" STOP_PG="" SOURCE_PID=""
 stop_app() { # SIGTERM (in-flight operations finish, rows are flushed), SIGKILL after 30 s
     [ -n "$APP_PID" ] && kill -0 "$APP_PID" 2>/dev/null || return 0
     kill -TERM "$APP_PID" 2>/dev/null
@@ -66,7 +71,7 @@ cleanup() {
     local rc=$? pid
     set +e
     stop_app
-    for pid in "${NODE_PIDS[@]}"; do
+    for pid in "${NODE_PIDS[@]}" $SOURCE_PID; do
         kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
     if [ -n "$STOP_PG" ]; then
@@ -342,6 +347,58 @@ print_files() { # the report and verify of each run
     done
 }
 
+# Counter values (`a:{org}:ev:*`, the keys verify judges) of the Redis servers at the given
+# ports, as JSON {key: value} on stdout: SCAN on each, GET pipelined (a cluster's primaries
+# each hold their own keys).
+counters_of() {
+    python3 - "$@" <<'PY'
+import json, socket, sys
+def conn(port):
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    return s, s.makefile("rb")
+def send(s, *args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    s.sendall(out)
+def read(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t in (b"+", b":"):
+        return rest
+    if t == b"-":
+        raise RuntimeError(rest.decode())
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data
+    if t == b"*":
+        return [read(f) for _ in range(int(rest))]
+    raise RuntimeError("unexpected reply %r" % line)
+values = {}
+for port in sys.argv[1:]:
+    s, f = conn(port)
+    cursor, keys = b"0", []
+    while True:
+        send(s, "SCAN", cursor, "MATCH", "a:*:ev:*", "COUNT", 1000)
+        cursor, batch = read(f)
+        keys += batch
+        if cursor == b"0":
+            break
+    for k in keys:
+        send(s, "GET", k)
+    for k in keys:
+        v = read(f)
+        if v is not None:
+            values[k.decode()] = int(v)
+print(json.dumps(values))
+PY
+}
+primaries() { local p; for p in "${PORTS[@]}"; do is_primary "$p" && echo "$p"; done; }
+
 pass=0
 case "$MODE" in
     # -----------------------------------------------------------------------------------------
@@ -478,6 +535,9 @@ case "$MODE" in
         # after it; the failure window: first to last failed or unknown event (any slot).
         UNAVAIL="$(psql_db "SELECT coalesce(round(extract(epoch FROM (SELECT min(ts) FROM events WHERE outcome = 0 AND org_id IN ($KILL_ORGS) AND ts > to_timestamp($KILL_TS)) - (SELECT max(ts) FROM events WHERE outcome = 0 AND org_id IN ($KILL_ORGS) AND ts <= to_timestamp($KILL_TS)))::numeric, 2)::text, 'never')")"
         FAILWIN="$(psql_db "SELECT coalesce(round(extract(epoch FROM max(ts) - min(ts))::numeric, 2)::text || ' s, from ' || round((extract(epoch FROM min(ts)) - $KILL_TS)::numeric, 2) || ' s after the kill', 'none') FROM events WHERE outcome > 0 AND ts > to_timestamp($KILL_TS - 1)")"
+        # Failed or unknown events of run 2 on the dead primary's slots and on the others (the
+        # whole cluster answers CLUSTERDOWN while a slot has no primary: cluster-require-full-coverage).
+        SPLIT="$(psql_db "SELECT coalesce(sum((org_id IN ($KILL_ORGS))::int), 0) || ' on its slots, ' || coalesce(sum((org_id NOT IN ($KILL_ORGS))::int), 0) || ' on the others' FROM events WHERE outcome > 0 AND run_id = (SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1)")"
         RESUMED="$(psql_db "SELECT count(*) FROM events WHERE outcome = 0 AND org_id IN ($KILL_ORGS) AND ts > to_timestamp($KILL_TS + $PROMOTED_S)")"
         EXPECTED="run 1: no failed or unknown event, verify exit 0; run 2: app exit 0, the dead primary's slots written again after the promotion, verify exit 0 or exit 1 with loss <= $WINDOW_ACKED (acked on its slots in the last ${LAG_WINDOW_SECONDS}s before the kill) and no phantom"
         if [ "$FO_APP_RC" = 0 ] && [ "$FO_FAILED" = 0 ] && [ "$FO_UNKNOWN" = 0 ] && [ "$FO_VERIFY_RC" = 0 ] \
@@ -496,7 +556,7 @@ case "$MODE" in
             "run 1 redirects followed" "$FO_REDIRECTS" \
             "run 1 verify" "exit $FO_VERIFY_RC, lost $FO_LOST, phantom $FO_PHANTOMS" \
             "run 2 kill -9" "127.0.0.1:$NEW_PORT; replica 127.0.0.1:$OLD_PORT promoted after ${PROMOTED_S}s (node timeout ${NODE_TIMEOUT_MS} ms); replica lag $LAG_BYTES bytes" \
-            "run 2 events (postgres)" "acked $ACKED, failed $FAILED, unknown $UNKNOWN" \
+            "run 2 events (postgres)" "acked $ACKED, failed $FAILED, unknown $UNKNOWN ($SPLIT)" \
             "run 2 errors" "$ERRORS" \
             "unavailability" "dead primary's slots: no write acknowledged for $UNAVAIL s; failure window $FAILWIN" \
             "node outages (/report)" "$OUTAGES" \
@@ -505,6 +565,93 @@ case "$MODE" in
             "run 2 app exit" "$APP_RC" \
             "run 2 verify" "exit $VERIFY_RC, lost $LOST, phantom $PHANTOMS" \
             "acked in last ${LAG_WINDOW_SECONDS}s" "$WINDOW_ACKED on the dead primary's slots (what async replication could lose)" \
+            "expected" "$EXPECTED" \
+            "files" "$WORK/"
+        ;;
+    # -----------------------------------------------------------------------------------------
+    to-cluster)
+        SOURCE_PORT="$(pick_port $(( PORT_BASE + 20 )))"
+        mkdir -p "$WORK/source"
+        redis-server --port "$SOURCE_PORT" --bind 127.0.0.1 --dir "$WORK/source" --save '' \
+            --appendonly no --daemonize no --logfile "$WORK/source/redis.log" </dev/null >/dev/null 2>&1 &
+        SOURCE_PID=$!
+        wait_for 30 "the source on port $SOURCE_PORT answering PING" \
+            bash -c "[ \"\$(redis-cli -p $SOURCE_PORT ping 2>/dev/null)\" = PONG ]"
+        TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+        RUN=1
+        (
+            ulimit -l unlimited 2>/dev/null || true
+            exec env EVENTS_PER_SECOND="$EVENTS_PER_SECOND" QUERIES_PER_SECOND="$QUERIES_PER_SECOND" \
+                REDIS_URL="redis://127.0.0.1:$SOURCE_PORT" DATABASE_URL="$DATABASE_URL" \
+                BIND_ADDRESS="127.0.0.1:$APP_PORT" ADMIN_TOKEN="$TOKEN" \
+                "$APP_BIN" --log-format text </dev/null >"$WORK/app-1.log" 2>&1
+        ) &
+        APP_PID=$!
+        acked_on_source() {
+            metrics_to "$WORK/metrics-start.txt"
+            [ "$(metric_in "$WORK/metrics-start.txt" analytics_events_total 'outcome="acked"')" -gt 0 ]
+        }
+        wait_for 60 "the load running on the source" acked_on_source
+        say "load running on the standalone source 127.0.0.1:$SOURCE_PORT"
+        sleep "$PHASE_SECONDS"
+        metrics_to "$WORK/metrics-0.txt"
+        IMPORT_TS="$(date +%s.%N)"
+        say "redis-cli --cluster import --cluster-copy: the source's keys into the cluster, under load"
+        redis-cli --cluster import "127.0.0.1:${PORTS[0]}" --cluster-from "127.0.0.1:$SOURCE_PORT" \
+            --cluster-copy >"$WORK/import.log" 2>&1 \
+            || { tail -n 20 "$WORK/import.log" >&2; die "redis-cli --cluster import failed"; }
+        IMPORT_S="$(python3 -c "import time; print('%.2f' % (time.time() - $IMPORT_TS))")"
+        IMPORTED="$(grep -c 'Migrating .*OK' "$WORK/import.log" || true)"
+        # The cluster holds what was copied (nothing writes to it before the switch).
+        counters_of $(primaries) >"$WORK/counters-copied.json"
+        say "switch --wait 30 to the cluster"
+        "$APP_BIN" switch --to "$SEEDS" --to-mode cluster --wait 30 --admin-url "$APP_URL" \
+            --admin-token "$TOKEN" >"$WORK/switch.txt" 2>&1 \
+            || { cat "$WORK/switch.txt" >&2; die "switch to the cluster failed"; }
+        SWITCH_TS="$(date +%s.%N)"
+        # Every connection is on the cluster; in-flight commands on the source drain within
+        # the command timeout (1 s): after that the source no longer changes.
+        sleep 2
+        counters_of "$SOURCE_PORT" >"$WORK/counters-source.json"
+        sleep "$PHASE_SECONDS"
+        metrics_to "$WORK/metrics-1.txt"
+        finish_app
+        verify_cluster
+        read -r ACKED FAILED UNKNOWN <<<"$(run_outcomes)"
+        # Increments made on the source after their key was copied: its final value less the
+        # copy (a key created after the copy counts in full).
+        read -r EXPECTED_LOSS KEYS_BEHIND KEYS_SOURCE <<<"$(python3 - "$WORK/counters-source.json" "$WORK/counters-copied.json" <<'PY'
+import json, sys
+src, cp = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+behind = {k: v - cp.get(k, 0) for k, v in src.items() if v > cp.get(k, 0)}
+print(sum(behind.values()), len(behind), len(src))
+PY
+)"
+        KEYS_WITH_LOSS="$(json_get "$WORK/verify-1.json" 'd["keys_with_loss"]')"
+        REDIRECTS="$(redirects_in "$WORK/metrics-1.txt")"
+        CUTOVER="$(grep -o 'cutover complete after [0-9.]* s' "$WORK/switch.txt" | head -n 1)"
+        P99_BEFORE="$(p99_between "$WORK/metrics-start.txt" "$WORK/metrics-0.txt" analytics_query_duration_seconds)"
+        P99_AFTER="$(p99_between "$WORK/metrics-0.txt" "$WORK/metrics-1.txt" analytics_query_duration_seconds)"
+        EXPECTED="app exit 0, no failed or unknown event, verify finds exactly the increments made on the source after their key was copied ($EXPECTED_LOSS), no phantom"
+        if [ "$APP_RC" = 0 ] && [ "$FAILED" = 0 ] && [ "$UNKNOWN" = 0 ] && [ "$PHANTOMS" = 0 ] \
+            && [ "$LOST" = "$EXPECTED_LOSS" ] \
+            && { [ "$EXPECTED_LOSS" = 0 ] && [ "$VERIFY_RC" = 0 ] || [ "$VERIFY_RC" = 1 ]; }; then
+            pass=1
+        fi
+        print_files
+        echo
+        echo "==================== migrate-demo-cluster to-cluster: summary ===================="
+        printf '  %-26s %s\n' \
+            "scenario" "standalone 127.0.0.1:$SOURCE_PORT under load -> redis-cli --cluster import --cluster-copy -> switch --wait to 3 primaries + 3 replicas" \
+            "load" "$EVENTS_PER_SECOND events/s, $QUERIES_PER_SECOND queries/s, ${PHASE_SECONDS}s before the import and after the switch" \
+            "import" "${IMPORT_S}s, $IMPORTED keys copied (MIGRATE COPY); the source kept taking writes meanwhile" \
+            "switch" "${CUTOVER:-see $WORK/switch.txt}" \
+            "events (postgres)" "acked $ACKED, failed $FAILED, unknown $UNKNOWN" \
+            "redirects followed" "$REDIRECTS" \
+            "query p99 from schedule" "before $P99_BEFORE; import, switch and after $P99_AFTER" \
+            "written after the copy" "$EXPECTED_LOSS increments in $KEYS_BEHIND of the source's $KEYS_SOURCE counter keys (source at the switch minus the copy)" \
+            "verify" "exit $VERIFY_RC, lost $LOST in $KEYS_WITH_LOSS keys, phantom $PHANTOMS" \
+            "app exit" "$APP_RC" \
             "expected" "$EXPECTED" \
             "files" "$WORK/"
         ;;
@@ -519,6 +666,8 @@ if [ "$pass" = 1 ]; then
             else
                 echo "  RESULT                     PASS (graceful failover clean; kill -9 lost $LOST <= $WINDOW_ACKED, within the async-replication window)"
             fi ;;
+        to-cluster)
+            echo "  RESULT                     PASS (an import under live writes loses what the source took after each key's copy: $EXPECTED_LOSS increments; verify found exactly $LOST)" ;;
     esac
     exit 0
 fi
