@@ -49,11 +49,6 @@ APP_ENV_VARS := ORGANIZATIONS USERS_PER_ORG CACHE_HIT_TARGET MAX_WORKERS REDIS_P
 	DB_TIMEOUT_MS DB_READ_TIMEOUT_MS
 ARGS ?=
 
-# Shell snippet: succeeds when BIND_ADDRESS can be bound (python3 bind attempt, else ss).
-PORT_FREE_CHECK = if command -v python3 >/dev/null; then \
-	python3 -c 'import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("$(BIND_HOST)", $(HTTP_PORT)))'; \
-	else test -z "$$(ss -Hltn 'sport = :$(HTTP_PORT)' || true)"; fi
-
 # Environment handed to the application (shell words); APP_ENV_SHOWN (for the log) hides secrets.
 APP_ENV = EVENTS_PER_SECOND='$(EVENTS_PER_SECOND)' QUERIES_PER_SECOND='$(QUERIES_PER_SECOND)' \
 	BIND_ADDRESS='$(BIND_ADDRESS)' \
@@ -111,44 +106,11 @@ start-app: services-install services-start
 	@if [ -z "$(NO_BUILD)" ]; then $(CARGO) build --release; fi
 	@test -x "$(APP_BIN)" || { echo "error: $(APP_BIN) not found (build failed?)"; exit 1; }
 	@$(MAKE) stop-app QUIET=1
-	@if ( $(PORT_FREE_CHECK) ) 2>/dev/null; then :; else \
-		echo "error: port $(HTTP_PORT) is already in use by another process:"; \
-		(ss -ltnp "sport = :$(HTTP_PORT)" 2>/dev/null || true) | sed 's/^/    /'; \
-		echo "Pick another one, e.g.: make $(firstword $(MAKECMDGOALS) run) APP_PORT=$$(( $(HTTP_PORT) + 100 ))"; \
-		exit 1; \
-	fi
-	@mkdir -p $(LOCAL_DIR)
-	@if [ -f $(APP_LOG) ]; then mv -f $(APP_LOG) $(APP_LOG).1; fi
-	@set -a; . $(LOCAL_DIR)/env; set +a; \
-	echo "# $$(date -u +%FT%TZ) starting $(strip $(APP_BIN) $(ARGS)) with $(strip $(APP_ENV_SHOWN)) REDIS_URL=$$REDIS_URL DATABASE_URL=$$DATABASE_URL" >$(APP_LOG); \
-	ulimit -l unlimited 2>/dev/null || true; \
-	env $(strip $(APP_ENV)) nohup setsid "$(APP_BIN)" $(ARGS) >>$(APP_LOG) 2>&1 </dev/null & \
-	echo $$! >$(APP_PID); \
-	pid=$$!; \
-	echo "analytics-demo started (pid $$pid): $(EVENTS_PER_SECOND) events/s, $(QUERIES_PER_SECOND) queries/s, http $(BIND_ADDRESS)"; \
-	echo "waiting for $(APP_URL)/health (up to $(HEALTH_TIMEOUT)s)..."; \
-	for i in $$(seq 1 $$(( $(HEALTH_TIMEOUT) * 2 ))); do \
-		if curl -fsS -o /dev/null --max-time 2 $(APP_URL)/health 2>/dev/null; then ok=1; break; fi; \
-		if ! kill -0 $$pid 2>/dev/null; then break; fi; \
-		sleep 0.5; \
-	done; \
-	if [ "$${ok:-}" != 1 ]; then \
-		if kill -0 $$pid 2>/dev/null; then \
-			echo "error: the app (pid $$pid) did not become healthy within $(HEALTH_TIMEOUT)s; it is still running (make stop to end it)"; \
-		else \
-			rc=0; wait $$pid || rc=$$?; echo "error: the app exited during startup (exit status $$rc)"; rm -f $(APP_PID); \
-		fi; \
-		echo "---- last lines of $(APP_LOG) ----"; tail -n 40 $(APP_LOG); \
-		exit 1; \
-	fi; \
-	echo ""; \
-	echo "analytics-demo is running and healthy."; \
-	echo "  Health:   $(APP_URL)/health    (make health)"; \
-	echo "  Metrics:  $(APP_URL)/metrics   (make metrics)"; \
-	echo "  Logs:     $(APP_LOG)           (make logs)"; \
-	echo "  Redis:    $$REDIS_URL"; \
-	echo "  Postgres: $$DATABASE_URL"; \
-	echo "  Stop:     make stop            (app, then Redis and Postgres)"
+	@APP_BIN='$(APP_BIN)' APP_LOG='$(APP_LOG)' APP_PID='$(APP_PID)' LOCAL_DIR='$(LOCAL_DIR)' \
+	HEALTH_TIMEOUT='$(HEALTH_TIMEOUT)' BIND_ADDRESS='$(BIND_ADDRESS)' HTTP_PORT='$(HTTP_PORT)' \
+	BIND_HOST='$(BIND_HOST)' APP_URL='$(APP_URL)' EVENTS_PER_SECOND='$(EVENTS_PER_SECOND)' \
+	QUERIES_PER_SECOND='$(QUERIES_PER_SECOND)' APP_ENV_SHOWN='$(strip $(APP_ENV_SHOWN))' \
+	RUN_GOAL='$(firstword $(MAKECMDGOALS) run)' bash .ci/start-app.sh $(strip $(APP_ENV)) -- $(ARGS)
 
 stop-app: ## Stop only the app (SIGTERM, waits up to STOP_TIMEOUT=30s so it can flush)
 	@if [ ! -f $(APP_PID) ]; then [ -n "$(QUIET)" ] || echo "app: not running"; exit 0; fi; \

@@ -31,6 +31,8 @@ esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 EVENTS_PER_SECOND="${EVENTS_PER_SECOND:-50}"
 QUERIES_PER_SECOND="${QUERIES_PER_SECOND:-150}"
 MIGRATE_SECONDS="${MIGRATE_SECONDS:-10}"
@@ -73,38 +75,6 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-free_port() {
-    python3 - <<'PY'
-import random, socket
-for _ in range(500):
-    p = random.randint(20000, 31999)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break
-PY
-}
-
-start_redis() { # NAME PORT -> pid in $!
-    local dir="$WORK/$1"
-    mkdir -p "$dir"
-    redis-server --port "$2" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
-        --daemonize no --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
-}
-
-wait_redis() { # PORT
-    for _ in $(seq 1 150); do
-        [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
-        sleep 0.2
-    done
-    die "redis on port $1 did not answer PING"
-}
-
 rcli() { redis-cli -h 127.0.0.1 -p "$@"; }
 
 info_field() { # PORT FIELD (INFO replication)
@@ -165,12 +135,12 @@ psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_DATABASE_URL" \
 rm -rf "$WORK"
 mkdir -p "$WORK"
 SOURCE_PORT="$(free_port)"
-start_redis source "$SOURCE_PORT"; SOURCE_PID=$!
-TARGET_PORT="$(free_port)"
-[ "$TARGET_PORT" != "$SOURCE_PORT" ] || TARGET_PORT="$(free_port)"
-start_redis target "$TARGET_PORT"; TARGET_PID=$!
-wait_redis "$SOURCE_PORT"
-wait_redis "$TARGET_PORT"
+redis_start "$WORK/source" "$SOURCE_PORT"; SOURCE_PID=$!
+TARGET_PORT="$(free_port "$SOURCE_PORT")"
+redis_start "$WORK/target" "$TARGET_PORT"; TARGET_PID=$!
+for port in "$SOURCE_PORT" "$TARGET_PORT"; do
+    redis_wait "$port" 30 || die "redis on port $port did not answer PING"
+done
 SOURCE_URL="redis://127.0.0.1:$SOURCE_PORT"
 TARGET_URL="redis://127.0.0.1:$TARGET_PORT"
 APP_PORT="${APP_PORT:-$(free_port)}"

@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=.ci/lib.sh
+. "$ROOT/.ci/lib.sh"
 LOCAL="${ANALYTICS_LOCAL_DIR:-$ROOT/.local}"
 ENV_FILE="$LOCAL/env"
 REDIS_DIR="$LOCAL/redis"
@@ -38,24 +40,6 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 # ---------------------------------------------------------------------------------------------
 # Binaries
 # ---------------------------------------------------------------------------------------------
-
-# Directory holding initdb/pg_ctl/postgres: highest /usr/lib/postgresql/*/bin, else PATH.
-pg_bindir() {
-    local d best="" best_ver=-1 ver
-    for d in /usr/lib/postgresql/*/bin; do
-        if ! { [ -x "$d/postgres" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; }; then continue; fi
-        ver="$(basename "$(dirname "$d")")"
-        [[ "$ver" =~ ^[0-9]+$ ]] || continue
-        if [ "$ver" -gt "$best_ver" ]; then best_ver="$ver"; best="$d"; fi
-    done
-    if [ -n "$best" ]; then echo "$best"; return 0; fi
-    if command -v pg_ctl >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 \
-        && command -v initdb >/dev/null 2>&1; then
-        dirname "$(command -v pg_ctl)"
-        return 0
-    fi
-    return 1
-}
 
 # psql / pg_isready: prefer the server's bin dir (same version), else PATH (Debian wrappers).
 pg_client() {
@@ -108,42 +92,13 @@ cmd_install() {
 # Ports
 # ---------------------------------------------------------------------------------------------
 
-# True when 127.0.0.1:PORT can be bound (nothing listens there, nor on 0.0.0.0/::).
-port_free() {
-    local port="$1"
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$port" <<'PY' 2>/dev/null
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-        return $?
-    fi
-    if command -v ss >/dev/null 2>&1; then
-        if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then return 1; fi
-        return 0
-    fi
-    # Last resort: something accepting connections means busy.
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-}
-
-# Echo PREFERRED if free, else a random free port in 20000-59999.
+# Echo PREFERRED if free, else a free port (not AVOID).
 pick_port() {
-    local preferred="$1" avoid="${2:-}" p i
+    local preferred="$1" avoid="${2:-}"
     if [ -n "$preferred" ] && [ "$preferred" != "$avoid" ] && port_free "$preferred"; then
         echo "$preferred"; return 0
     fi
-    for i in $(seq 1 200); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
-        [ "$p" = "$avoid" ] && continue
-        if port_free "$p"; then echo "$p"; return 0; fi
-    done
-    die "could not find a free TCP port"
+    free_port "$avoid" || die "could not find a free TCP port"
 }
 
 env_get() { # KEY -> value from .local/env (empty if absent)
@@ -179,27 +134,26 @@ redis_pid() { # pid of our redis-server if running
 
 redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = "PONG" ]; }
 
-redis_start() {
-    local port="$1" pid i
+own_redis_start() {
+    local port="$1" pid
     if pid="$(redis_pid)"; then
         log "redis already running (pid $pid, port $port)"
         return 0
     fi
     mkdir -p "$REDIS_DIR"
     rm -f "$REDIS_PID"
-    redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes \
-        --dir "$REDIS_DIR" --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
-        --save '' --appendonly no \
+    redis_cmd "$REDIS_DIR" "$port" --protected-mode yes --daemonize yes --pidfile "$REDIS_PID"
+    "${REDIS_CMD[@]}" \
         || { tail -n 20 "$REDIS_LOG" >&2 2>/dev/null || true; die "redis-server failed to start"; }
-    for ((i = 0; i < WAIT_SECONDS * 5; i++)); do
-        redis_ping "$port" && { log "redis ready on 127.0.0.1:$port (pid $(redis_pid || echo '?'))"; return 0; }
-        sleep 0.2
-    done
+    if redis_wait "$port" "$WAIT_SECONDS"; then
+        log "redis ready on 127.0.0.1:$port (pid $(redis_pid || echo '?'))"
+        return 0
+    fi
     tail -n 20 "$REDIS_LOG" >&2 2>/dev/null || true
     die "redis did not answer PING on port $port within ${WAIT_SECONDS}s (log: $REDIS_LOG)"
 }
 
-redis_stop() {
+own_redis_stop() {
     local pid i
     if ! pid="$(redis_pid)"; then
         rm -f "$REDIS_PID"
@@ -410,14 +364,14 @@ cmd_start() {
     fi
     write_env "$redis_port" "$pg_port"
 
-    redis_start "$redis_port"
+    own_redis_start "$redis_port"
     pg_start "$pg_port"
     log "environment: $ENV_FILE"
     sed -n 's/^\(REDIS_URL\|DATABASE_URL\)=/  &/p' "$ENV_FILE" >&2
 }
 
 cmd_stop() {
-    redis_stop
+    own_redis_stop
     pg_stop
 }
 

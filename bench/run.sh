@@ -26,6 +26,8 @@ cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export BENCH_BIN="${BENCH_BIN:-$TARGET_DIR/release/analytics-demo}"
 log() { printf '[bench] %s\n' "$*" >&2; }
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 for tool in redis-server redis-cli redis-benchmark python3; do
     command -v "$tool" >/dev/null || { log "$tool is missing: apt-get install redis-tools redis-server python3"; exit 1; }
@@ -41,12 +43,11 @@ if [[ " ${BENCH_STEPS:-raw workload events} " =~ \ (workload|events|targets)\  ]
 fi
 
 # CPU split: Redis on the first usable CPU, the clients on the rest (with 2+ CPUs).
-cpus=$(python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
-read -r -a cpu_list <<<"$cpus"
-if [ "${BENCH_PIN:-1}" = 1 ] && [ "${#cpu_list[@]}" -ge 2 ] && command -v taskset >/dev/null; then
-    export BENCH_REDIS_CPUS="${cpu_list[0]}"
-    export BENCH_CLIENT_CPUS
-    BENCH_CLIENT_CPUS="$(IFS=,; echo "${cpu_list[*]:1}")"
+if [ "${BENCH_PIN:-1}" = 1 ]; then
+    split_cpus
+    if [ -n "$REDIS_CPUS" ]; then
+        export BENCH_REDIS_CPUS="$REDIS_CPUS" BENCH_CLIENT_CPUS="$CLIENT_CPUS"
+    fi
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/analytics-bench.XXXXXX")"
@@ -59,17 +60,10 @@ cleanup() {
 }
 trap cleanup EXIT
 export BENCH_REDIS_PORT
-BENCH_REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-pin=()
-[ -n "${BENCH_REDIS_CPUS:-}" ] && pin=(taskset -c "$BENCH_REDIS_CPUS")
-"${pin[@]}" redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --dir "$TMP" --save '' \
-    --appendonly no --logfile "$TMP/redis.log" --daemonize no &
+BENCH_REDIS_PORT="$(free_port)"
+REDIS_CPUS="${BENCH_REDIS_CPUS:-}" redis_start "$TMP" "$BENCH_REDIS_PORT"
 REDIS_PID=$!
-for _ in $(seq 1 100); do
-    redis-cli -p "$BENCH_REDIS_PORT" ping >/dev/null 2>&1 && break
-    sleep 0.1
-done
-redis-cli -p "$BENCH_REDIS_PORT" ping >/dev/null || { log "redis-server did not start"; cat "$TMP/redis.log"; exit 1; }
+redis_wait "$BENCH_REDIS_PORT" 10 || { log "redis-server did not start"; cat "$TMP/redis.log"; exit 1; }
 log "redis-server $(redis-server --version | awk '{print $3}') on port $BENCH_REDIS_PORT (pid $REDIS_PID, CPUs ${BENCH_REDIS_CPUS:-any}); clients on CPUs ${BENCH_CLIENT_CPUS:-any}"
 
 export BENCH_COMMAND="${BENCH_COMMAND:-${BENCH_QUICK:+BENCH_QUICK=1 }make bench}"

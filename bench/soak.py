@@ -13,11 +13,9 @@ one fails, 2 on setup errors. Settings: see the header of bench/soak.sh.
 import datetime
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,19 +63,15 @@ def die(msg):
     sys.exit(2)
 
 
+LIB = os.path.join(ROOT, ".ci", "lib.sh")
+
+
 def free_port():
-    """A free port in 20000-31999 (below the ephemeral range, like .ci/migrate-demo.sh)."""
-    for _ in range(500):
-        p = random.randint(20000, 31999)
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        return p
-    die("no free port")
+    """A free port in 20000-31999 (below the ephemeral range), from .ci/lib.sh."""
+    r = subprocess.run(["bash", LIB, "free_port"], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip().isdigit():
+        die(f"no free port: {r.stderr.strip()}")
+    return int(r.stdout)
 
 
 def run(cmd, env=None, check=True, capture=True):
@@ -104,10 +98,10 @@ class Redis:
         self.proc = None
 
     def start(self):
+        # .ci/lib.sh's redis-server command line (bash execs it: the same process), with AOF.
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no"],
+            ["bash", LIB, "redis_exec", self.dir, str(self.port),
+             "--appendonly", "yes", "--appendfsync", "everysec"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 60

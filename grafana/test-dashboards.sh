@@ -79,9 +79,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=.ci/lib.sh
+. "$ROOT/.ci/lib.sh"
 
 # wait_running ADDR PID: until GET /health answers 200 (60 s), then until events flow (30 s).
 wait_running() {

@@ -52,19 +52,16 @@ log "building the experimental binary in $WORK/target (a few minutes the first t
     --config "patch.crates-io.glommio.path=\"$WORK/glommio\"" --config "build.rustflags=[\"--cap-lints\", \"allow\"]")
 BIN="$WORK/target/release/analytics-demo"
 
-cpus=$(python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')
-read -r -a cpu_list <<<"$cpus"
-redis_pin=(); client_pin=()
-if [ "${#cpu_list[@]}" -ge 2 ]; then
-    redis_pin=(taskset -c "${cpu_list[0]}")
-    client_pin=(taskset -c "$(IFS=,; echo "${cpu_list[*]:1}")")
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"${redis_pin[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
+split_cpus
+client_pin=()
+[ -n "$CLIENT_CPUS" ] && client_pin=(taskset -c "$CLIENT_CPUS")
+port="$(free_port)"
+redis_start "$WORK" "$port"
 redis_pid=$!
 trap 'kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis_wait "$port" 5 || true
 
 run() {
     local env_flag=(env -u EXP_COOP)

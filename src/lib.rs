@@ -10,7 +10,8 @@
 //!   seeds, signals, timeouts, single-threaded wake-ups.
 //! - [`shard`]: one pinned executor: pacing, the event and query paths, shard stats.
 //! - [`control`]: the control core: writer, HTTP, health, progress, orderly stop.
-//! - [`resp`]: our Redis client (RESP2 over glommio TCP, pipelined, reconnecting).
+//! - [`resp`]: our Redis client (RESP2 and RESP3 over glommio TCP, pipelined, reconnecting,
+//!   standalone or cluster).
 //! - [`pg`]: Postgres connections on glommio, the batch writer, the shards' readers.
 //! - [`tls`]: the TLS client side both use (PEM files, trust roots, verification levels).
 //! - [`workload`]: event/query mixes, skewed tenants, the Redis key layout, hour buckets.

@@ -10,52 +10,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    metric_sum, run_binary, spawn_running, summary_from_log, wait_until, App, PgServer, RedisServer,
+    assert_reconciled, finish, metric_sum, num, run_binary, u, wait_until, App, PgServer,
+    RedisServer, TestContext,
 };
 use serde_json::Value;
 
-/// How long an app gets to become healthy (a cold debug binary on a busy machine).
-const HEALTHY: Duration = Duration::from_secs(60);
-
-/// Arguments for a run against REDIS_URL and PG_URL, plus EXTRA.
-fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
-    common::app_args(redis_url, pg_url, &["--seed", "7"], extra)
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-/// A single integer from SQL.
-fn int(pg: &PgServer, sql: &str) -> i64 {
-    let out = pg.psql(sql);
-    out.parse()
-        .unwrap_or_else(|e| panic!("{sql}: not an integer: {out:?} ({e})"))
-}
-
-/// Like `int`, but 0 while the query fails (e.g. the table does not exist yet).
-fn try_int(pg: &PgServer, sql: &str) -> i64 {
-    pg.try_psql(sql)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn u(v: &Value, path: &[&str]) -> u64 {
-    at(v, path)
-        .as_u64()
-        .unwrap_or_else(|| panic!("{path:?} is not an unsigned integer in {v}"))
-}
-
-/// The number at PATH in V (panics with V when it is not one).
-fn num(v: &Value, path: &[&str]) -> f64 {
-    at(v, path)
-        .as_f64()
-        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
-}
-
-fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-    path.iter().fold(v, |cur, p| &cur[*p])
+/// A test's own Redis and PostgreSQL, and the app against them with this file's defaults.
+fn context() -> TestContext {
+    TestContext::new(&["--seed", "7"])
 }
 
 fn unix_now() -> f64 {
@@ -123,108 +85,33 @@ fn mget(redis: &RedisServer, keys: &[&str]) -> Vec<Option<u64>> {
     values
 }
 
-/// `analytics-demo verify --json` against REDIS and PG: exit code and verdict.
-fn verify(redis: &RedisServer, pg: &PgServer) -> (i32, Value) {
-    common::verify_json(&redis.url(), &pg.url())
-}
-
-/// Wait for the app to exit within TIMEOUT and return its exit code and summary.
-fn finish(app: &mut App, timeout: Duration) -> (i32, Value) {
-    let status = app.wait(timeout).unwrap_or_else(|| {
-        panic!(
-            "analytics-demo did not exit within {timeout:?}:\n{}",
-            app.log()
-        )
-    });
-    let log = app.log();
-    assert!(!log.contains("panicked"), "the app panicked:\n{log}");
-    let code = status.code().unwrap_or(-1);
-    assert_eq!(code, 0, "exit status {status}:\n{log}");
-    assert!(
-        log.contains("=== analytics-demo summary"),
-        "no text summary on stdout:\n{log}"
-    );
-    let summary = summary_from_log(&log).unwrap_or_else(|| panic!("no summary line:\n{log}"));
-    (code, summary)
-}
-
-fn metrics(app: &App) -> String {
-    let (status, body) = app.get("/metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    body
-}
-
 /// Events of the app's /metrics with OUTCOME (summed over types and shards).
 fn events_with_outcome(app: &App, outcome: &str) -> f64 {
     metric_sum(
-        &metrics(app),
+        &app.metrics(),
         "analytics_events_total",
         &[("outcome", outcome)],
     )
     .unwrap_or(0.0)
 }
 
-fn health(app: &App) -> (u16, Value) {
-    let (status, body) = app.get("/health");
-    let v = serde_json::from_str(&body).unwrap_or(Value::Null);
-    (status, v)
-}
-
-/// The summary and the rows agree, every row is unique, nothing was dropped, verify is clean.
-fn assert_reconciled(redis: &RedisServer, pg: &PgServer, summary: &Value) {
-    let rows = int(pg, "SELECT count(*) FROM events") as u64;
-    let events = u(summary, &["events"]);
-    assert!(events > 0, "no events generated: {summary}");
-    assert_eq!(events, rows, "summary events vs Postgres rows: {summary}");
-    assert_eq!(
-        u(summary, &["db_rows_written"]),
-        rows,
-        "db_rows_written: {summary}"
-    );
-    assert_eq!(
-        u(summary, &["db_rows_dropped"]),
-        0,
-        "rows dropped: {summary}"
-    );
-    assert_eq!(
-        int(pg, "SELECT count(DISTINCT event_id) FROM events") as u64,
-        rows,
-        "duplicate event ids"
-    );
-    let (code, v) = verify(redis, pg);
-    assert_eq!(code, 0, "verify: {v}");
-    assert_eq!(v["clean"], Value::Bool(true), "verify: {v}");
-    assert_eq!(u(&v, &["lost_acknowledged_increments"]), 0, "verify: {v}");
-    assert_eq!(u(&v, &["phantom_increments"]), 0, "verify: {v}");
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn should_run_for_duration_and_reconcile() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--duration",
-            "6",
-            "--events-per-second",
-            "300",
-            "--queries-per-second",
-            "600",
-            "--organizations",
-            "40",
-            "--users-per-org",
-            "50",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
+    let t = context();
+    let mut app = t
+        .app()
+        .duration(6)
+        .events(300)
+        .queries(600)
+        .orgs(40)
+        .users(50)
+        .spawn_running();
     let (_, summary) = finish(&mut app, Duration::from_secs(90));
 
     // Summary against the table: exactly one row per event, all written.
-    let rows = int(&pg, "SELECT count(*) FROM events") as u64;
+    let rows = t.pg.int("SELECT count(*) FROM events") as u64;
     let events = u(&summary, &["events"]);
     assert!(events > 0, "no events: {summary}");
     assert!(u(&summary, &["queries"]) > 0, "no queries: {summary}");
@@ -232,12 +119,12 @@ fn should_run_for_duration_and_reconcile() {
     assert_eq!(u(&summary, &["db_rows_written"]), rows, "{summary}");
     assert_eq!(u(&summary, &["db_rows_dropped"]), 0, "{summary}");
     assert_eq!(
-        int(&pg, "SELECT count(DISTINCT event_id) FROM events") as u64,
+        t.pg.int("SELECT count(DISTINCT event_id) FROM events") as u64,
         rows,
         "duplicate event ids"
     );
     assert_eq!(
-        int(&pg, "SELECT count(DISTINCT run_id) FROM events"),
+        t.pg.int("SELECT count(DISTINCT run_id) FROM events"),
         1,
         "one run"
     );
@@ -259,19 +146,19 @@ fn should_run_for_duration_and_reconcile() {
         "{summary}"
     );
     assert_eq!(
-        int(&pg, "SELECT count(*) FROM events WHERE outcome <> 0"),
+        t.pg.int("SELECT count(*) FROM events WHERE outcome <> 0"),
         0
     );
 
     // Per-type counts of the summary match the table.
-    let by_type: BTreeMap<usize, u64> = pg
-        .psql("SELECT event_type, count(*) FROM events GROUP BY 1")
-        .lines()
-        .map(|l| {
-            let (t, n) = l.split_once('|').unwrap();
-            (t.parse().unwrap(), n.parse().unwrap())
-        })
-        .collect();
+    let by_type: BTreeMap<usize, u64> =
+        t.pg.psql("SELECT event_type, count(*) FROM events GROUP BY 1")
+            .lines()
+            .map(|l| {
+                let (t, n) = l.split_once('|').unwrap();
+                (t.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
     for (code, name) in common::TYPE_NAMES.iter().enumerate() {
         assert_eq!(
             u(&summary, &["events_by_type", name]),
@@ -303,10 +190,10 @@ fn should_run_for_duration_and_reconcile() {
     }
 
     // Independently of `verify`: every counter in Redis equals its acked count exactly.
-    let truth = truths(&pg);
+    let truth = truths(&t.pg);
     assert!(!truth.is_empty());
     let keys: Vec<&str> = truth.iter().map(|t| t.key.as_str()).collect();
-    let values = mget(&redis, &keys);
+    let values = mget(&t.redis, &keys);
     let wrong: Vec<String> = truth
         .iter()
         .zip(&values)
@@ -321,13 +208,12 @@ fn should_run_for_duration_and_reconcile() {
         wrong.join("\n")
     );
     // And Redis holds no counter that Postgres does not know.
-    let in_redis = redis.cli(&["--scan", "--pattern", "a:{*}:ev:*"]);
+    let in_redis = t.redis.cli(&["--scan", "--pattern", "a:{*}:ev:*"]);
     let in_redis = in_redis.lines().filter(|l| !l.is_empty()).count();
     assert_eq!(in_redis, truth.len(), "counter keys in Redis vs Postgres");
 
     // The rollups agree with the events.
-    let mismatches = int(
-        &pg,
+    let mismatches = t.pg.int(
         "SELECT count(*) FROM ( \
            SELECT org_id, bucket, event_type, count(*) AS events, \
                   count(*) FILTER (WHERE outcome = 0) AS acked, \
@@ -339,13 +225,13 @@ fn should_run_for_duration_and_reconcile() {
     );
     assert_eq!(mismatches, 0, "event_rollups disagree with events");
     assert_eq!(
-        int(&pg, "SELECT coalesce(sum(rows), 0) FROM writer_batches") as u64,
+        t.pg.int("SELECT coalesce(sum(rows), 0) FROM writer_batches") as u64,
         rows,
         "writer_batches rows vs events"
     );
 
     // verify agrees.
-    let (code, v) = verify(&redis, &pg);
+    let (code, v) = t.verify(&[]);
     assert_eq!(code, 0, "verify: {v}");
     assert_eq!(v["clean"], Value::Bool(true), "{v}");
     assert_eq!(u(&v, &["keys_checked"]), truth.len() as u64, "{v}");
@@ -374,29 +260,18 @@ fn app_client_lines(redis: &RedisServer) -> Vec<String> {
 #[test]
 fn should_run_clean_in_resp3_and_in_resp2() {
     for (flag, resp) in [("auto", "3"), ("3", "3"), ("2", "2")] {
-        let redis = RedisServer::start();
-        let pg = PgServer::start();
-        let a = args(
-            &redis.url(),
-            &pg.url(),
-            &[
-                "--redis-protocol",
-                flag,
-                "--events-per-second",
-                "300",
-                "--queries-per-second",
-                "600",
-                "--organizations",
-                "40",
-                "--users-per-org",
-                "50",
-                "--redis-pool-size",
-                "8",
-            ],
-        );
-        let mut app = spawn_running(&refs(&a), &[]);
+        let t = context();
+        let mut app = t
+            .app()
+            .arg("--redis-protocol", flag)
+            .events(300)
+            .queries(600)
+            .orgs(40)
+            .users(50)
+            .arg("--redis-pool-size", "8")
+            .spawn_running();
         std::thread::sleep(Duration::from_secs(3));
-        let clients = app_client_lines(&redis);
+        let clients = app_client_lines(&t.redis);
         // 8 pool connections and the health check's.
         assert!(clients.len() >= 9, "--redis-protocol {flag}: {clients:?}");
         let want = format!("resp={resp}");
@@ -407,11 +282,11 @@ fn should_run_clean_in_resp3_and_in_resp2() {
             "--redis-protocol {flag}: not every connection speaks RESP{resp}:\n{}",
             clients.join("\n")
         );
-        let (status, h) = health(&app);
+        let (status, h) = app.health();
         assert_eq!(status, 200, "{h}");
         assert_eq!(h["redis"]["protocol"], resp.parse::<u64>().unwrap(), "{h}");
         // Every reply path ran: cache hits and misses, realtime MGETs, acked events.
-        let m = metrics(&app);
+        let m = app.metrics();
         for (query_type, cache) in [
             ("dashboard", "hit"),
             ("dashboard", "miss"),
@@ -444,12 +319,10 @@ fn should_run_clean_in_resp3_and_in_resp2() {
             u(&summary, &["events"]),
             "--redis-protocol {flag}: {summary}"
         );
-        assert_reconciled(&redis, &pg, &summary);
+        assert_reconciled(&t, &summary);
         // verify reads the same counters in either protocol.
-        let (c2, v2) =
-            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "2"]);
-        let (c3, v3) =
-            common::verify_json_with(&redis.url(), &pg.url(), &["--redis-protocol", "3"]);
+        let (c2, v2) = t.verify(&["--redis-protocol", "2"]);
+        let (c3, v3) = t.verify(&["--redis-protocol", "3"]);
         assert_eq!((c2, c3), (0, 0), "{v2}\n{v3}");
         assert_eq!(
             (u(&v2, &["redis_protocol"]), u(&v3, &["redis_protocol"])),
@@ -476,29 +349,15 @@ fn should_run_clean_in_resp3_and_in_resp2() {
 /// operations that were due during it.
 #[test]
 fn should_show_a_frozen_generator_as_pacer_lateness() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "200",
-            "--queries-per-second",
-            "500",
-            "--organizations",
-            "20",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
-    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    let t = context();
+    let mut app = t.app().events(200).queries(500).orgs(20).spawn_healthy();
     std::thread::sleep(Duration::from_secs(2));
     app.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(600));
     app.signal(libc::SIGCONT);
     std::thread::sleep(Duration::from_secs(2));
 
-    let m = metrics(&app);
+    let m = app.metrics();
     let series = |name: &str, labels: &[(&str, &str)]| {
         metric_sum(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics"))
     };
@@ -528,24 +387,14 @@ fn should_show_a_frozen_generator_as_pacer_lateness() {
 
 #[test]
 fn should_flush_everything_on_sigterm() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "300",
-            "--queries-per-second",
-            "300",
-            "--organizations",
-            "30",
-            "--users-per-org",
-            "50",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
-    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    let t = context();
+    let mut app = t
+        .app()
+        .events(300)
+        .queries(300)
+        .orgs(30)
+        .users(50)
+        .spawn_healthy();
     std::thread::sleep(Duration::from_secs(4));
     assert!(app.alive(), "exited early:\n{}", app.log());
     app.signal(libc::SIGTERM);
@@ -555,7 +404,7 @@ fn should_flush_everything_on_sigterm() {
         "no stop log line:\n{}",
         app.log()
     );
-    assert_reconciled(&redis, &pg, &summary);
+    assert_reconciled(&t, &summary);
     assert_eq!(
         u(&summary, &["events_by_outcome", "acked"]),
         u(&summary, &["events"]),
@@ -565,32 +414,22 @@ fn should_flush_everything_on_sigterm() {
 
 #[test]
 fn should_report_unhealthy_while_redis_is_down() {
-    let mut redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "100",
-            "--queries-per-second",
-            "100",
-            "--organizations",
-            "20",
-            "--users-per-org",
-            "20",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
-    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
-    let (status, h) = health(&app);
+    let mut t = context();
+    let mut app = t
+        .app()
+        .events(100)
+        .queries(100)
+        .orgs(20)
+        .users(20)
+        .spawn_healthy();
+    let (status, h) = app.health();
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["redis"]["status"], "up", "{h}");
     assert!(
-        wait_until(Duration::from_secs(30), || try_int(
-            &pg,
-            "SELECT count(*) FROM events WHERE outcome = 0"
-        ) > 0),
+        wait_until(Duration::from_secs(30), || t
+            .pg
+            .try_int("SELECT count(*) FROM events WHERE outcome = 0")
+            > 0),
         "no acked rows before the outage:\n{}",
         app.log()
     );
@@ -598,11 +437,11 @@ fn should_report_unhealthy_while_redis_is_down() {
     // Redis goes away.
     let failed_before = events_with_outcome(&app, "failed") + events_with_outcome(&app, "unknown");
     let stopped = Instant::now();
-    redis.stop();
+    t.redis.stop();
     let mut last = (0, Value::Null);
     assert!(
         wait_until(Duration::from_secs(15), || {
-            last = health(&app);
+            last = app.health();
             last.0 == 503 && last.1["redis"]["status"] == "down"
         }),
         "/health did not turn 503 with redis down: {last:?}\n{}",
@@ -621,19 +460,19 @@ fn should_report_unhealthy_while_redis_is_down() {
         "no failed/unknown events in /metrics while redis is down"
     );
     assert!(
-        wait_until(Duration::from_secs(30), || int(
-            &pg,
-            "SELECT count(*) FROM events WHERE outcome IN (1, 2)"
-        ) > 0),
+        wait_until(Duration::from_secs(30), || t
+            .pg
+            .int("SELECT count(*) FROM events WHERE outcome IN (1, 2)")
+            > 0),
         "no failed/unknown rows in Postgres while redis is down:\n{}",
         app.log()
     );
-    let errors = metric_sum(&metrics(&app), "analytics_redis_errors_total", &[]).unwrap_or(0.0);
+    let errors = metric_sum(&app.metrics(), "analytics_redis_errors_total", &[]).unwrap_or(0.0);
     assert!(errors > 0.0, "analytics_redis_errors_total did not grow");
     assert!(app.alive(), "the app died with redis down:\n{}", app.log());
 
     // Redis comes back: healthy again and acknowledged writes resume.
-    redis.restart();
+    t.redis.restart();
     let back = unix_now();
     assert!(
         wait_until(Duration::from_secs(20), || app.get("/health").0 == 200),
@@ -644,243 +483,53 @@ fn should_report_unhealthy_while_redis_is_down() {
     let acked_after =
         format!("SELECT count(*) FROM events WHERE outcome = 0 AND ts > to_timestamp({back})");
     assert!(
-        wait_until(Duration::from_secs(30), || int(&pg, &acked_after) > 0),
+        wait_until(Duration::from_secs(30), || t.pg.int(&acked_after) > 0),
         "no acked rows after redis came back:\n{}",
         app.log()
     );
     assert_ne!(
-        redis.cli(&["--scan", "--pattern", "a:{*}:ev:*"]),
+        t.redis.cli(&["--scan", "--pattern", "a:{*}:ev:*"]),
         "",
         "no counters in the restarted redis"
     );
 
     app.signal(libc::SIGTERM);
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
-    let rows = int(&pg, "SELECT count(*) FROM events") as u64;
+    let rows = t.pg.int("SELECT count(*) FROM events") as u64;
     assert_eq!(u(&summary, &["events"]), rows, "{summary}");
     assert_eq!(u(&summary, &["db_rows_dropped"]), 0, "{summary}");
     let not_acked = u(&summary, &["events_by_outcome", "failed"])
         + u(&summary, &["events_by_outcome", "unknown"]);
     assert!(not_acked > 0, "{summary}");
     assert_eq!(
-        int(&pg, "SELECT count(*) FROM events WHERE outcome IN (1, 2)") as u64,
+        t.pg.int("SELECT count(*) FROM events WHERE outcome IN (1, 2)") as u64,
         not_acked,
         "failed+unknown rows vs summary: {summary}"
     );
     // The restart emptied Redis: the acknowledged increments from before are gone, and
     // verify says so.
-    let (code, v) = verify(&redis, &pg);
+    let (code, v) = t.verify(&[]);
     assert_eq!(code, 1, "verify after losing redis data: {v}");
     assert!(u(&v, &["lost_acknowledged_increments"]) > 0, "{v}");
 }
 
-/// The late-Postgres scenario: the app starts while nothing listens on the Postgres port,
-/// waits (503, alive), then gets going once Postgres is up.
-fn start_before_postgres(redis: &RedisServer) -> (App, PgServer) {
-    let mut pg = PgServer::start();
-    pg.stop(); // nothing listens on pg.port until the restart below
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "100",
-            "--queries-per-second",
-            "100",
-            "--organizations",
-            "20",
-            "--users-per-org",
-            "20",
-        ],
-    );
-    let app = App::spawn(&refs(&a), &[]);
-    // The HTTP server answers, and says Postgres is down, for a while.
-    assert!(
-        wait_until(Duration::from_secs(30), || app.get("/health").0 != 0),
-        "no HTTP answer while postgres is down:\n{}",
-        app.log()
-    );
-    let until = Instant::now() + Duration::from_secs(4);
-    let (mut saw_down, mut saw_waiting) = (false, false);
-    while Instant::now() < until {
-        let (status, h) = health(&app);
-        assert_eq!(status, 503, "/health without postgres: {h}");
-        assert_ne!(h["postgres"]["status"], "up", "{h}");
-        assert_ne!(h["load"], "running", "{h}");
-        saw_down |= h["postgres"]["status"] == "down";
-        saw_waiting |= h["load"] == "waiting_for_postgres";
-        assert!(app.alive(), "exited without postgres:\n{}", app.log());
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    assert!(saw_down, "/health never reported postgres down");
-    assert!(
-        saw_waiting,
-        "/health never said the load waits for postgres"
-    );
-    // It retries, and says so (every progress interval: 1 s here).
-    let waiting = waiting_lines(&app.log());
-    assert!(
-        waiting.len() >= 2,
-        "fewer than 2 'postgres not reachable; retrying' lines in 4 s:\n{}",
-        app.log()
-    );
-    assert_eq!(
-        metric_sum(&metrics(&app), "analytics_events_total", &[]).unwrap_or(0.0),
-        0.0,
-        "events generated before the schema exists"
-    );
-    assert!(app.alive(), "exited without postgres:\n{}", app.log());
-
-    pg.restart();
-    assert!(
-        app.wait_healthy(Duration::from_secs(30)),
-        "not healthy after postgres came up: {:?}\n{}",
-        app.get("/health"),
-        app.log()
-    );
-    assert_eq!(health(&app).1["load"], "running");
-    assert!(
-        app.log().contains("postgres answers: starting the load"),
-        "{}",
-        app.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || common::load_running(&app)),
-        "the load did not start after postgres came up:\n{}",
-        app.log()
-    );
-    (app, pg)
-}
-
-/// The JSON log lines saying the app waits for Postgres: (attempts, waited_seconds, has the
-/// DURATION note).
-fn waiting_lines(log: &str) -> Vec<(u64, u64, bool)> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .or(v["message"].as_str())
-                .is_some_and(|m| m.starts_with("postgres not reachable; retrying"))
-        })
-        .map(|v| {
-            let f = if v["fields"].is_object() {
-                &v["fields"]
-            } else {
-                &v
-            };
-            let msg = f["message"].as_str().unwrap_or_default();
-            (
-                f["attempts"].as_u64().unwrap_or(0),
-                f["waited_seconds"].as_u64().unwrap_or(0),
-                msg.contains("DURATION"),
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn should_wait_for_postgres_at_startup() {
-    let redis = RedisServer::start();
-    let (mut app, pg) = start_before_postgres(&redis);
-    assert!(
-        wait_until(Duration::from_secs(30), || try_int(
-            &pg,
-            "SELECT count(*) FROM events"
-        ) > 0),
-        "no rows after postgres came up:\n{}",
-        app.log()
-    );
-    app.signal(libc::SIGTERM);
-    let (_, summary) = finish(&mut app, Duration::from_secs(30));
-    assert_reconciled(&redis, &pg, &summary);
-}
-
-/// A `--duration` run started while Postgres is down does not sit silent: it keeps saying
-/// that it waits and that its DURATION starts with the load, and once Postgres is up it runs
-/// for DURATION and exits 0 with every row written.
-#[test]
-fn should_say_it_waits_for_postgres_in_a_duration_run() {
-    let redis = RedisServer::start();
-    let mut pg = PgServer::start();
-    pg.stop();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--duration",
-            "3",
-            "--events-per-second",
-            "100",
-            "--queries-per-second",
-            "100",
-            "--organizations",
-            "20",
-        ],
-    );
-    let mut app = App::spawn(&refs(&a), &[]);
-    // Longer than the run's DURATION: it must still be waiting, not finished.
-    std::thread::sleep(Duration::from_secs(6));
-    assert!(
-        app.alive(),
-        "exited while postgres was down:\n{}",
-        app.log()
-    );
-    let waiting = waiting_lines(&app.log());
-    eprintln!("waiting lines in 6 s: {waiting:?}");
-    assert!(
-        waiting.len() >= 3,
-        "not saying it waits (progress interval 1 s):\n{}",
-        app.log()
-    );
-    assert!(waiting.iter().all(|w| w.2), "no DURATION note: {waiting:?}");
-    assert!(
-        waiting
-            .windows(2)
-            .all(|w| w[1].0 > w[0].0 && w[1].1 >= w[0].1),
-        "attempts and waited seconds do not grow: {waiting:?}"
-    );
-    assert!(waiting.last().is_some_and(|w| w.1 >= 4), "{waiting:?}");
-    let (status, h) = health(&app);
-    assert_eq!(
-        (status, h["load"].as_str()),
-        (503, Some("waiting_for_postgres")),
-        "{h}"
-    );
-
-    pg.restart();
-    let (_, summary) = finish(&mut app, Duration::from_secs(60));
-    assert!(u(&summary, &["events"]) > 0, "{summary}");
-    assert_reconciled(&redis, &pg, &summary);
-}
-
 #[test]
 fn should_detect_loss_with_verify() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--duration",
-            "4",
-            "--events-per-second",
-            "200",
-            "--queries-per-second",
-            "100",
-            "--organizations",
-            "10",
-            "--users-per-org",
-            "20",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
+    let t = context();
+    let mut app = t
+        .app()
+        .duration(4)
+        .events(200)
+        .queries(100)
+        .orgs(10)
+        .users(20)
+        .spawn_running();
     let (_, summary) = finish(&mut app, Duration::from_secs(90));
     assert!(u(&summary, &["events"]) > 0, "{summary}");
-    let (code, v) = verify(&redis, &pg);
+    let (code, v) = t.verify(&[]);
     assert_eq!(code, 0, "clean before tampering: {v}");
 
-    let mut truth = truths(&pg);
+    let mut truth = truths(&t.pg);
     assert!(
         truth.len() >= 2,
         "need two counter keys, have {}",
@@ -889,13 +538,13 @@ fn should_detect_loss_with_verify() {
     truth.sort_by_key(|t| std::cmp::Reverse(t.acked));
     let (deleted, bumped) = (&truth[0], &truth[1]);
     assert!(deleted.acked > 0 && deleted.unknown == 0 && bumped.unknown == 0);
-    assert_eq!(redis.cli(&["DEL", &deleted.key]), "1");
+    assert_eq!(t.redis.cli(&["DEL", &deleted.key]), "1");
     assert_eq!(
-        redis.cli(&["INCRBY", &bumped.key, "5"]),
+        t.redis.cli(&["INCRBY", &bumped.key, "5"]),
         (bumped.acked + 5).to_string()
     );
 
-    let (code, v) = verify(&redis, &pg);
+    let (code, v) = t.verify(&[]);
     assert_eq!(code, 1, "verify after tampering: {v}");
     assert_eq!(v["clean"], Value::Bool(false), "{v}");
     assert_eq!(u(&v, &["keys_checked"]), truth.len() as u64, "{v}");
@@ -915,29 +564,18 @@ fn should_detect_loss_with_verify() {
 /// Runs at TARGET percent and returns the `analytics_cache_hit_ratio` readings taken 18-24 s
 /// into the load (the gauge covers the last 10 s).
 fn hit_ratio_readings(target: &str) -> Vec<f64> {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = args(
-        &redis.url(),
-        &pg.url(),
-        &[
-            "--cache-hit-target",
-            target,
-            "--queries-per-second",
-            "1500",
-            "--events-per-second",
-            "100",
-            "--organizations",
-            "50",
-            "--users-per-org",
-            "50",
-        ],
-    );
-    let mut app = spawn_running(&refs(&a), &[]);
-    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    let t = context();
+    let mut app = t
+        .app()
+        .arg("--cache-hit-target", target)
+        .queries(1500)
+        .events(100)
+        .orgs(50)
+        .users(50)
+        .spawn_healthy();
     let started = Instant::now();
     let want = target.parse::<f64>().unwrap() / 100.0;
-    let m = metrics(&app);
+    let m = app.metrics();
     assert_eq!(
         metric_sum(&m, "analytics_cache_hit_target_ratio", &[]),
         Some(want),
@@ -946,7 +584,7 @@ fn hit_ratio_readings(target: &str) -> Vec<f64> {
     std::thread::sleep(Duration::from_secs(18));
     let mut readings = Vec::new();
     while started.elapsed() < Duration::from_secs(24) {
-        let m = metrics(&app);
+        let m = app.metrics();
         if let Some(r) = metric_sum(&m, "analytics_cache_hit_ratio", &[]) {
             readings.push(r);
         }
@@ -986,26 +624,20 @@ fn should_meet_hit_ratio_target_95() {
 #[test]
 fn should_not_leak_the_redis_password() {
     const PW: &str = "plantedpw";
-    let redis = RedisServer::start_with(&["--requirepass", PW]);
-    let pg = PgServer::start();
-    let url = format!("redis://:{PW}@127.0.0.1:{}", redis.port);
-    assert_eq!(url, redis.url());
-    let a = args(
-        &url,
-        &pg.url(),
-        &[
-            "--events-per-second",
-            "100",
-            "--queries-per-second",
-            "100",
-            "--organizations",
-            "10",
-            "--users-per-org",
-            "20",
-        ],
+    let t = TestContext::with(
+        RedisServer::start_with(&["--requirepass", PW]),
+        PgServer::start(),
+        &["--seed", "7"],
     );
-    let mut app = spawn_running(&refs(&a), &[]);
-    assert!(app.wait_healthy(HEALTHY), "not healthy:\n{}", app.log());
+    let url = format!("redis://:{PW}@127.0.0.1:{}", t.redis.port);
+    assert_eq!(url, t.redis_url);
+    let mut app = t
+        .app()
+        .events(100)
+        .queries(100)
+        .orgs(10)
+        .users(20)
+        .spawn_healthy();
     assert!(
         wait_until(Duration::from_secs(30), || events_with_outcome(
             &app, "acked"
@@ -1019,7 +651,7 @@ fn should_not_leak_the_redis_password() {
         assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.contains(PW), "{path} leaks the password:\n{body}");
     }
-    let (_, h) = health(&app);
+    let (_, h) = app.health();
     assert_eq!(h["redis"]["status"], "up", "{h}");
     app.signal(libc::SIGTERM);
     let (_, summary) = finish(&mut app, Duration::from_secs(30));
@@ -1035,7 +667,7 @@ fn should_not_leak_the_redis_password() {
         "{summary}"
     );
     assert!(
-        !pg.psql("SELECT config::text FROM runs").contains(PW),
+        !t.pg.psql("SELECT config::text FROM runs").contains(PW),
         "the runs table stores the password"
     );
     // verify with the same URL: clean, and its output does not echo the password either.
@@ -1045,7 +677,7 @@ fn should_not_leak_the_redis_password() {
             "--redis-url",
             &url,
             "--database-url",
-            &pg.url(),
+            &t.pg.url(),
             "--json",
         ],
         &[],
@@ -1053,68 +685,4 @@ fn should_not_leak_the_redis_password() {
     );
     assert_eq!(out.code(), Some(0), "{}\n{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains(PW) && !out.stderr.contains(PW));
-}
-
-/// Every start must start the load, even with several instances starting at once on a
-/// busy machine (20 rounds of 3 concurrent starts, no retry). Guards against the start-up
-/// hang: glommio 0.9 could park an executor that still had tasks to run, for ever when
-/// nothing else was pending, as at a shard's start (see `executor.rs`).
-#[test]
-fn should_start_the_load_on_every_start() {
-    const ROUNDS: usize = 20;
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let mut failures = Vec::new();
-    for round in 0..ROUNDS {
-        let apps: Vec<App> = (0..3)
-            .map(|_| {
-                let a = args(
-                    &redis.url(),
-                    &pg.url(),
-                    &[
-                        "--duration",
-                        "3",
-                        "--events-per-second",
-                        "100",
-                        "--queries-per-second",
-                        "1500",
-                        "--organizations",
-                        "50",
-                    ],
-                );
-                App::spawn(&refs(&a), &[])
-            })
-            .collect();
-        for (i, mut app) in apps.into_iter().enumerate() {
-            match app.wait(Duration::from_secs(40)) {
-                None => {
-                    let m = metrics(&app);
-                    failures.push(format!(
-                        "round {round} app {i}: a --duration 3 run did not exit within 40 s; \
-                         events so far {:?}, shard redis pool size {:?}\n{}",
-                        metric_sum(&m, "analytics_events_total", &[]),
-                        metric_sum(&m, "analytics_redis_pool_size", &[]),
-                        app.log(),
-                    ))
-                }
-                Some(status) => {
-                    let events = summary_from_log(&app.log()).map(|s| s["events"].clone());
-                    if !status.success()
-                        || events.as_ref().and_then(Value::as_u64).unwrap_or(0) == 0
-                    {
-                        failures.push(format!(
-                            "round {round} app {i}: exit {status}, summary events {events:?}"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} starts never started the load:\n{}",
-        failures.len(),
-        ROUNDS * 3,
-        failures.join("\n")
-    );
 }

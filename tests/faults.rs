@@ -17,7 +17,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{metric_sum, run_binary, summary_from_log, wait_until, App, PgServer, RedisServer};
+use common::{
+    metric_sum, refs, run_binary, summary_from_log, wait_until, App, PgServer, RedisServer,
+};
 use serde_json::Value;
 
 /// How long the app gets to become healthy (a cold debug binary on a busy machine).
@@ -45,10 +47,6 @@ fn args(redis_url: &str, pg_url: &str, extra: &[&str]) -> Vec<String> {
         ],
         extra,
     )
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// The usual load of these tests: 400 events/s and 800 queries/s.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use analytics_demo::resp::{Connection, PoolConfig, RedisUrl};
 use analytics_demo::tls::{PemPath, TlsFiles, Verify};
 use common::{
-    metric_sum, run_binary, wait_until, write_file, App, PgServer, RedisServer, RunOutput,
+    metric_sum, refs, run_binary, wait_until, write_file, App, PgServer, RedisServer, RunOutput,
     TestCerts,
 };
 
@@ -33,10 +33,6 @@ const PG_PW: &str = "pg-Secret-19c";
 const HBA: &str = "local all all trust\n\
                    host all postgres 127.0.0.1/32 trust\n\
                    hostssl all app 127.0.0.1/32 scram-sha-256\n";
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 fn metrics(app: &App) -> String {
     app.get("/metrics").1

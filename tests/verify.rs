@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run_binary, summary_from_log, wait_until, App, PgServer, RedisServer};
+use common::{refs, run_binary, summary_from_log, wait_until, App, PgServer, RedisServer};
 use serde_json::Value;
 
 /// Arguments of a small run: 200 events/s, few organizations, `extra` on top.
@@ -26,10 +26,6 @@ fn args(redis: &RedisServer, pg: &PgServer, extra: &[&str]) -> Vec<String> {
         ],
         extra,
     )
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// A 3-second run to its end (exit 0) that made events; returns its summary.

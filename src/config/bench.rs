@@ -2,7 +2,8 @@
 //! cross-option rules (connections per shard, value size against the reply cap, zipf size).
 
 use super::cli::{opt, BenchRedisCli};
-use super::resolve::{redis_flags, run_flags, Resolver};
+use super::connect::redis_flags;
+use super::resolve::{run_flags, Resolver};
 use super::RunOptions;
 use crate::resp::{Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `cli.rs` | the option table, the argh structs built from it |
 //! | `resolve.rs` | raw text to typed values, with the error messages |
+//! | `connect.rs` | where and how to connect: Redis, PostgreSQL, TLS and password files, token |
 //! | `redact.rs` | hiding passwords and tokens in text; `Secret` and `SecretUrl`, which hide themselves |
 //! | `bench.rs` | the `bench-redis` subcommand's options and rules |
 
@@ -17,6 +18,7 @@ mod bench;
 #[cfg(test)]
 mod bench_tests;
 mod cli;
+mod connect;
 mod redact;
 mod resolve;
 #[cfg(test)]
@@ -36,9 +38,10 @@ use crate::pg::PgConfig;
 use crate::resp::{PoolConfig, Protocol, RedisMode, RedisUrl};
 use crate::tls::TlsFiles;
 use cli::{opt, SubCli, TopCli};
+use connect::{database_flags, redis_flags};
 use redact::{scrub, url_secrets};
 pub use redact::{Secret, SecretUrl};
-use resolve::{database_flags, redis_flags, run_flags, Resolver};
+use resolve::{run_flags, Resolver};
 
 /// What the process should do.
 // Built once at start-up: boxing `Config` would buy nothing.
@@ -80,7 +83,7 @@ pub const INDEX_ENV_VARS: [&str; 3] = ["JOB_COMPLETION_INDEX", "POD_INDEX", "HOS
 /// the programs they spawn.
 pub const ENV_VARS: &[&str] = opt::ENV_VARS;
 
-/// Exit code for bad usage or configuration (DESIGN.md "Interface contract").
+/// Exit code for bad usage or configuration (0: done, 1: a failure or a loss found, 2: this).
 pub const EXIT_USAGE: i32 = 2;
 
 /// The workload's configuration. See `analytics-demo --help` for each option.
@@ -479,12 +482,12 @@ fn resolve_sub(sub: SubCli, r: &Resolver) -> Result<Command, String> {
         SubCli::Switch(v) => Command::Switch(SwitchArgs {
             to: {
                 let pw = match &v.to_password_file {
-                    Some(path) => Some(resolve::read_secret_file(SWITCH_TO_PW, path)?),
+                    Some(path) => Some(connect::read_secret_file(SWITCH_TO_PW, path)?),
                     None => None,
                 };
                 let mut to = Vec::new();
                 for item in v.to.split(',').map(str::trim) {
-                    let url = resolve::redis_url(SWITCH_TO, item)?;
+                    let url = connect::redis_url(SWITCH_TO, item)?;
                     to.push(match &pw {
                         Some(pw) => url.with_password(pw.clone()),
                         None => url,

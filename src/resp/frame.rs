@@ -107,7 +107,7 @@ fn push_header(out: &mut BytesMut, kind: u8, n: usize) {
 }
 
 /// Resumable frame scanner plus decode, one per connection (its state is reused).
-/// Public so the criterion benchmarks (`bench/resp.rs`) measure the real reply path.
+/// Public so the criterion benchmarks (`benches/resp.rs`) measure the real reply path.
 pub struct Decoder {
     max: usize,
     /// Offset of the next element header not yet scanned in the current frame.

@@ -102,7 +102,9 @@ pub struct Shard {
     pub load_end: Cell<Option<Instant>>,
 }
 
+/// How often the queued rows go to the writer (one message, however many rows).
 const ROW_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Initial capacity of the row queue (not a cap).
 const ROW_MESSAGE_MAX: usize = 512;
 
 /// Runs a shard until `stopping` is set, then drains it: no new operations, in-flight
@@ -252,7 +254,7 @@ async fn flush_rows(s: &Shard, tx: &ConnectedSender<RowBatch>) {
     }
 }
 
-/// Queues a row for the writer; sends early when a message is full.
+/// Queues a row for the writer (the flusher sends the queue every `ROW_FLUSH_EVERY`).
 pub fn push_row(s: &Shard, row: EventRow) {
     s.rows.borrow_mut().push(row);
 }
