@@ -54,6 +54,9 @@ DB_NAME="analytics_cluster_${MODE/-/_}"
 WORK="$ROOT/.local/migrate/cluster-$MODE"
 PG_LOCAL="$ROOT/.local/migrate/cluster-pg"
 
+# shellcheck source=.ci/lib.sh
+. "$ROOT/.ci/lib.sh"
+
 say() { printf '[migrate-demo-cluster %s] %s\n' "$MODE" "$*" >&2; }
 die() { printf '[migrate-demo-cluster %s] ERROR: %s\n' "$MODE" "$*" >&2; exit 2; }
 
@@ -572,11 +575,9 @@ case "$MODE" in
     to-cluster)
         SOURCE_PORT="$(pick_port $(( PORT_BASE + 20 )))"
         mkdir -p "$WORK/source"
-        redis-server --port "$SOURCE_PORT" --bind 127.0.0.1 --dir "$WORK/source" --save '' \
-            --appendonly no --daemonize no --logfile "$WORK/source/redis.log" </dev/null >/dev/null 2>&1 &
+        redis_start "$WORK/source" "$SOURCE_PORT"
         SOURCE_PID=$!
-        wait_for 30 "the source on port $SOURCE_PORT answering PING" \
-            bash -c "[ \"\$(redis-cli -p $SOURCE_PORT ping 2>/dev/null)\" = PONG ]"
+        redis_wait "$SOURCE_PORT" 30 || die "the source on port $SOURCE_PORT does not answer PING"
         TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
         RUN=1
         (

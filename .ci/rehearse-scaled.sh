@@ -55,9 +55,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=.ci/lib.sh
+. "$ROOT/.ci/lib.sh"
 
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release --quiet
