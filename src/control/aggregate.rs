@@ -1,12 +1,13 @@
 //! Merges the shards' per-second reports: progress lines, gauges, and the final summary.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::shard::counts::Counts;
+use crate::shard::counts::{ByName, Counts};
 use crate::shard::stats::{CacheOutcome, Op, ShardReport, MISS_MICROS};
 use crate::workload::{EventType, Outcome, QueryType};
 
@@ -60,10 +61,56 @@ impl Window {
         let misses = self.events_failed() + self.skipped_of(Op::Event);
         percentiles_with_misses(&self.event_latency, misses)
     }
+
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            query_latency_ms: percentiles(&self.query_latency),
+            query_error_latency_ms: percentiles(&self.query_error_latency),
+            query_latency_including_misses_ms: self.query_latency_with_misses(),
+            event_latency_ms: percentiles(&self.event_latency),
+            event_error_latency_ms: percentiles(&self.event_error_latency),
+            event_latency_including_misses_ms: self.event_latency_with_misses(),
+        }
+    }
+
+    pub fn cache_ratios(&self) -> CacheRatios {
+        CacheRatios {
+            cache_hit_ratio: self.hit_ratio(),
+            cache_natural_hit_ratio: self.natural_hit_ratio(),
+            cache_adhoc_fraction: self.adhoc_fraction(),
+        }
+    }
+}
+
+/// The latencies of a span (ms), as the summary, the status and each switch phase carry them.
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
+pub struct Latencies {
+    /// Successful queries only, from the scheduled start.
+    pub query_latency_ms: Percentiles,
+    /// Failed queries only (a fast failure is no fast answer: kept apart).
+    pub query_error_latency_ms: Percentiles,
+    /// Every query that was due, each failed or skipped one counted as a miss (`MISS_MS`).
+    pub query_latency_including_misses_ms: WithMisses,
+    /// Acknowledged events only.
+    pub event_latency_ms: Percentiles,
+    /// Failed and unknown-outcome events.
+    pub event_error_latency_ms: Percentiles,
+    pub event_latency_including_misses_ms: WithMisses,
+}
+
+/// The cache hit ratios of a span (None when no cacheable lookup completed).
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
+pub struct CacheRatios {
+    /// Steered: every cacheable lookup, the one-off keys of the steering loop included.
+    pub cache_hit_ratio: Option<f64>,
+    /// Natural: cacheable lookups on their own keys only.
+    pub cache_natural_hit_ratio: Option<f64>,
+    /// Share of cacheable lookups the steering loop sent to one-off keys.
+    pub cache_adhoc_fraction: Option<f64>,
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Serialize, Clone, Copy, Default, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -79,7 +126,7 @@ pub const MISS_MS: f64 = MISS_MICROS as f64 / 1000.0;
 /// skip) counted as later than any deadline: a percentile that falls among them reads
 /// `MISS_MS`. So a run that missed 2% of its operations has a p99 of `MISS_MS`, however fast
 /// the rest were.
-#[derive(Serialize, Clone, Copy, Default, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
 pub struct WithMisses {
     #[serde(flatten)]
     pub percentiles: Percentiles,
@@ -125,13 +172,13 @@ pub fn percentiles_with_misses(ok: &Histogram<u64>, misses: u64) -> WithMisses {
 }
 
 /// Every operation of one stream that was due, by what came of it.
-#[derive(Serialize, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Outcomes {
     pub due: u64,
     pub ok: u64,
     pub error: u64,
     pub skipped: u64,
-    pub skipped_by_reason: BTreeMap<&'static str, u64>,
+    pub skipped_by_reason: ByName,
 }
 
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -268,49 +315,36 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-/// The end-of-run summary, also served as JSON.
-#[derive(Serialize, Debug)]
+/// The end-of-run summary, also served as JSON (`/report`'s `run`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Summary {
     pub run_id: i64,
     pub elapsed_seconds: f64,
     pub events: u64,
     pub events_per_second: f64,
     pub events_target_per_second: u64,
-    pub events_by_type: BTreeMap<&'static str, u64>,
-    pub events_by_outcome: BTreeMap<&'static str, u64>,
+    pub events_by_type: ByName,
+    pub events_by_outcome: ByName,
     pub queries: u64,
     pub queries_per_second: f64,
     pub queries_target_per_second: u64,
-    pub queries_by_type: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub queries_by_type: BTreeMap<Cow<'static, str>, ByName>,
     /// Every query and event that was due: ok, error, skipped (by reason).
     pub query_outcomes: Outcomes,
     pub event_outcomes: Outcomes,
-    /// Successful queries only, from the scheduled start.
-    pub query_latency_ms: Percentiles,
-    /// Failed queries only (a fast failure is no fast answer: kept apart).
-    pub query_error_latency_ms: Percentiles,
-    /// Every query that was due, each failed or skipped one counted as a miss (`MISS_MS`).
-    pub query_latency_including_misses_ms: WithMisses,
+    #[serde(flatten)]
+    pub latency: Latencies,
     /// Successful queries, from the actual start.
     pub query_latency_uncorrected_ms: Percentiles,
-    /// Acknowledged events only.
-    pub event_latency_ms: Percentiles,
-    /// Failed and unknown-outcome events.
-    pub event_error_latency_ms: Percentiles,
-    pub event_latency_including_misses_ms: WithMisses,
     /// How late the load generator woke for its schedule: its own stalls (CPU starvation,
     /// a paused VM), which also show in the latencies above.
     pub pacer_lateness_ms: Percentiles,
-    /// Steered: every cacheable lookup, the one-off keys of the steering loop included.
-    pub cache_hit_ratio: Option<f64>,
-    /// Natural: cacheable lookups on their own keys only.
-    pub cache_natural_hit_ratio: Option<f64>,
-    /// Share of cacheable lookups the steering loop sent to one-off keys.
-    pub cache_adhoc_fraction: Option<f64>,
+    #[serde(flatten)]
+    pub cache: CacheRatios,
     pub cache_hit_target_ratio: f64,
     /// Skipped operations by reason (events and queries).
-    pub skipped: BTreeMap<&'static str, u64>,
-    pub errors: BTreeMap<&'static str, u64>,
+    pub skipped: ByName,
+    pub errors: ByName,
     pub db_rows_written: u64,
     pub db_rows_dropped: u64,
     pub db_write_errors: u64,
@@ -332,18 +366,21 @@ impl Summary {
         let mut by_type = BTreeMap::new();
         let mut by_outcome = BTreeMap::new();
         for ty in EventType::ALL {
-            by_type.insert(ty.as_str(), t.events[ty as usize].iter().sum());
+            by_type.insert(ty.as_str().into(), t.events[ty as usize].iter().sum());
         }
         for o in Outcome::ALL {
-            by_outcome.insert(o.as_str(), t.events.iter().map(|e| e[o as usize]).sum());
+            by_outcome.insert(
+                o.as_str().into(),
+                t.events.iter().map(|e| e[o as usize]).sum(),
+            );
         }
         let mut queries_by_type = BTreeMap::new();
         for qt in QueryType::ALL {
             let mut m = BTreeMap::new();
             for c in CacheOutcome::ALL {
-                m.insert(c.as_str(), t.queries[qt as usize][c as usize]);
+                m.insert(c.as_str().into(), t.queries[qt as usize][c as usize]);
             }
-            queries_by_type.insert(qt.as_str(), m);
+            queries_by_type.insert(qt.as_str().into(), m);
         }
         Summary {
             run_id,
@@ -359,20 +396,13 @@ impl Summary {
             queries_by_type,
             query_outcomes: t.outcomes(Op::Query),
             event_outcomes: t.outcomes(Op::Event),
-            query_latency_ms: percentiles(&t.query_latency),
-            query_error_latency_ms: percentiles(&t.query_error_latency),
-            query_latency_including_misses_ms: t.query_latency_with_misses(),
+            latency: t.latencies(),
             query_latency_uncorrected_ms: percentiles(&t.query_service),
-            event_latency_ms: percentiles(&t.event_latency),
-            event_error_latency_ms: percentiles(&t.event_error_latency),
-            event_latency_including_misses_ms: t.event_latency_with_misses(),
             pacer_lateness_ms: percentiles(&t.pacer_lateness),
-            cache_hit_ratio: t.hit_ratio(),
-            cache_natural_hit_ratio: t.natural_hit_ratio(),
-            cache_adhoc_fraction: t.adhoc_fraction(),
+            cache: t.cache_ratios(),
             cache_hit_target_ratio: hit_target,
             skipped: t.skipped_by_reason(),
-            errors: t.errors.clone(),
+            errors: t.errors_by_kind(),
             db_rows_written: db.rows_written,
             db_rows_dropped: db.rows_dropped,
             db_write_errors: db.errors,
@@ -381,6 +411,7 @@ impl Summary {
 
     /// A readable block for the terminal.
     pub fn render(&self) -> String {
+        let (l, c) = (&self.latency, &self.cache);
         let mut s = String::new();
         let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2}%", v * 100.0));
         let lat = |p: &Percentiles| {
@@ -438,15 +469,15 @@ impl Summary {
         ));
         s.push_str(&format!(
             "query latency      {} (successes, from schedule)\n",
-            lat(&self.query_latency_ms)
+            lat(&l.query_latency_ms)
         ));
         s.push_str(&format!(
             "  errors           {}\n",
-            errors(&self.query_outcomes, &self.query_error_latency_ms)
+            errors(&self.query_outcomes, &l.query_error_latency_ms)
         ));
         s.push_str(&format!(
             "  incl. misses     {}\n",
-            misses(&self.query_latency_including_misses_ms)
+            misses(&l.query_latency_including_misses_ms)
         ));
         s.push_str(&format!(
             "  uncorrected      {}\n",
@@ -458,15 +489,15 @@ impl Summary {
         ));
         s.push_str(&format!(
             "event latency      {} (acked)\n",
-            lat(&self.event_latency_ms)
+            lat(&l.event_latency_ms)
         ));
         s.push_str(&format!(
             "  errors           {}\n",
-            errors(&self.event_outcomes, &self.event_error_latency_ms)
+            errors(&self.event_outcomes, &l.event_error_latency_ms)
         ));
         s.push_str(&format!(
             "  incl. misses     {}\n",
-            misses(&self.event_latency_including_misses_ms)
+            misses(&l.event_latency_including_misses_ms)
         ));
         s.push_str(&format!(
             "pacer lateness     {} (stalls of this process)\n",
@@ -474,10 +505,10 @@ impl Summary {
         ));
         s.push_str(&format!(
             "cache hit ratio    {} steered (target {:.2}%), {} natural, ad-hoc share {}\n",
-            pct(self.cache_hit_ratio),
+            pct(c.cache_hit_ratio),
             self.cache_hit_target_ratio * 100.0,
-            pct(self.cache_natural_hit_ratio),
-            pct(self.cache_adhoc_fraction)
+            pct(c.cache_natural_hit_ratio),
+            pct(c.cache_adhoc_fraction)
         ));
         s.push_str(&format!("skipped            {:?}\n", self.skipped));
         s.push_str(&format!("errors             {:?}\n", self.errors));
