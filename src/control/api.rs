@@ -417,3 +417,270 @@ impl ErrorAnswer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::control::aggregate::{Aggregate, Window};
+    use crate::control::health::NodeStatus;
+    use crate::control::migration::{render, Migration};
+    use crate::shard::outage::Outage;
+    use crate::shard::stats::{CacheOutcome, Op, Skip};
+    use crate::workload::{EventType, Outcome, QueryType};
+
+    /// DOC written, read back and written again: the same JSON (fields, types, values). And
+    /// its body reads back as the same JSON as well (serde_json's text parser may round a
+    /// float's last bit: the text is compared with itself parsed).
+    fn round_trip<T: Serialize + DeserializeOwned>(doc: &T) -> T {
+        let written = serde_json::to_value(doc).expect("serializes");
+        let back: T = serde_json::from_value(written.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&back).expect("serializes"), written);
+        let body = to_body(doc);
+        let text: Value = serde_json::from_str(&body).expect("JSON");
+        let read: T = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(serde_json::to_value(&read).expect("serializes"), text);
+        back
+    }
+
+    /// A second of load at UNIX time AT: answered, failed and skipped queries and events.
+    fn second(at: f64, failing: bool) -> Window {
+        let mut w = Window {
+            at_unix: at,
+            ..Window::default()
+        };
+        let ms = Duration::from_millis;
+        for i in 0..20 {
+            w.query(QueryType::Dashboard, CacheOutcome::Hit, ms(1 + i), ms(1));
+            w.event(EventType::Click, Outcome::Acked, ms(2));
+        }
+        w.query(QueryType::Filtered, CacheOutcome::Miss, ms(30), ms(25));
+        w.natural_hits = 19;
+        w.natural_lookups = 21;
+        w.pacer_late(ms(3));
+        if failing {
+            w.query(QueryType::Dashboard, CacheOutcome::Error, ms(900), ms(900));
+            w.event(EventType::Purchase, Outcome::Unknown, ms(1000));
+            w.skip(Op::Query, Skip::MaxWorkers, 4);
+            w.skip(Op::Event, Skip::DbBacklog, 2);
+            w.error("timeout");
+            w.error("connection");
+        }
+        w
+    }
+
+    /// A run with a switch at t = 100: a minute of load before, failures around it.
+    fn migration() -> Migration {
+        let recent: VecDeque<Window> = (40..100).map(|t| second(f64::from(t), t > 95)).collect();
+        let mut m = Migration::default();
+        m.switched(100.0, "redis://a:1".into(), "redis://b:2".into(), &recent);
+        for t in 101..120 {
+            m.on_window(&second(f64::from(t), t < 104));
+        }
+        let sw = &mut m.switches[0];
+        sw.first_failure = Some(96.5);
+        sw.last_failure = Some(103.25);
+        sw.outages.push(Outage {
+            shard: 1,
+            start_unix: 99.0,
+            duration_ms: 1250.5,
+            failed_operations: 7,
+        });
+        sw.on_target.insert(0, (4, 4, Some(100.75)));
+        sw.on_target.insert(1, (3, 4, None));
+        m.open_outages.insert(1, (118.0, 500.0));
+        m
+    }
+
+    fn summary() -> Summary {
+        let mut agg = Aggregate::new(2);
+        for t in 0..5 {
+            agg.total.merge(&second(f64::from(t), t == 3));
+        }
+        let db = crate::pg::writer::WriterStatus {
+            rows_written: 100,
+            rows_dropped: 2,
+            ..Default::default()
+        };
+        Summary::build(7, &agg, (100, 200), 0.95, &db)
+    }
+
+    fn cluster() -> ClusterHealth {
+        let node = |name: &str, up: bool| NodeStatus {
+            node: name.into(),
+            slots: 8192,
+            status: if up { "up" } else { "down" }.into(),
+            latency_ms: up.then_some(0.25),
+            error: (!up).then(|| "connection refused".to_string()),
+        };
+        let outage = NodeOutage {
+            node: "10.0.0.2:7001".into(),
+            start_unix: 98.0,
+            duration_ms: 2000.0,
+            open: true,
+        };
+        ClusterHealth {
+            slots_assigned: 16384,
+            slots_covered: 8192,
+            map_version: 3,
+            map_from: "10.0.0.1:7000".into(),
+            nodes: vec![node("10.0.0.1:7000", true), node("10.0.0.2:7001", false)],
+            node_outages: vec![outage],
+        }
+    }
+
+    fn report() -> Report {
+        let c = cluster();
+        Report {
+            run: summary(),
+            redis_target: "redis://b:2".into(),
+            migration: migration().report(0.95),
+            redis_cluster: Some(ClusterReport {
+                redirects: [("moved".into(), 3), ("ask".into(), 0)].into(),
+                node_outages: c.node_outages.clone(),
+                slots_covered: Some(c.slots_covered),
+                map_version: Some(c.map_version),
+            }),
+        }
+    }
+
+    #[test]
+    fn should_read_back_the_report_as_written() {
+        let doc = report();
+        let back = round_trip(&doc);
+        let sw = &back.migration.switches[0];
+        assert_eq!(
+            (sw.seq, sw.from.as_str(), sw.to.as_str()),
+            (1, "redis://a:1", "redis://b:2")
+        );
+        assert_eq!(sw.error_window.map(|w| w.seconds), Some(6.75));
+        assert_eq!(
+            (sw.cutover.connections_on_target, sw.cutover.connections),
+            (7, 8)
+        );
+        assert!(!sw.cutover.complete);
+        assert_eq!(sw.unavailability_ms_by_shard.get(&1), Some(&1250.5));
+        assert_eq!(
+            sw.failures_by_kind.get("timeout"),
+            sw.failures_by_kind.get("connection")
+        );
+        assert!(sw.failed_operations > 0 && !sw.series.is_empty());
+        assert!(sw.phases.during.queries.skipped_by_reason["max_workers"] > 0);
+        assert_eq!(sw.cache_hit.recovery_measured_on, "natural");
+        assert_eq!(back.run.run_id, 7);
+        assert_eq!(back.run.events_by_outcome["unknown"], 1);
+        assert_eq!(back.run.queries_by_type["dashboard"]["error"], 1);
+        assert_eq!(back.migration.open_outages[0].duration_ms_so_far, 500.0);
+        // The terminal form reads the typed report.
+        let text = render(&back);
+        assert!(text.contains("run 7: "), "{text}");
+        assert!(
+            text.contains("switch #1 at 100.000 : redis://a:1 -> redis://b:2"),
+            "{text}"
+        );
+        assert!(text.contains("in progress: 7 of 8 connections"), "{text}");
+        assert!(text.contains("by shard {\"1\":1250.5}"), "{text}");
+        assert!(
+            text.contains("node 10.0.0.2:7001 unavailable 2000.000 ms from 98.000 (still down)")
+        );
+    }
+
+    #[test]
+    fn should_read_back_status_and_health_as_written() {
+        let w = second(5.0, true);
+        let m = migration();
+        let c = cluster();
+        let status = Status {
+            run_id: -3,
+            uptime_seconds: 12.5,
+            targets: Targets {
+                events_per_second: 100,
+                queries_per_second: 200,
+                cache_hit_ratio: 0.95,
+            },
+            query_outcomes_last_10s: w.outcomes(Op::Query),
+            event_outcomes_total: w.outcomes(Op::Event),
+            latency: w.latencies(),
+            cache: w.cache_ratios(),
+            errors_last_10s: w.errors_by_kind(),
+            skipped_total: w.skipped_by_reason(),
+            redis: StatusRedis {
+                mode: TargetMode::Cluster,
+                status: "up".into(),
+                cluster: Some(c.clone()),
+                ..StatusRedis::default()
+            },
+            migration: StatusMigration {
+                switches: vec![SwitchBrief {
+                    seq: 1,
+                    error_window_seconds: Some(1.5),
+                    ..SwitchBrief::default()
+                }],
+            },
+            history: vec![HistoryPoint {
+                t: 5.0,
+                hit_ratio: w.hit_ratio(),
+                ..HistoryPoint::default()
+            }],
+            ..Status::default()
+        };
+        let back = round_trip(&status);
+        assert_eq!(back.redis.mode, TargetMode::Cluster);
+        assert_eq!(back.errors_last_10s["timeout"], 1);
+        assert_eq!(back.redis.cluster.map(|c| c.nodes.len()), Some(2));
+        let health = Health {
+            status: "degraded".into(),
+            load: Load::WaitingForPostgres,
+            run_id: 1,
+            redis: DepStatus {
+                status: "up".into(),
+                protocol: Some(3),
+                ..DepStatus::default()
+            },
+            redis_cluster: Some(c),
+            shards: vec![ShardHealth::default(); 2],
+            ..Health::default()
+        };
+        let back = round_trip(&health);
+        assert_eq!(back.load, Load::WaitingForPostgres);
+        assert_eq!(back.redis.protocol, Some(3));
+        assert!(to_body(&health).contains("\"load\":\"waiting_for_postgres\""));
+        assert_eq!(m.report(0.95).switches.len(), 1);
+    }
+
+    /// The switch answers keep their form: `true` or `"partial"` (with the error), keys sorted.
+    #[test]
+    fn should_read_back_switch_answers_as_written() {
+        let answer = SwitchAnswer {
+            seq: 2,
+            from: "redis://a:1".into(),
+            endpoint: "redis://b:2".into(),
+            shards_switched: 2,
+            shards: 2,
+            ..SwitchAnswer::default()
+        };
+        let body = to_body(&answer);
+        assert!(body.starts_with("{\"at_unix\":0.0,\"endpoint\":"), "{body}");
+        assert!(
+            body.contains("\"switched\":true") && !body.contains("error"),
+            "{body}"
+        );
+        assert_eq!(round_trip(&answer).switched, Switched::All(true));
+        let partial = SwitchAnswer {
+            switched: Switched::Partial(PartialTag::Partial),
+            error: Some("only 1 of 2 shards took the switch".into()),
+            shards_switched: 1,
+            ..answer
+        };
+        assert!(to_body(&partial).contains("\"switched\":\"partial\""));
+        let back = round_trip(&partial);
+        assert_eq!(back.switched, Switched::Partial(PartialTag::Partial));
+        assert_eq!(back.error.as_deref(), partial.error.as_deref());
+        assert_eq!(ErrorAnswer::body("no"), "{\"error\":\"no\"}");
+    }
+}
