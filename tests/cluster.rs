@@ -248,15 +248,14 @@ fn should_follow_moved_during_a_live_reshard() {
     assert_eq!(u(&v, &["lost_acknowledged_increments"]), 0, "{v}");
 }
 
-#[test]
-fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
-    let cluster = RedisCluster::start(3);
-    let slot = keyslot(&cluster, "{ask}");
+/// The slot of `{ask}` held mid-migration by hand: `{ask}moved` (1) already on the importing
+/// node, `{ask}staying` (10) still on the source. Returns (slot, source, importing node).
+fn slot_mid_migration(cluster: &RedisCluster) -> (u16, usize, usize) {
+    let slot = keyslot(cluster, "{ask}");
     let from = cluster.owner(slot);
     let to = (from + 1) % 3;
-    let (moved_key, staying_key) = ("{ask}moved", "{ask}staying");
-    assert_eq!(cluster.cli(from, &["SET", moved_key, "1"]), "OK");
-    assert_eq!(cluster.cli(from, &["SET", staying_key, "10"]), "OK");
+    assert_eq!(cluster.cli(from, &["SET", "{ask}moved", "1"]), "OK");
+    assert_eq!(cluster.cli(from, &["SET", "{ask}staying", "10"]), "OK");
     let s = slot.to_string();
     let (from_id, to_id) = (cluster.id(from), cluster.id(to));
     assert_eq!(
@@ -267,21 +266,158 @@ fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
         cluster.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
         "OK"
     );
+    migrate_key(cluster, from, to, "{ask}moved");
+    (slot, from, to)
+}
+
+fn migrate_key(cluster: &RedisCluster, from: usize, to: usize, key: &str) {
     let to_port = cluster.nodes[to].port.to_string();
-    let migrated = cluster.cli(
-        from,
-        &[
-            "MIGRATE",
-            "127.0.0.1",
-            &to_port,
-            "",
-            "0",
-            "5000",
-            "KEYS",
-            moved_key,
-        ],
+    assert_eq!(cluster.cli(from, &migrate(&to_port, key)), "OK");
+}
+
+/// `MIGRATE` of KEY to the node on 127.0.0.1:TO_PORT.
+fn migrate<'a>(to_port: &'a str, key: &'a str) -> [&'a str; 8] {
+    [
+        "MIGRATE",
+        "127.0.0.1",
+        to_port,
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        key,
+    ]
+}
+
+/// Ends the migration of SLOT: TO owns it, on both nodes' word.
+fn end_migration(cluster: &RedisCluster, slot: u16, from: usize, to: usize) {
+    let (s, to_id) = (slot.to_string(), cluster.id(to));
+    for i in [to, from] {
+        assert_eq!(
+            cluster.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]),
+            "OK"
+        );
+    }
+}
+
+/// A blocking RESP connection for commands that must run within milliseconds of each other
+/// (redis-cli starts a process per command). Replies as their raw text.
+struct RawConn {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl RawConn {
+    fn open(port: u16) -> RawConn {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        RawConn {
+            stream: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends ARGS; the reply: a status or error line, or a bulk string's content.
+    fn cmd(&mut self, args: &[&str]) -> String {
+        use std::io::{BufRead, Read, Write};
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.stream
+            .get_mut()
+            .write_all(out.as_bytes())
+            .expect("write");
+        let mut line = String::new();
+        self.stream.read_line(&mut line).expect("read");
+        let line = line.trim_end().to_string();
+        match line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let mut body = vec![0; n + 2];
+                self.stream.read_exact(&mut body).expect("read");
+                String::from_utf8_lossy(&body[..n]).into_owned()
+            }
+            None => line,
+        }
+    }
+}
+
+/// TRYAGAIN replies node I sent (INFO errorstats).
+fn tryagains(cluster: &RedisCluster, i: usize) -> u64 {
+    cluster
+        .cli(i, &["INFO", "errorstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn should_retry_a_multi_key_command_after_tryagain_until_its_slot_settles() {
+    let cluster = RedisCluster::start(3);
+    let (slot, from, to) = slot_mid_migration(&cluster);
+    let url = RedisUrl::parse(&cluster.url()).unwrap();
+    let mget = |url: RedisUrl| {
+        on_executor(move || async move {
+            let pool = Pool::cluster(url, Vec::new(), PoolConfig::default());
+            assert!(pool.wait_connected(Duration::from_secs(10)).await);
+            let r = pool.cmd(&[b"MGET", b"{ask}moved", b"{ask}staying"]).await;
+            pool.close().await;
+            r
+        })
+    };
+    // Half the slot's keys moved: the source answers TRYAGAIN to an MGET of both, every time,
+    // and after 5 redirections the command fails (never sent a sixth time).
+    let r = mget(url.clone());
+    assert!(matches!(&r, Err(e) if e.kind() == "redirect_loop"), "{r:?}");
+    assert_eq!(tryagains(&cluster, from), 6, "one send and five resends");
+    // The same MGET while the migration completes: it is resent until the slot settles, then
+    // follows MOVED to the new owner and gets both values.
+    let mgets_before = calls(&cluster, to, "mget");
+    let (from_port, to_port) = (cluster.nodes[from].port, cluster.nodes[to].port);
+    let (s, to_id) = (slot.to_string(), cluster.id(to));
+    let finisher = std::thread::scope(|scope| {
+        // Once the source refused the MGET again, the migration completes at once (raw
+        // commands on open connections: well within the router's 620 ms of retries).
+        let handle = scope.spawn(|| {
+            let mut src = RawConn::open(from_port);
+            let mut dst = RawConn::open(to_port);
+            let refused_again = |c: &mut RawConn| {
+                let stats = c.cmd(&["INFO", "errorstats"]);
+                let n = stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+                    .and_then(|n| n.trim().parse::<u64>().ok());
+                n.is_some_and(|n| n > 6)
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !refused_again(&mut src) {
+                assert!(std::time::Instant::now() < deadline, "no second MGET came");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let to_port = to_port.to_string();
+            assert_eq!(src.cmd(&migrate(&to_port, "{ask}staying")), "+OK");
+            for c in [&mut dst, &mut src] {
+                assert_eq!(c.cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]), "+OK");
+            }
+        });
+        let r = mget(url);
+        handle.join().expect("the migration finished");
+        r
+    });
+    assert_eq!(
+        finisher,
+        Ok(Reply::Array(vec![
+            Reply::Bulk("1".into()),
+            Reply::Bulk("10".into())
+        ]))
     );
-    assert_eq!(migrated, "OK");
+    assert!(tryagains(&cluster, from) > 6, "no TRYAGAIN the second time");
+    assert_eq!(calls(&cluster, to, "mget") - mgets_before, 1);
+}
+
+#[test]
+fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
+    let cluster = RedisCluster::start(3);
+    let (slot, from, to) = slot_mid_migration(&cluster);
+    let moved_key = "{ask}moved";
     let before = (calls(&cluster, to, "asking"), calls(&cluster, to, "get"));
 
     let url = RedisUrl::parse(&cluster.url()).unwrap();
@@ -307,12 +443,7 @@ fn should_follow_ask_for_keys_of_a_slot_being_migrated() {
     let asked = cluster.cli(from, &["GET", moved_key]);
     assert!(asked.starts_with(&format!("ASK {slot} ")), "{asked}");
     // The migration ends; the incremented value is on the new owner.
-    for i in [to, from] {
-        assert_eq!(
-            cluster.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]),
-            "OK"
-        );
-    }
+    end_migration(&cluster, slot, from, to);
     assert_eq!(cluster.cli(to, &["GET", moved_key]), "2");
 }
 
