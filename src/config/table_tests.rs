@@ -1,5 +1,5 @@
 //! The option table against what depends on it: ranges enforced as the help shows them, the
-//! exported environment variable list, `Debug`, and the Makefile and README that name options.
+//! exported environment variable list, `Debug`, and the Makefile and docs that name options.
 
 use super::cli::{opt, OptDef, Range};
 use super::*;
@@ -163,18 +163,31 @@ fn should_know_every_variable_the_makefile_passes_to_the_app() {
     }
 }
 
-/// The backquoted words of a README table cell, split on ` / `.
+/// The backquoted words of a docs table cell, split on ` / `.
 fn cell_items(cell: &str) -> Vec<&str> {
     cell.split(" / ")
         .filter_map(|item| item.trim().strip_prefix('`')?.strip_suffix('`'))
         .collect()
 }
 
+/// The docs that hold the option tables: the workload's and the subcommands' options, and
+/// `bench-redis`'s.
+const OPTION_DOCS: [(&str, &str); 2] = [
+    (
+        "docs/configuration.md",
+        include_str!("../../docs/configuration.md"),
+    ),
+    (
+        "docs/benchmarks.md",
+        include_str!("../../docs/benchmarks.md"),
+    ),
+];
+
 #[test]
-fn should_match_the_readme_option_tables() {
-    let readme = include_str!("../../README.md");
+fn should_match_the_docs_option_tables() {
+    let docs = OPTION_DOCS.map(|(_, text)| text).concat();
     let mut documented = Vec::new();
-    for line in readme.lines() {
+    for line in docs.lines() {
         let cells: Vec<&str> = line.split(" | ").collect();
         if cells.len() < 4 || !line.starts_with("| `") {
             continue;
@@ -190,15 +203,16 @@ fn should_match_the_readme_option_tables() {
             let def = opt::ALL
                 .iter()
                 .find(|d| d.env == *var)
-                .unwrap_or_else(|| panic!("README documents {var}, which no option reads"));
-            assert_eq!(def.flag(), *flag, "README: flag of {var}");
+                .unwrap_or_else(|| panic!("the docs document {var}, which no option reads"));
+            assert_eq!(def.flag(), *flag, "docs: flag of {var}");
             documented.push(*var);
         }
     }
     for def in opt::ALL {
         assert!(
-            documented.contains(&def.env) || readme.contains(&format!("`{}`", def.env)),
-            "README never names {}",
+            documented.contains(&def.env) || docs.contains(&format!("`{}`", def.env)),
+            "{} never name {}",
+            OPTION_DOCS.map(|(path, _)| path).join(" and "),
             def.env
         );
     }

@@ -9,7 +9,8 @@
 //! dips and recovers on its own as the cache refills. The steered ratio is only what the
 //! target asks for: the natural ratio (lookups on the queries' own keys, ad-hoc ones left
 //! out) and the ad-hoc share are reported beside it, and the migration report measures
-//! the cache's recovery on the natural one (README, "Cache hit ratio: natural and steered").
+//! the cache's recovery on the natural one (docs/architecture.md, "Cache hit ratio: natural
+//! and steered").
 
 use std::fmt::Write as _;
 use std::rc::Rc;

@@ -91,7 +91,7 @@ impl QueryType {
 }
 
 /// What became of an event's counter write: the migration truth (the `outcome` of its row;
-/// README, "Did the migration lose writes?").
+/// docs/migration.md, "Did the migration lose writes?").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Outcome {
