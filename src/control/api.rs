@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{CacheRatios, Latencies, Outcomes, Percentiles, Summary};
+use super::aggregate::{CacheRatios, Figures, Latencies, Outcomes};
 use super::health::{ClusterHealth, DepStatus, NodeOutage};
+use super::summary::Summary;
 use crate::shard::counts::ByName;
 
 /// A document as the API writes it: compact JSON, keys sorted at every level.
@@ -109,13 +110,9 @@ pub struct Status {
     pub event_outcomes_last_10s: Outcomes,
     pub query_outcomes_total: Outcomes,
     pub event_outcomes_total: Outcomes,
-    /// The latencies and cache ratios are over the last 10 seconds.
+    /// Latencies and cache ratios over the last 10 seconds.
     #[serde(flatten)]
-    pub latency: Latencies,
-    pub query_latency_uncorrected_ms: Percentiles,
-    pub pacer_lateness_ms: Percentiles,
-    #[serde(flatten)]
-    pub cache: CacheRatios,
+    pub figures: Figures,
     pub errors_last_10s: ByName,
     pub errors_total: ByName,
     pub skipped_last_10s: ByName,
@@ -605,8 +602,7 @@ mod tests {
             },
             query_outcomes_last_10s: w.outcomes(Op::Query),
             event_outcomes_total: w.outcomes(Op::Event),
-            latency: w.latencies(),
-            cache: w.cache_ratios(),
+            figures: w.figures(),
             errors_last_10s: w.errors_by_kind(),
             skipped_total: w.skipped_by_reason(),
             redis: StatusRedis {

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 
-use super::aggregate::{percentiles, Summary};
+use super::aggregate::percentiles;
 use super::api::{self, ErrorAnswer, TargetMode};
 use super::health::DepStatus;
 use super::state::State;
+use super::summary::Summary;
 use super::{auth, process};
 use crate::http::{Req, Resp};
 use crate::metrics as m;
@@ -161,10 +162,7 @@ fn status(st: &State) -> api::Status {
         event_outcomes_last_10s: last10.outcomes(Op::Event),
         query_outcomes_total: agg.total.outcomes(Op::Query),
         event_outcomes_total: agg.total.outcomes(Op::Event),
-        latency: last10.latencies(),
-        query_latency_uncorrected_ms: percentiles(&last10.query_service),
-        pacer_lateness_ms: percentiles(&last10.pacer_lateness),
-        cache: last10.cache_ratios(),
+        figures: last10.figures(),
         errors_last_10s: last10.errors_by_kind(),
         errors_total: agg.total.errors_by_kind(),
         skipped_last_10s: last10.skipped_by_reason(),

@@ -374,7 +374,7 @@ pub fn render(report: &Report) -> String {
         f(Some(run.events_per_second)),
         run.queries,
         f(Some(run.queries_per_second)),
-        pct(run.cache.cache_hit_ratio)
+        pct(run.figures.cache.cache_hit_ratio)
     ));
     s.push_str(&format!("current redis target: {}\n", report.redis_target));
     let switches = &report.migration.switches;

@@ -12,6 +12,7 @@ mod http_api;
 pub mod migration;
 pub mod process;
 mod state;
+pub mod summary;
 
 pub use state::ControlParams;
 
@@ -30,9 +31,10 @@ use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig};
 use crate::shard::stats::ShardReport;
 use crate::shard::ShardCommand;
-use aggregate::{percentiles, Aggregate, Summary};
+use aggregate::{percentiles, Aggregate};
 use api::Load;
 use state::State;
+use summary::Summary;
 
 /// Shared flags between the process's threads.
 #[derive(Clone, Default)]
