@@ -346,7 +346,10 @@ fn should_fail_when_the_target_declares_no_runs_and_take_overrides() {
     // A run that did not write here: its counters are stray.
     let (code, v) = verify(&redis, &pg, &["--since", "2099-01-01T00:00:00Z"]);
     assert_eq!(code, 1, "{v}");
-    assert_eq!(v["problems"][0], "no run matches --run/--since/--run-name", "{v}");
+    assert_eq!(
+        v["problems"][0], "no run matches --run/--since/--run-name",
+        "{v}"
+    );
     // A bad value is a usage error.
     let out = run_binary(
         &["verify", "--since", "last tuesday"],
