@@ -1,6 +1,7 @@
 //! Entry point behind `main`: configuration, logging, and the subcommands.
 
 use crate::config::{self, Command, LogFormat, ParseOutcome};
+use crate::control::api::{Cutover, Report, SwitchAnswer};
 
 /// Runs the process; returns the exit code (0 ok, 1 failure or loss found, 2 usage).
 pub fn main() -> i32 {
@@ -64,13 +65,13 @@ fn report(args: config::ReportArgs) -> i32 {
                 println!("{body}");
                 return 0;
             }
-            match serde_json::from_str::<serde_json::Value>(&body) {
-                Ok(v) => {
-                    print!("{}", crate::control::migration::render(&v));
+            match serde_json::from_str::<Report>(&body) {
+                Ok(report) => {
+                    print!("{}", crate::control::migration::render(&report));
                     0
                 }
                 Err(e) => {
-                    eprintln!("error: the report is not JSON: {e}");
+                    eprintln!("error: the report does not read as one: {e}");
                     1
                 }
             }
@@ -97,50 +98,56 @@ fn wait_for_cutover(args: &config::SwitchArgs, seq: u64) -> i32 {
     let wait = args.wait;
     let last = crate::http::block_on(move || async move {
         let deadline = std::time::Instant::now() + wait;
-        let mut last = serde_json::Value::Null;
+        let mut last = Cutover::default();
+        let mut unreadable = None;
         loop {
             if let Ok((200, body)) =
                 crate::http::request(&base, hyper::Method::GET, "/report", None, None).await
             {
-                if let Ok(report) = serde_json::from_str::<serde_json::Value>(&body) {
-                    let sw = report["migration"]["switches"]
-                        .as_array()
-                        .and_then(|a| a.iter().find(|s| s["seq"].as_u64() == Some(seq)))
-                        .cloned();
-                    if let Some(sw) = sw {
-                        last = sw["cutover"].clone();
-                        if last["complete"].as_bool() == Some(true) {
-                            return last;
+                match serde_json::from_str::<Report>(&body) {
+                    Ok(report) => {
+                        unreadable = None;
+                        let sw = report.migration.switches.iter().find(|s| s.seq == seq);
+                        if let Some(sw) = sw {
+                            last = sw.cutover;
+                            if last.complete {
+                                return (last, None);
+                            }
                         }
                     }
+                    Err(e) => unreadable = Some(e.to_string()),
                 }
             }
             if std::time::Instant::now() >= deadline {
-                return last;
+                return (last, unreadable);
             }
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
         }
     });
     let c = match last {
-        Ok(c) => c,
+        Ok((c, None)) => c,
+        Ok((_, Some(e))) => {
+            eprintln!("error: cannot wait for the cutover: the report does not read as one: {e}");
+            return 1;
+        }
         Err(e) => {
             eprintln!("error: cannot wait for the cutover: {e}");
             return 1;
         }
     };
-    if c["complete"].as_bool() == Some(true) {
+    if c.complete {
         println!(
             "cutover complete after {:.3} s: {} connections on the new target",
-            c["seconds"].as_f64().unwrap_or(0.0),
-            c["connections"]
+            c.seconds.unwrap_or(0.0),
+            c.connections
         );
         0
     } else {
         eprintln!(
             "error: cutover not complete after {} s: {} of {} connections on the new target",
             wait.as_secs(),
-            c["connections_on_target"].as_u64().unwrap_or(0),
-            c["connections"].as_u64().unwrap_or(0)
+            c.connections_on_target,
+            c.connections
         );
         1
     }
@@ -180,11 +187,15 @@ fn switch(args: config::SwitchArgs) -> i32 {
             if args.wait.is_zero() {
                 return 0;
             }
-            let seq = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0);
-            wait_for_cutover(&args, seq)
+            match serde_json::from_str::<SwitchAnswer>(&body) {
+                Ok(answer) => wait_for_cutover(&args, answer.seq),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot wait for the cutover: the answer does not read as one: {e}"
+                    );
+                    1
+                }
+            }
         }
         Ok(Ok((status, body))) => {
             eprintln!("error: switch refused ({status}): {}", body.trim());

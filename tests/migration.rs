@@ -13,10 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use analytics_demo::control::api::{self, Report, SwitchAnswer, SwitchReport, TargetMode};
 use common::{
     free_port, metric_sum, run_binary, spawn_running, wait_until, App, PgServer, RedisCluster,
     RedisServer, RunOutput,
 };
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 const TOKEN: &str = "mig-test-token-5f1c9e2a7b";
@@ -94,7 +96,17 @@ fn run_id(app: &App) -> String {
         .unwrap_or_else(|| panic!("no run_id: {body}"))
 }
 
-fn switch_ok(app: &App, to: &str) -> Value {
+/// BODY read into its typed API document (`control::api`).
+fn doc<T: DeserializeOwned>(body: &str) -> T {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A document for a failure message.
+fn js<T: serde::Serialize>(doc: &T) -> String {
+    api::to_body(doc)
+}
+
+fn switch_ok(app: &App, to: &str) -> SwitchAnswer {
     let out = switch(app, to, Some(TOKEN));
     assert_eq!(
         out.code(),
@@ -104,7 +116,7 @@ fn switch_ok(app: &App, to: &str) -> Value {
         out.stderr,
         app.log()
     );
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    doc(out.stdout.trim())
 }
 
 /// `analytics-demo verify --json` against REDIS_URL: exit code and verdict (Null when none).
@@ -190,10 +202,10 @@ fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
     std::thread::sleep(Duration::from_secs(2));
 
     let reply = switch_ok(&app, &b.url());
-    assert_eq!(reply["switched"], Value::Bool(true), "{reply}");
-    assert_eq!(reply["seq"], 1, "{reply}");
-    assert_eq!(reply["endpoint"], b.url(), "{reply}");
-    assert_eq!(reply["from"], a.url(), "{reply}");
+    assert_eq!(reply.switched, api::Switched::All(true), "{reply:?}");
+    assert_eq!(reply.seq, 1, "{reply:?}");
+    assert_eq!(reply.endpoint, b.url(), "{reply:?}");
+    assert_eq!(reply.from, a.url(), "{reply:?}");
     // Make before break: once no app connection is left on A, promote B.
     assert!(
         wait_until(LONG, || app_clients(&a) == 0),
@@ -247,18 +259,12 @@ fn should_switch_under_load_to_a_replica_without_losing_acked_increments() {
 
     // The report, through the `report` subcommand, before the app stops.
     let admin = format!("http://{}", app.http);
-    let report = report_json(&app);
-    let switches = report["migration"]["switches"]
-        .as_array()
-        .expect("switches");
-    assert_eq!(switches.len(), 1, "{report}");
-    assert_eq!(switches[0]["to"], b_endpoint, "{report}");
-    assert_eq!(switches[0]["from"], a_endpoint, "{report}");
-    assert_eq!(report["redis_target"], b_endpoint, "{report}");
-    assert!(
-        switches[0]["longest_unavailability_ms"].is_number(),
-        "{report}"
-    );
+    let report = report_of(&app);
+    let switches = &report.migration.switches;
+    assert_eq!(switches.len(), 1, "{}", js(&report));
+    assert_eq!(switches[0].to, b_endpoint, "{}", js(&report));
+    assert_eq!(switches[0].from, a_endpoint, "{}", js(&report));
+    assert_eq!(report.redis_target, b_endpoint, "{}", js(&report));
     let text = run_binary(&["report", "--admin-url", &admin], &[], LONG);
     assert_eq!(text.code(), Some(0));
     assert!(
@@ -311,23 +317,20 @@ fn should_wait_for_the_cutover_to_complete() {
         "{}",
         out.stdout
     );
-    let report = report_json(&app);
-    let c = &report["migration"]["switches"][0]["cutover"];
-    assert_eq!(c["complete"], Value::Bool(true), "{report}");
-    let connections = c["connections"].as_u64().expect("connections");
-    assert!(connections > 0, "{report}");
-    assert_eq!(
-        c["connections_on_target"].as_u64(),
-        Some(connections),
-        "{report}"
-    );
-    let secs = c["seconds"].as_f64().expect("seconds");
+    let report = report_of(&app);
+    let c = report.migration.switches[0].cutover;
+    assert!(c.complete, "{}", js(&report));
+    let connections = c.connections;
+    assert!(connections > 0, "{}", js(&report));
+    assert_eq!(c.connections_on_target, connections, "{}", js(&report));
+    let secs = c.seconds.expect("seconds");
     assert!(
         (0.0..30.0).contains(&secs),
-        "cutover seconds {secs}: {report}"
+        "cutover seconds {secs}: {}",
+        js(&report)
     );
     assert!(
-        app_clients(&b) >= connections as usize,
+        app_clients(&b) >= connections,
         "the report says {connections} connections moved, B has {}",
         app_clients(&b)
     );
@@ -353,11 +356,11 @@ fn should_wait_for_the_cutover_to_complete() {
         "{}",
         out.stderr
     );
-    let report = report_json(&app);
-    assert_eq!(
-        report["migration"]["switches"][1]["cutover"]["complete"],
-        Value::Bool(false),
-        "{report}"
+    let report = report_of(&app);
+    assert!(
+        !report.migration.switches[1].cutover.complete,
+        "{}",
+        js(&report)
     );
     let text = run_binary(&["report", "--admin-url", &admin], &[], LONG);
     assert!(
@@ -403,9 +406,7 @@ fn should_report_a_lossy_switch_per_phase_with_the_natural_hit_ratio() {
     let mut app = spawn_running(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)]);
     // The "before" phase ends 10 s before the switch: let it hold a few seconds.
     assert!(
-        wait_until(LONG, || status(&app)["history"]
-            .as_array()
-            .is_some_and(|h| h.len() >= 15)),
+        wait_until(LONG, || status(&app).history.len() >= 15),
         "no 15 s of history:\n{}",
         app.log()
     );
@@ -425,72 +426,85 @@ fn should_report_a_lossy_switch_per_phase_with_the_natural_hit_ratio() {
     );
     switch_ok(&app, &b.url());
     a.resume();
-    let report = |app: &App| report_json(app)["migration"]["switches"][0].clone();
-    let mut sw = Value::Null;
+    let switch = |app: &App, i: usize| -> SwitchReport {
+        report_of(app)
+            .migration
+            .switches
+            .get(i)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut sw = SwitchReport::default();
     assert!(
         wait_until(Duration::from_secs(120), || {
-            sw = report(&app);
-            sw["cache_hit"]["natural"]["recovered_within_2_points_after_seconds"].is_number()
+            sw = switch(&app, 0);
+            sw.cache_hit
+                .natural
+                .recovered_within_2_points_after_seconds
+                .is_some()
         }),
-        "no recovery reported: {sw}"
+        "no recovery reported: {}",
+        js(&sw)
     );
     let excerpt = serde_json::json!({
-        "phases": sw["phases"], "cache_hit": sw["cache_hit"],
-        "p99_back_to_baseline_after_seconds": sw["p99_back_to_baseline_after_seconds"],
-        "failures_by_kind": sw["failures_by_kind"],
+        "phases": &sw.phases, "cache_hit": &sw.cache_hit,
+        "p99_back_to_baseline_after_seconds": sw.p99_back_to_baseline_after_seconds,
+        "failures_by_kind": &sw.failures_by_kind,
     });
     eprintln!("/report, switch 1: {excerpt:#}");
-    let during = &sw["phases"]["during"];
-    let n = |v: &Value| {
-        v.as_u64()
-            .unwrap_or_else(|| panic!("not a count: {v} in {sw}"))
-    };
-    assert!(n(&during["queries"]["error"]) > 0, "{during}");
+    let during = &sw.phases.during;
+    assert!(during.queries.error > 0, "{}", js(during));
     assert!(
-        n(&during["queries"]["skipped_by_reason"]["max_workers"]) > 0,
-        "{during}"
+        during.queries.skipped_by_reason.get("max_workers") > Some(&0),
+        "{}",
+        js(during)
     );
-    assert!(n(&during["events"]["error"]) > 0, "{during}");
-    assert!(n(&during["events"]["skipped"]) > 0, "{during}");
+    assert!(during.events.error > 0, "{}", js(during));
+    assert!(during.events.skipped > 0, "{}", js(during));
+    let latency = &during.latency;
     assert!(
-        during["query_latency_including_misses_ms"]["p99"].as_f64()
-            >= during["query_latency_ms"]["p99"].as_f64(),
-        "{during}"
+        latency.query_latency_including_misses_ms.percentiles.p99 >= latency.query_latency_ms.p99,
+        "{}",
+        js(during)
     );
-    let before = &sw["phases"]["before"];
-    assert!(n(&before["queries"]["ok"]) > 0, "{before}");
-    let c = &sw["cache_hit"];
-    assert_eq!(c["recovery_measured_on"], "natural", "{c}");
-    let nat = &c["natural"];
-    let x = |v: &Value| {
-        v.as_f64()
-            .unwrap_or_else(|| panic!("not a number: {v} in {c}"))
-    };
-    assert!(x(&nat["before"]) >= 0.9, "the warmed cache should hit: {c}");
+    let before = &sw.phases.before;
+    assert!(before.queries.ok > 0, "{}", js(before));
+    let c = &sw.cache_hit;
+    assert_eq!(c.recovery_measured_on, "natural", "{}", js(c));
+    let nat = &c.natural;
+    let x = |v: Option<f64>| v.unwrap_or_else(|| panic!("not a number in {}", js(c)));
     assert!(
-        x(&nat["min_after_switch"]) < x(&nat["before"]) - 0.1,
-        "no natural dip on an empty target: {c}"
+        x(nat.before) >= 0.9,
+        "the warmed cache should hit: {}",
+        js(c)
     );
     assert!(
-        x(&nat["recovered_within_2_points_after_seconds"]) > 0.0,
-        "{c}"
+        x(nat.min_after_switch) < x(nat.before) - 0.1,
+        "no natural dip on an empty target: {}",
+        js(c)
+    );
+    assert!(
+        x(nat.recovered_within_2_points_after_seconds) > 0.0,
+        "{}",
+        js(c)
     );
     // The steered ratio and the ad-hoc share are there beside it.
-    assert!(x(&c["steered"]["before"]) < x(&nat["before"]), "{c}");
-    assert!(x(&c["adhoc_fraction"]["before"]) > 0.0, "{c}");
-    assert!(c["steered"]["min_after_switch"].is_number(), "{c}");
+    assert!(x(c.steered.before) < x(nat.before), "{}", js(c));
+    assert!(x(c.adhoc_fraction.before) > 0.0, "{}", js(c));
+    assert!(c.steered.min_after_switch.is_some(), "{}", js(c));
     // Every second counted as recovered had answered queries (on a busy machine the latency
     // may not be back yet: skips and slow seconds count against it).
-    let series = sw["series"].as_array().expect("series");
-    for key in [
-        &sw["p99_back_to_baseline_after_seconds"],
-        &nat["recovered_within_2_points_after_seconds"],
-    ] {
-        let Some(back) = key.as_f64() else { continue };
-        for p in series.iter().filter(|p| x(&p["t"]) >= back).take(3) {
+    for back in [
+        sw.p99_back_to_baseline_after_seconds,
+        nat.recovered_within_2_points_after_seconds,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for p in sw.series.iter().filter(|p| p.t >= back).take(3) {
             assert!(
-                n(&p["queries_ok"]) > 0,
-                "an empty second counted as recovered: {p}"
+                p.queries_ok > 0,
+                "an empty second counted as recovered: {p:?}"
             );
         }
     }
@@ -501,31 +515,33 @@ fn should_report_a_lossy_switch_per_phase_with_the_natural_hit_ratio() {
     b.stop();
     let nowhere = format!("redis://127.0.0.1:{}", free_port());
     switch_ok(&app, &nowhere);
-    let mut sw2 = Value::Null;
+    let after = |sw: &SwitchReport| -> Vec<api::Point> {
+        sw.series.iter().filter(|p| p.t >= 1.0).copied().collect()
+    };
+    let mut sw2 = SwitchReport::default();
     assert!(
         wait_until(LONG, || {
-            sw2 = report_json(&app)["migration"]["switches"][1].clone();
-            sw2["series"].as_array().is_some_and(|s| {
-                s.iter()
-                    .filter(|p| p["t"].as_f64().is_some_and(|t| t >= 1.0))
-                    .count()
-                    >= 5
-            })
+            sw2 = switch(&app, 1);
+            after(&sw2).len() >= 5
         }),
-        "no 5 s of series after the second switch: {sw2}"
+        "no 5 s of series after the second switch: {}",
+        js(&sw2)
     );
-    let after: Vec<&Value> = sw2["series"]
-        .as_array()
-        .expect("series")
-        .iter()
-        .filter(|p| p["t"].as_f64().is_some_and(|t| t >= 1.0))
-        .collect();
-    assert!(after.iter().all(|p| p["queries_ok"] == 0), "{sw2}");
-    assert!(after.iter().any(|p| n(&p["queries_failed"]) > 0), "{sw2}");
-    assert!(sw2["p99_back_to_baseline_after_seconds"].is_null(), "{sw2}");
+    let points = after(&sw2);
+    assert!(points.iter().all(|p| p.queries_ok == 0), "{}", js(&sw2));
+    assert!(points.iter().any(|p| p.queries_failed > 0), "{}", js(&sw2));
     assert!(
-        sw2["cache_hit"]["natural"]["recovered_within_2_points_after_seconds"].is_null(),
-        "{sw2}"
+        sw2.p99_back_to_baseline_after_seconds.is_none(),
+        "{}",
+        js(&sw2)
+    );
+    assert!(
+        sw2.cache_hit
+            .natural
+            .recovered_within_2_points_after_seconds
+            .is_none(),
+        "{}",
+        js(&sw2)
     );
     let text = run_binary(
         &["report", "--admin-url", &format!("http://{}", app.http)],
@@ -541,17 +557,18 @@ fn should_report_a_lossy_switch_per_phase_with_the_natural_hit_ratio() {
     assert!(status.success(), "exit {status}:\n{}", app.log());
 }
 
-fn status(app: &App) -> Value {
+fn status(app: &App) -> api::Status {
     let (code, body) = app.get("/api/status");
     assert_eq!(code, 200, "/api/status: {body}");
-    serde_json::from_str(&body).expect("status JSON")
+    doc(&body)
 }
 
-fn report_json(app: &App) -> Value {
+/// The report, through `analytics-demo report --json`.
+fn report_of(app: &App) -> Report {
     let admin = format!("http://{}", app.http);
     let out = run_binary(&["report", "--admin-url", &admin, "--json"], &[], LONG);
     assert_eq!(out.code(), Some(0), "report: {}", out.stderr);
-    serde_json::from_str(out.stdout.trim()).expect("report JSON")
+    doc(out.stdout.trim())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1149,9 +1166,9 @@ fn should_survive_a_masterdown_server_and_recover_after_a_switch() {
 fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_required() {
     let fake = FakeRedis::start("ERR unknown command 'HELLO', with args beginning with: '3' ");
     let pg = PgServer::start();
-    let health = |app: &App| -> (u16, Value) {
+    let health = |app: &App| -> (u16, Option<api::Health>) {
         let (status, body) = app.get("/health");
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        (status, serde_json::from_str(&body).ok())
     };
 
     let argv = args(
@@ -1167,7 +1184,7 @@ fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_requir
         app.log()
     );
     let (_, h) = health(&app);
-    assert_eq!(h["redis"]["protocol"], 2, "{h}");
+    assert_eq!(h.as_ref().and_then(|h| h.redis.protocol), Some(2), "{h:?}");
     // The refused HELLO is part of the handshake, not an error; the commands the impostor
     // refuses afterwards are.
     assert!(
@@ -1195,8 +1212,7 @@ fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_requir
         wait_until(LONG, || {
             let (status, h) = health(&app);
             status == 503
-                && h["redis"]["error"]
-                    .as_str()
+                && h.and_then(|h| h.redis.error)
                     .is_some_and(|e| e.contains("does not support RESP3"))
         }),
         "--redis-protocol 3: /health does not say why: {:?}",
@@ -1204,8 +1220,8 @@ fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_requir
     );
     let (_, h) = health(&app);
     eprintln!(
-        "--redis-protocol 3 on a server without HELLO: /health redis = {}",
-        h["redis"]
+        "--redis-protocol 3 on a server without HELLO: /health redis = {:?}",
+        h.map(|h| h.redis)
     );
     assert!(wait_until(LONG, || redis_errors(&app, "connect") > 0.0));
     assert_eq!(events(&app, "acked"), 0.0);
@@ -1221,10 +1237,13 @@ fn should_fall_back_to_resp2_without_hello_and_fail_clearly_when_resp3_is_requir
 // ---------------------------------------------------------------------------------------------
 // Switches to, between and from Redis Clusters
 
-/// The JSON of GET PATH.
-fn get_json(app: &App, path: &str) -> Value {
-    let (_, body) = app.get(path);
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+/// GET PATH read into its typed document.
+fn get_doc<T: DeserializeOwned>(app: &App, path: &str) -> T {
+    doc(&app.get(path).1)
+}
+
+fn health_of(app: &App) -> api::Health {
+    get_doc(app, "/health")
 }
 
 /// Waits until acked events grew by N past their count now (the load runs on the new target).
@@ -1247,12 +1266,12 @@ fn keys_per_primary(cluster: &RedisCluster) -> Vec<u64> {
 }
 
 /// `switch --to TO --wait 30` (and EXTRA) succeeds, to a target of MODE.
-fn switched(app: &App, to: &str, extra: &[&str], mode: &str) {
+fn switched(app: &App, to: &str, extra: &[&str], mode: TargetMode) {
     let out = switch_with(app, to, Some(TOKEN), &[extra, &["--wait", "30"]].concat());
     let first = out.stdout.lines().next().unwrap_or_default();
-    let answer: Value = serde_json::from_str(first).unwrap_or(Value::Null);
+    let answer = serde_json::from_str::<SwitchAnswer>(first).ok();
     assert_eq!(
-        (out.code(), answer["mode"].as_str()),
+        (out.code(), answer.map(|a| a.mode)),
         (Some(0), Some(mode)),
         "{} {}\n{}",
         out.stdout,
@@ -1274,10 +1293,11 @@ fn should_switch_from_standalone_to_a_cluster_to_another_cluster_and_back() {
     );
     let mut app = App::spawn_healthy(&refs(&argv), &[("ADMIN_TOKEN", TOKEN)], LONG);
     acked_grows(&app, 200.0);
-    assert_eq!(get_json(&app, "/api/status")["redis"]["mode"], "standalone");
+    let status: api::Status = get_doc(&app, "/api/status");
+    assert_eq!(status.redis.mode, TargetMode::Standalone);
 
     // Standalone -> cluster: one seed, --to-mode auto (the target says cluster_enabled:1).
-    switched(&app, &c1.url(), &[], "cluster");
+    switched(&app, &c1.url(), &[], TargetMode::Cluster);
     acked_grows(&app, 400.0);
     assert!(
         keys_per_primary(&c1).iter().all(|k| *k > 0),
@@ -1286,29 +1306,29 @@ fn should_switch_from_standalone_to_a_cluster_to_another_cluster_and_back() {
     );
     // Health and status name every primary, the slots covered and the map's version.
     let ok = wait_until(LONG, || {
-        let h = get_json(&app, "/health");
-        h["redis_cluster"]["slots_covered"] == 16384
-            && h["redis_cluster"]["nodes"]
-                .as_array()
-                .is_some_and(|n| n.len() == 3)
+        health_of(&app)
+            .redis_cluster
+            .is_some_and(|c| c.slots_covered == 16384 && c.nodes.len() == 3)
     });
-    assert!(ok, "{}", get_json(&app, "/health"));
-    let status = get_json(&app, "/api/status");
-    assert_eq!(status["redis"]["mode"], "cluster", "{status}");
-    assert_eq!(status["redis"]["cluster"]["map_version"], 1, "{status}");
-    for n in status["redis"]["cluster"]["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        assert_eq!(n["status"], "up", "{status}");
+    assert!(ok, "{}", app.get("/health").1);
+    let status: api::Status = get_doc(&app, "/api/status");
+    assert_eq!(status.redis.mode, TargetMode::Cluster, "{}", js(&status));
+    let cluster = status.redis.cluster.as_ref().expect("the cluster's state");
+    assert_eq!(cluster.map_version, 1, "{}", js(&status));
+    for n in &cluster.nodes {
+        assert_eq!(n.status, "up", "{}", js(&status));
     }
     assert_eq!(metric(&app, "analytics_redis_cluster_node_up", &[]), 3.0);
     assert!(metric(&app, "analytics_redis_node_commands_total", &[]) > 0.0);
     let r1_keys_then: u64 = r1.cli(&["DBSIZE"]).parse().unwrap_or(0);
 
     // Cluster -> cluster, every seed given.
-    switched(&app, &c2.seeds(), &["--to-mode", "cluster"], "cluster");
+    switched(
+        &app,
+        &c2.seeds(),
+        &["--to-mode", "cluster"],
+        TargetMode::Cluster,
+    );
     acked_grows(&app, 400.0);
     assert!(
         keys_per_primary(&c2).iter().all(|k| *k > 0),
@@ -1316,50 +1336,46 @@ fn should_switch_from_standalone_to_a_cluster_to_another_cluster_and_back() {
         keys_per_primary(&c2)
     );
     // The first cluster's map has no place in the health check any more.
+    let in_map = |nodes: &[String], cluster: &RedisCluster| {
+        let ports: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!(":{}", n.port))
+            .collect();
+        nodes.iter().any(|n| ports.iter().any(|p| n.ends_with(p)))
+    };
     let ok = wait_until(LONG, || {
-        let h = get_json(&app, "/health");
-        let nodes = h["redis_cluster"]["nodes"].to_string();
-        c2.nodes.iter().any(|n| nodes.contains(&n.port.to_string()))
-            && !c1
-                .nodes
-                .iter()
-                .any(|n| nodes.contains(&format!(":{}\"", n.port)))
+        let nodes: Vec<String> = health_of(&app)
+            .redis_cluster
+            .map(|c| c.nodes.into_iter().map(|n| n.node).collect())
+            .unwrap_or_default();
+        in_map(&nodes, &c2) && !in_map(&nodes, &c1)
     });
-    assert!(ok, "{}", get_json(&app, "/health"));
+    assert!(ok, "{}", app.get("/health").1);
 
     // Cluster -> standalone: back to the first server, which takes the load again.
-    switched(&app, &r1.url(), &[], "standalone");
+    switched(&app, &r1.url(), &[], TargetMode::Standalone);
     let before = r1.cli(&["INFO", "stats"]);
     acked_grows(&app, 400.0);
     assert_ne!(before, r1.cli(&["INFO", "stats"]));
     assert!(
-        wait_until(LONG, || get_json(&app, "/health")["redis_cluster"]
-            .is_null()),
+        wait_until(LONG, || health_of(&app).redis_cluster.is_none()),
         "{}",
-        get_json(&app, "/health")
+        app.get("/health").1
     );
     assert!(r1.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0) >= r1_keys_then);
     assert_eq!(metric(&app, "analytics_redis_cluster_node_up", &[]), 0.0);
 
     // The report has the three cutovers, each complete.
-    let report = get_json(&app, "/report");
-    let switches = report["migration"]["switches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(switches.len(), 3, "{report}");
-    for s in &switches {
-        assert_eq!(s["cutover"]["complete"], true, "{s}");
+    let report: Report = get_doc(&app, "/report");
+    let switches = &report.migration.switches;
+    assert_eq!(switches.len(), 3, "{}", js(&report));
+    for s in switches {
+        assert!(s.cutover.complete, "{}", js(s));
     }
-    assert!(
-        report["redis_cluster"]["redirects"]["moved"].is_u64(),
-        "{report}"
-    );
-    assert_eq!(
-        report["redis_cluster"]["node_outages"],
-        serde_json::json!([]),
-        "{report}"
-    );
+    let cluster = report.redis_cluster.as_ref().expect("the cluster's part");
+    assert!(cluster.redirects.contains_key("moved"), "{}", js(&report));
+    assert!(cluster.node_outages.is_empty(), "{}", js(&report));
     // Make before break: no event failed or was left unknown across the three switches.
     let status = app.terminate();
     assert!(status.success(), "{}", app.log());

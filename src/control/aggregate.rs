@@ -1,14 +1,15 @@
-//! Merges the shards' per-second reports: progress lines, gauges, and the final summary.
+//! Merges the shards' per-second reports into windows of counts (a second, a progress
+//! interval, the whole run), and the figures made from them: outcomes, latency percentiles
+//! (misses counted), cache ratios. The end-of-run summary is in `summary`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::shard::counts::Counts;
-use crate::shard::stats::{CacheOutcome, Op, ShardReport, MISS_MICROS};
-use crate::workload::{EventType, Outcome, QueryType};
+use crate::shard::counts::{ByName, Counts};
+use crate::shard::stats::{Op, ShardReport, MISS_MICROS};
 
 /// Counts over some span (a second, a progress interval, or the whole run): the shards'
 /// [`Counts`] merged, read through `Deref`, with the figures made from them.
@@ -60,10 +61,79 @@ impl Window {
         let misses = self.events_failed() + self.skipped_of(Op::Event);
         percentiles_with_misses(&self.event_latency, misses)
     }
+
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            query_latency_ms: percentiles(&self.query_latency),
+            query_error_latency_ms: percentiles(&self.query_error_latency),
+            query_latency_including_misses_ms: self.query_latency_with_misses(),
+            event_latency_ms: percentiles(&self.event_latency),
+            event_error_latency_ms: percentiles(&self.event_error_latency),
+            event_latency_including_misses_ms: self.event_latency_with_misses(),
+        }
+    }
+
+    pub fn figures(&self) -> Figures {
+        Figures {
+            latency: self.latencies(),
+            query_latency_uncorrected_ms: percentiles(&self.query_service),
+            pacer_lateness_ms: percentiles(&self.pacer_lateness),
+            cache: self.cache_ratios(),
+        }
+    }
+
+    pub fn cache_ratios(&self) -> CacheRatios {
+        CacheRatios {
+            cache_hit_ratio: self.hit_ratio(),
+            cache_natural_hit_ratio: self.natural_hit_ratio(),
+            cache_adhoc_fraction: self.adhoc_fraction(),
+        }
+    }
+}
+
+/// The latencies of a span (ms), as the summary, the status and each switch phase carry them.
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
+pub struct Latencies {
+    /// Successful queries only, from the scheduled start.
+    pub query_latency_ms: Percentiles,
+    /// Failed queries only (a fast failure is no fast answer: kept apart).
+    pub query_error_latency_ms: Percentiles,
+    /// Every query that was due, each failed or skipped one counted as a miss (`MISS_MS`).
+    pub query_latency_including_misses_ms: WithMisses,
+    /// Acknowledged events only.
+    pub event_latency_ms: Percentiles,
+    /// Failed and unknown-outcome events.
+    pub event_error_latency_ms: Percentiles,
+    pub event_latency_including_misses_ms: WithMisses,
+}
+
+/// A span's figures as the summary (the whole run) and the status (the last 10 s) have them.
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
+pub struct Figures {
+    #[serde(flatten)]
+    pub latency: Latencies,
+    /// Successful queries, from the actual start.
+    pub query_latency_uncorrected_ms: Percentiles,
+    /// How late the load generator woke for its schedule: its own stalls (CPU starvation,
+    /// a paused VM), which also show in the latencies.
+    pub pacer_lateness_ms: Percentiles,
+    #[serde(flatten)]
+    pub cache: CacheRatios,
+}
+
+/// The cache hit ratios of a span (None when no cacheable lookup completed).
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
+pub struct CacheRatios {
+    /// Steered: every cacheable lookup, the one-off keys of the steering loop included.
+    pub cache_hit_ratio: Option<f64>,
+    /// Natural: cacheable lookups on their own keys only.
+    pub cache_natural_hit_ratio: Option<f64>,
+    /// Share of cacheable lookups the steering loop sent to one-off keys.
+    pub cache_adhoc_fraction: Option<f64>,
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Serialize, Clone, Copy, Default, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -79,7 +149,7 @@ pub const MISS_MS: f64 = MISS_MICROS as f64 / 1000.0;
 /// skip) counted as later than any deadline: a percentile that falls among them reads
 /// `MISS_MS`. So a run that missed 2% of its operations has a p99 of `MISS_MS`, however fast
 /// the rest were.
-#[derive(Serialize, Clone, Copy, Default, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
 pub struct WithMisses {
     #[serde(flatten)]
     pub percentiles: Percentiles,
@@ -125,13 +195,13 @@ pub fn percentiles_with_misses(ok: &Histogram<u64>, misses: u64) -> WithMisses {
 }
 
 /// Every operation of one stream that was due, by what came of it.
-#[derive(Serialize, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Outcomes {
     pub due: u64,
     pub ok: u64,
     pub error: u64,
     pub skipped: u64,
-    pub skipped_by_reason: BTreeMap<&'static str, u64>,
+    pub skipped_by_reason: ByName,
 }
 
 pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -268,231 +338,11 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-/// The end-of-run summary, also served as JSON.
-#[derive(Serialize, Debug)]
-pub struct Summary {
-    pub run_id: i64,
-    pub elapsed_seconds: f64,
-    pub events: u64,
-    pub events_per_second: f64,
-    pub events_target_per_second: u64,
-    pub events_by_type: BTreeMap<&'static str, u64>,
-    pub events_by_outcome: BTreeMap<&'static str, u64>,
-    pub queries: u64,
-    pub queries_per_second: f64,
-    pub queries_target_per_second: u64,
-    pub queries_by_type: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
-    /// Every query and event that was due: ok, error, skipped (by reason).
-    pub query_outcomes: Outcomes,
-    pub event_outcomes: Outcomes,
-    /// Successful queries only, from the scheduled start.
-    pub query_latency_ms: Percentiles,
-    /// Failed queries only (a fast failure is no fast answer: kept apart).
-    pub query_error_latency_ms: Percentiles,
-    /// Every query that was due, each failed or skipped one counted as a miss (`MISS_MS`).
-    pub query_latency_including_misses_ms: WithMisses,
-    /// Successful queries, from the actual start.
-    pub query_latency_uncorrected_ms: Percentiles,
-    /// Acknowledged events only.
-    pub event_latency_ms: Percentiles,
-    /// Failed and unknown-outcome events.
-    pub event_error_latency_ms: Percentiles,
-    pub event_latency_including_misses_ms: WithMisses,
-    /// How late the load generator woke for its schedule: its own stalls (CPU starvation,
-    /// a paused VM), which also show in the latencies above.
-    pub pacer_lateness_ms: Percentiles,
-    /// Steered: every cacheable lookup, the one-off keys of the steering loop included.
-    pub cache_hit_ratio: Option<f64>,
-    /// Natural: cacheable lookups on their own keys only.
-    pub cache_natural_hit_ratio: Option<f64>,
-    /// Share of cacheable lookups the steering loop sent to one-off keys.
-    pub cache_adhoc_fraction: Option<f64>,
-    pub cache_hit_target_ratio: f64,
-    /// Skipped operations by reason (events and queries).
-    pub skipped: BTreeMap<&'static str, u64>,
-    pub errors: BTreeMap<&'static str, u64>,
-    pub db_rows_written: u64,
-    pub db_rows_dropped: u64,
-    pub db_write_errors: u64,
-}
-
-impl Summary {
-    pub fn build(
-        run_id: i64,
-        a: &Aggregate,
-        targets: (u64, u64),
-        hit_target: f64,
-        db: &crate::pg::writer::WriterStatus,
-    ) -> Summary {
-        let t = &a.total;
-        let secs = match a.load_seconds() {
-            s if s > 0.0 => s,
-            _ => a.started.elapsed().as_secs_f64().max(1e-9),
-        };
-        let mut by_type = BTreeMap::new();
-        let mut by_outcome = BTreeMap::new();
-        for ty in EventType::ALL {
-            by_type.insert(ty.as_str(), t.events[ty as usize].iter().sum());
-        }
-        for o in Outcome::ALL {
-            by_outcome.insert(o.as_str(), t.events.iter().map(|e| e[o as usize]).sum());
-        }
-        let mut queries_by_type = BTreeMap::new();
-        for qt in QueryType::ALL {
-            let mut m = BTreeMap::new();
-            for c in CacheOutcome::ALL {
-                m.insert(c.as_str(), t.queries[qt as usize][c as usize]);
-            }
-            queries_by_type.insert(qt.as_str(), m);
-        }
-        Summary {
-            run_id,
-            elapsed_seconds: secs,
-            events: t.events_total(),
-            events_per_second: t.events_total() as f64 / secs,
-            events_target_per_second: targets.0,
-            events_by_type: by_type,
-            events_by_outcome: by_outcome,
-            queries: t.queries_total(),
-            queries_per_second: t.queries_total() as f64 / secs,
-            queries_target_per_second: targets.1,
-            queries_by_type,
-            query_outcomes: t.outcomes(Op::Query),
-            event_outcomes: t.outcomes(Op::Event),
-            query_latency_ms: percentiles(&t.query_latency),
-            query_error_latency_ms: percentiles(&t.query_error_latency),
-            query_latency_including_misses_ms: t.query_latency_with_misses(),
-            query_latency_uncorrected_ms: percentiles(&t.query_service),
-            event_latency_ms: percentiles(&t.event_latency),
-            event_error_latency_ms: percentiles(&t.event_error_latency),
-            event_latency_including_misses_ms: t.event_latency_with_misses(),
-            pacer_lateness_ms: percentiles(&t.pacer_lateness),
-            cache_hit_ratio: t.hit_ratio(),
-            cache_natural_hit_ratio: t.natural_hit_ratio(),
-            cache_adhoc_fraction: t.adhoc_fraction(),
-            cache_hit_target_ratio: hit_target,
-            skipped: t.skipped_by_reason(),
-            errors: t.errors.clone(),
-            db_rows_written: db.rows_written,
-            db_rows_dropped: db.rows_dropped,
-            db_write_errors: db.errors,
-        }
-    }
-
-    /// A readable block for the terminal.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2}%", v * 100.0));
-        let lat = |p: &Percentiles| {
-            format!(
-                "p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
-                p.p50, p.p90, p.p99, p.p999, p.max
-            )
-        };
-        s.push_str(&format!(
-            "=== analytics-demo summary (run {}) ===\n",
-            self.run_id
-        ));
-        s.push_str(&format!(
-            "elapsed            {:.1} s\n",
-            self.elapsed_seconds
-        ));
-        s.push_str(&format!(
-            "events             {} ({:.1}/s, target {}/s)\n",
-            self.events, self.events_per_second, self.events_target_per_second
-        ));
-        s.push_str(&format!("  by type          {:?}\n", self.events_by_type));
-        s.push_str(&format!(
-            "  by outcome       {:?}\n",
-            self.events_by_outcome
-        ));
-        s.push_str(&format!(
-            "queries            {} ({:.1}/s, target {}/s)\n",
-            self.queries, self.queries_per_second, self.queries_target_per_second
-        ));
-        for (qt, m) in &self.queries_by_type {
-            s.push_str(&format!("  {qt:<16} {m:?}\n"));
-        }
-        let outcomes = |o: &Outcomes| {
-            format!(
-                "{} due: {} ok, {} error, {} skipped {:?}",
-                o.due, o.ok, o.error, o.skipped, o.skipped_by_reason
-            )
-        };
-        let errors = |o: &Outcomes, p: &Percentiles| match o.error {
-            0 => "none".to_string(),
-            _ => lat(p),
-        };
-        let misses = |m: &WithMisses| {
-            format!(
-                "{} (a miss reads {:.0} ms; {} of {} missed)",
-                lat(&m.percentiles),
-                m.miss_ms,
-                m.missed,
-                m.operations
-            )
-        };
-        s.push_str(&format!(
-            "  outcomes         {}\n",
-            outcomes(&self.query_outcomes)
-        ));
-        s.push_str(&format!(
-            "query latency      {} (successes, from schedule)\n",
-            lat(&self.query_latency_ms)
-        ));
-        s.push_str(&format!(
-            "  errors           {}\n",
-            errors(&self.query_outcomes, &self.query_error_latency_ms)
-        ));
-        s.push_str(&format!(
-            "  incl. misses     {}\n",
-            misses(&self.query_latency_including_misses_ms)
-        ));
-        s.push_str(&format!(
-            "  uncorrected      {}\n",
-            lat(&self.query_latency_uncorrected_ms)
-        ));
-        s.push_str(&format!(
-            "event outcomes     {}\n",
-            outcomes(&self.event_outcomes)
-        ));
-        s.push_str(&format!(
-            "event latency      {} (acked)\n",
-            lat(&self.event_latency_ms)
-        ));
-        s.push_str(&format!(
-            "  errors           {}\n",
-            errors(&self.event_outcomes, &self.event_error_latency_ms)
-        ));
-        s.push_str(&format!(
-            "  incl. misses     {}\n",
-            misses(&self.event_latency_including_misses_ms)
-        ));
-        s.push_str(&format!(
-            "pacer lateness     {} (stalls of this process)\n",
-            lat(&self.pacer_lateness_ms)
-        ));
-        s.push_str(&format!(
-            "cache hit ratio    {} steered (target {:.2}%), {} natural, ad-hoc share {}\n",
-            pct(self.cache_hit_ratio),
-            self.cache_hit_target_ratio * 100.0,
-            pct(self.cache_natural_hit_ratio),
-            pct(self.cache_adhoc_fraction)
-        ));
-        s.push_str(&format!("skipped            {:?}\n", self.skipped));
-        s.push_str(&format!("errors             {:?}\n", self.errors));
-        s.push_str(&format!(
-            "postgres           {} rows written, {} dropped, {} write errors\n",
-            self.db_rows_written, self.db_rows_dropped, self.db_write_errors
-        ));
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::stats::{new_histogram, Skip};
+    use crate::shard::stats::{new_histogram, CacheOutcome, Skip};
+    use crate::workload::QueryType;
 
     fn hist(values_us: &[u64]) -> Histogram<u64> {
         let mut h = new_histogram();

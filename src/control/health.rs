@@ -1,11 +1,12 @@
 //! Dependency checks for /health: a PING on our own Redis connection and a `SELECT 1` on
 //! our own Postgres connection, once a second, so /health answers instantly.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics as m;
 use crate::resp::cluster::map::Topology;
@@ -13,9 +14,11 @@ use crate::resp::cluster::slot::SLOTS;
 use crate::resp::cluster::{node_url, topology};
 use crate::resp::{Connection, PoolConfig, RedisError, RedisUrl, Target};
 
-#[derive(Serialize, Clone, Debug, Default)]
+/// A dependency as /health reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct DepStatus {
-    pub status: &'static str,
+    /// `"up"`, `"down"`, or `"unknown"` before the first check.
+    pub status: Cow<'static, str>,
     pub endpoint: String,
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
@@ -30,7 +33,7 @@ pub struct DepStatus {
 impl DepStatus {
     fn checked(endpoint: String, latency_ms: Option<f64>, error: Option<String>) -> DepStatus {
         DepStatus {
-            status: if error.is_none() { "up" } else { "down" },
+            status: if error.is_none() { "up" } else { "down" }.into(),
             endpoint,
             latency_ms,
             error,
@@ -135,7 +138,7 @@ pub async fn redis_loop(
 }
 
 /// A Redis Cluster as the health check sees it.
-#[derive(Serialize, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct ClusterHealth {
     /// Slots (of 16384) a primary serves in the map.
     pub slots_assigned: u32,
@@ -151,7 +154,7 @@ pub struct ClusterHealth {
 }
 
 /// A primary that did not answer the health check's PINGs (seen at 1 s resolution).
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct NodeOutage {
     pub node: String,
     /// Unix time of the first check it failed.
@@ -162,12 +165,13 @@ pub struct NodeOutage {
 }
 
 /// One primary of the map.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct NodeStatus {
     /// `host:port` as the cluster announces it.
     pub node: String,
     pub slots: u32,
-    pub status: &'static str,
+    /// `"up"` or `"down"`.
+    pub status: Cow<'static, str>,
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
 }
@@ -292,7 +296,7 @@ impl ClusterCheck {
             nodes.push(NodeStatus {
                 node: addr.clone(),
                 slots,
-                status,
+                status: status.into(),
                 latency_ms,
                 error,
             });
@@ -440,7 +444,7 @@ mod tests {
         NodeStatus {
             node: name.into(),
             slots: 1,
-            status: if up { "up" } else { "down" },
+            status: if up { "up" } else { "down" }.into(),
             latency_ms: None,
             error: None,
         }

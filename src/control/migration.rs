@@ -14,38 +14,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
-use serde_json::{json, Value};
-
 use super::aggregate::{percentiles, Window};
+use super::api::{
+    self, CacheHit, Cutover, ErrorWindow, MigrationReport, NaturalHit, OpenOutage, Phase,
+    PhaseLatency, Phases, Point, Report, SteeredHit, SwitchReport,
+};
 use crate::shard::stats::{Op, Outage, ShardReport};
 
 const DURING: f64 = 10.0;
 const SPAN: f64 = 60.0;
 /// Seconds of per-second series kept per switch.
 const SERIES_SECONDS: f64 = 600.0;
-
-/// One second around a switch.
-#[derive(Serialize, Clone, Copy, Debug, Default)]
-pub struct Point {
-    pub t: f64,
-    /// Steered hit ratio (every cacheable lookup, the one-off keys included).
-    pub hit_ratio: Option<f64>,
-    /// Natural hit ratio (lookups on the queries' own keys); None when none completed.
-    pub natural_hit_ratio: Option<f64>,
-    pub adhoc_fraction: Option<f64>,
-    /// p99 of the successful queries.
-    pub p99_ms: f64,
-    /// p99 of every query due, failed and skipped ones as misses.
-    pub p99_including_misses_ms: f64,
-    /// Queries completed (ok + error), answered, failed, and skipped.
-    pub queries: u64,
-    pub queries_ok: u64,
-    pub queries_failed: u64,
-    pub queries_skipped: u64,
-    /// Failed operations (events and queries, every kind).
-    pub errors: u64,
-}
 
 pub struct Switch {
     pub seq: u64,
@@ -206,18 +185,20 @@ impl Migration {
         }
     }
 
-    pub fn to_json(&self, hit_target: f64) -> Value {
-        let switches: Vec<Value> = self
-            .switches
-            .iter()
-            .map(|s| s.to_json(hit_target))
-            .collect();
-        json!({
-            "switches": switches,
-            "open_outages": self.open_outages.iter().map(|(shard, (start, ms))| json!({
-                "shard": shard, "start_unix": start, "duration_ms_so_far": ms
-            })).collect::<Vec<_>>(),
-        })
+    /// The report's `migration` part.
+    pub fn report(&self, hit_target: f64) -> MigrationReport {
+        MigrationReport {
+            switches: self.switches.iter().map(|s| s.report(hit_target)).collect(),
+            open_outages: self
+                .open_outages
+                .iter()
+                .map(|(shard, (start, ms))| OpenOutage {
+                    shard: *shard,
+                    start_unix: *start,
+                    duration_ms_so_far: *ms,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -249,21 +230,27 @@ fn cache_recovered(p: &Point, before: f64) -> bool {
 }
 
 /// Everything one phase (before, during, after) saw.
-fn phase_json(w: &Window) -> Value {
-    json!({
-        "queries": w.outcomes(Op::Query),
-        "events": w.outcomes(Op::Event),
-        "errors_by_kind": w.errors,
-        "query_latency_ms": percentiles(&w.query_latency),
-        "query_error_latency_ms": percentiles(&w.query_error_latency),
-        "query_latency_including_misses_ms": w.query_latency_with_misses(),
-        "event_latency_ms": percentiles(&w.event_latency),
-        "event_error_latency_ms": percentiles(&w.event_error_latency),
-        "event_latency_including_misses_ms": w.event_latency_with_misses(),
-        "cache_hit_ratio": w.hit_ratio(),
-        "cache_natural_hit_ratio": w.natural_hit_ratio(),
-        "cache_adhoc_fraction": w.adhoc_fraction(),
-    })
+fn phase(w: &Window) -> Phase {
+    Phase {
+        queries: w.outcomes(Op::Query),
+        events: w.outcomes(Op::Event),
+        errors_by_kind: w.errors_by_kind(),
+        latency: w.latencies(),
+        cache: w.cache_ratios(),
+    }
+}
+
+/// A phase's query latency in brief.
+fn latency(w: &Window) -> PhaseLatency {
+    let p = percentiles(&w.query_latency);
+    PhaseLatency {
+        p50: p.p50,
+        p99: p.p99,
+        p99_including_misses: w.query_latency_with_misses().percentiles.p99,
+        queries: w.queries_ok(),
+        errors: w.queries_failed(),
+        skipped: w.skipped_of(Op::Query),
+    }
 }
 
 /// Lowest value of F over the points from the switch on.
@@ -285,26 +272,25 @@ fn settled_after(series: &[Point], hold: usize, ok: impl Fn(&Point) -> bool) -> 
 }
 
 impl Switch {
-    pub fn to_json(&self, hit_target: f64) -> Value {
-        let lat = |w: &Window| {
-            let p = percentiles(&w.query_latency);
-            json!({
-                "p50": p.p50,
-                "p99": p.p99,
-                "p99_including_misses": w.query_latency_with_misses().percentiles.p99,
-                "queries": w.queries_ok(),
-                "errors": w.queries_failed(),
-                "skipped": w.skipped_of(Op::Query),
-            })
-        };
+    /// F of each phase.
+    fn phases<T>(&self, f: impl Fn(&Window) -> T) -> Phases<T> {
+        Phases {
+            before: f(&self.before),
+            during: f(&self.during),
+            after: f(&self.after),
+        }
+    }
+
+    /// This switch in the report.
+    pub fn report(&self, hit_target: f64) -> SwitchReport {
         let mut by_shard: BTreeMap<usize, f64> = BTreeMap::new();
         for o in &self.outages {
             let e = by_shard.entry(o.shard).or_default();
             *e = e.max(o.duration_ms);
         }
         let longest = by_shard.values().copied().fold(0.0, f64::max);
-        let mut failures = self.during.errors.clone();
-        for (k, n) in &self.after.errors {
+        let mut failures = self.during.errors_by_kind();
+        for (k, n) in self.after.errors_by_kind() {
             *failures.entry(k).or_default() += n;
         }
         let baseline_p99 = percentiles(&self.before.query_latency).p99;
@@ -326,200 +312,179 @@ impl Switch {
             (Some(b), Some(m)) => Some(((b - m) * 100.0).max(0.0)),
             _ => None,
         };
-        json!({
-            "seq": self.seq,
-            "at_unix": self.at_unix,
-            "from": self.from,
-            "to": self.to,
-            "error_window": match (self.first_failure, self.last_failure) {
-                (Some(a), Some(b)) => json!({"first_failure_unix": a, "last_failure_unix": b, "seconds": (b - a).max(0.0)}),
-                _ => Value::Null,
+        SwitchReport {
+            seq: self.seq,
+            at_unix: self.at_unix,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            error_window: match (self.first_failure, self.last_failure) {
+                (Some(a), Some(b)) => Some(ErrorWindow {
+                    first_failure_unix: a,
+                    last_failure_unix: b,
+                    seconds: (b - a).max(0.0),
+                }),
+                _ => None,
             },
-            "cutover": {
-                "complete": self.completed_at.is_some(),
-                "completed_at_unix": self.completed_at,
-                "seconds": self.completed_at.map(|c| (c - self.at_unix).max(0.0)),
-                "connections_on_target": self.on_target.values().map(|v| v.0).sum::<usize>(),
-                "connections": self.on_target.values().map(|v| v.1).sum::<usize>(),
+            cutover: Cutover {
+                complete: self.completed_at.is_some(),
+                completed_at_unix: self.completed_at,
+                seconds: self.completed_at.map(|c| (c - self.at_unix).max(0.0)),
+                connections_on_target: self.on_target.values().map(|v| v.0).sum(),
+                connections: self.on_target.values().map(|v| v.1).sum(),
             },
-            "failed_operations": failures.values().sum::<u64>(),
-            "failures_by_kind": failures,
-            "unavailability_ms_by_shard": by_shard,
-            "longest_unavailability_ms": longest,
-            "phases": {
-                "before": phase_json(&self.before),
-                "during": phase_json(&self.during),
-                "after": phase_json(&self.after),
-            },
-            "query_latency_ms": {
-                "before": lat(&self.before),
-                "during": lat(&self.during),
-                "after": lat(&self.after),
-            },
-            "p99_back_to_baseline_after_seconds": p99_back,
-            "cache_hit": {
-                "target": hit_target,
-                "recovery_measured_on": "natural",
-                "natural": {
-                    "before": natural_before,
-                    "min_after_switch": natural_min,
-                    "dip_points": dip(natural_before, natural_min),
-                    "recovered_within_2_points_after_seconds": natural_recovered,
+            failed_operations: failures.values().sum(),
+            failures_by_kind: failures,
+            unavailability_ms_by_shard: by_shard,
+            longest_unavailability_ms: longest,
+            phases: self.phases(phase),
+            query_latency_ms: self.phases(latency),
+            p99_back_to_baseline_after_seconds: p99_back,
+            cache_hit: CacheHit {
+                target: hit_target,
+                recovery_measured_on: "natural".into(),
+                natural: NaturalHit {
+                    before: natural_before,
+                    min_after_switch: natural_min,
+                    dip_points: dip(natural_before, natural_min),
+                    recovered_within_2_points_after_seconds: natural_recovered,
                 },
-                "steered": {
-                    "before": steered_before,
-                    "min_after_switch": steered_min,
-                    "dip_points": dip(steered_before, steered_min),
-                    "recovered_within_2_points_of_target_after_seconds": steered_recovered,
+                steered: SteeredHit {
+                    before: steered_before,
+                    min_after_switch: steered_min,
+                    dip_points: dip(steered_before, steered_min),
+                    recovered_within_2_points_of_target_after_seconds: steered_recovered,
                 },
-                "adhoc_fraction": {
-                    "before": self.before.adhoc_fraction(),
-                    "during": self.during.adhoc_fraction(),
-                    "after": self.after.adhoc_fraction(),
-                },
+                adhoc_fraction: self.phases(|w| w.adhoc_fraction()),
             },
-            "series": self.series,
-        })
+            series: self.series.clone(),
+        }
     }
 }
 
 /// The readable form of a `/report` document (for `analytics-demo report`).
-pub fn render(report: &Value) -> String {
+pub fn render(report: &Report) -> String {
     let mut s = String::new();
-    let f = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
-    let pct = |v: &Value| {
-        v.as_f64()
-            .map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0))
-    };
-    if let Some(run) = report.get("run") {
-        s.push_str(&format!(
-            "run {}: {} events ({} /s), {} queries ({} /s), hit ratio {}\n",
-            run["run_id"],
-            run["events"],
-            f(&run["events_per_second"]),
-            run["queries"],
-            f(&run["queries_per_second"]),
-            pct(&run["cache_hit_ratio"])
-        ));
-    }
+    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3}"));
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.1}%", x * 100.0));
+    let run = &report.run;
     s.push_str(&format!(
-        "current redis target: {}\n",
-        report["redis_target"].as_str().unwrap_or("?")
+        "run {}: {} events ({} /s), {} queries ({} /s), hit ratio {}\n",
+        run.run_id,
+        run.events,
+        f(Some(run.events_per_second)),
+        run.queries,
+        f(Some(run.queries_per_second)),
+        pct(run.figures.cache.cache_hit_ratio)
     ));
-    let switches = report["migration"]["switches"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    s.push_str(&format!("current redis target: {}\n", report.redis_target));
+    let switches = &report.migration.switches;
     if switches.is_empty() {
         s.push_str("no switches yet\n");
     }
     for sw in switches {
         s.push_str(&format!(
             "\nswitch #{} at {} : {} -> {}\n",
-            sw["seq"],
-            f(&sw["at_unix"]),
-            sw["from"].as_str().unwrap_or("?"),
-            sw["to"].as_str().unwrap_or("?")
+            sw.seq,
+            f(Some(sw.at_unix)),
+            sw.from,
+            sw.to
         ));
-        let c = &sw["cutover"];
-        if c["complete"].as_bool() == Some(true) {
+        let c = &sw.cutover;
+        if c.complete {
             s.push_str(&format!(
                 "  cutover             complete after {} s ({} connections on the new target)\n",
-                f(&c["seconds"]),
-                c["connections"]
+                f(c.seconds),
+                c.connections
             ));
         } else {
             s.push_str(&format!(
                 "  cutover             in progress: {} of {} connections on the new target\n",
-                c["connections_on_target"], c["connections"]
+                c.connections_on_target, c.connections
             ));
         }
-        match sw["error_window"].as_object() {
-            Some(w) => s.push_str(&format!("  error window        {} s\n", f(&w["seconds"]))),
+        match &sw.error_window {
+            Some(w) => s.push_str(&format!("  error window        {} s\n", f(Some(w.seconds)))),
             None => s.push_str("  error window        none (no failed operation)\n"),
         }
         s.push_str(&format!(
             "  failed operations   {} {}\n",
-            sw["failed_operations"], sw["failures_by_kind"]
+            sw.failed_operations,
+            api::to_body(&sw.failures_by_kind)
         ));
         s.push_str(&format!(
             "  unavailability      longest {} ms; by shard {}\n",
-            f(&sw["longest_unavailability_ms"]),
-            sw["unavailability_ms_by_shard"]
+            f(Some(sw.longest_unavailability_ms)),
+            api::to_body(&sw.unavailability_ms_by_shard)
         ));
-        for phase in ["before", "during", "after"] {
-            let p = &sw["phases"][phase];
-            let (q, e) = (&p["queries"], &p["events"]);
+        let p = &sw.phases;
+        for (name, p) in [
+            ("before", &p.before),
+            ("during", &p.during),
+            ("after", &p.after),
+        ] {
+            let (q, e, l, c) = (&p.queries, &p.events, &p.latency, &p.cache);
             s.push_str(&format!(
                 "  {:<6} queries {} ok / {} error / {} skipped {}; events {} ok / {} error / {} skipped {}\n",
-                phase,
-                q["ok"],
-                q["error"],
-                q["skipped"],
-                q["skipped_by_reason"],
-                e["ok"],
-                e["error"],
-                e["skipped"],
-                e["skipped_by_reason"]
+                name,
+                q.ok,
+                q.error,
+                q.skipped,
+                api::to_body(&q.skipped_by_reason),
+                e.ok,
+                e.error,
+                e.skipped,
+                api::to_body(&e.skipped_by_reason)
             ));
             s.push_str(&format!(
                 "         query p50/p99 {} / {} ms (successes), p99 errors {} ms, p99 including misses {} ms\n",
-                f(&p["query_latency_ms"]["p50"]),
-                f(&p["query_latency_ms"]["p99"]),
-                f(&p["query_error_latency_ms"]["p99"]),
-                f(&p["query_latency_including_misses_ms"]["p99"])
+                f(Some(l.query_latency_ms.p50)),
+                f(Some(l.query_latency_ms.p99)),
+                f(Some(l.query_error_latency_ms.p99)),
+                f(Some(l.query_latency_including_misses_ms.percentiles.p99))
             ));
             s.push_str(&format!(
                 "         cache hit natural {}, steered {}, ad-hoc share {}\n",
-                pct(&p["cache_natural_hit_ratio"]),
-                pct(&p["cache_hit_ratio"]),
-                pct(&p["cache_adhoc_fraction"])
+                pct(c.cache_natural_hit_ratio),
+                pct(c.cache_hit_ratio),
+                pct(c.cache_adhoc_fraction)
             ));
         }
         s.push_str(&format!(
             "  p99 back to baseline after {} s (seconds with answered queries only, misses counted)\n",
-            f(&sw["p99_back_to_baseline_after_seconds"])
+            f(sw.p99_back_to_baseline_after_seconds)
         ));
-        let c = &sw["cache_hit"];
-        let (n, st) = (&c["natural"], &c["steered"]);
+        let (n, st) = (&sw.cache_hit.natural, &sw.cache_hit.steered);
         s.push_str(&format!(
             "  cache hit natural   before {}, min {}, dip {} points, back within 2 points after {} s\n",
-            pct(&n["before"]),
-            pct(&n["min_after_switch"]),
-            f(&n["dip_points"]),
-            f(&n["recovered_within_2_points_after_seconds"])
+            pct(n.before),
+            pct(n.min_after_switch),
+            f(n.dip_points),
+            f(n.recovered_within_2_points_after_seconds)
         ));
         s.push_str(&format!(
             "  cache hit steered   before {}, min {}, within 2 points of the target after {} s\n",
-            pct(&st["before"]),
-            pct(&st["min_after_switch"]),
-            f(&st["recovered_within_2_points_of_target_after_seconds"])
+            pct(st.before),
+            pct(st.min_after_switch),
+            f(st.recovered_within_2_points_of_target_after_seconds)
         ));
     }
-    let cluster = &report["redis_cluster"];
-    if cluster.is_object() {
+    if let Some(cluster) = &report.redis_cluster {
         s.push_str(&format!(
             "\nredis cluster: redirections followed {}; slots covered {}; map version {}\n",
-            cluster["redirects"], cluster["slots_covered"], cluster["map_version"]
+            api::to_body(&cluster.redirects),
+            api::to_body(&cluster.slots_covered),
+            api::to_body(&cluster.map_version)
         ));
-        let outages = cluster["node_outages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if outages.is_empty() {
+        if cluster.node_outages.is_empty() {
             s.push_str("  no primary stopped answering the health check\n");
         }
-        for o in outages {
+        for o in &cluster.node_outages {
             s.push_str(&format!(
                 "  node {} unavailable {} ms from {}{}\n",
-                o["node"].as_str().unwrap_or("?"),
-                f(&o["duration_ms"]),
-                f(&o["start_unix"]),
-                if o["open"] == true {
-                    " (still down)"
-                } else {
-                    ""
-                }
+                o.node,
+                f(Some(o.duration_ms)),
+                f(Some(o.start_unix)),
+                if o.open { " (still down)" } else { "" }
             ));
         }
     }

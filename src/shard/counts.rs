@@ -3,6 +3,7 @@
 //! latency histograms. One type for the shard's running counts, the report it sends each
 //! second, and the control core's windows (a second, a progress interval, the whole run).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,6 +11,10 @@ use hdrhistogram::Histogram;
 
 use super::stats::{event_result, new_histogram, CacheOutcome, Op, OpResult, Skip};
 use crate::workload::{EventType, Outcome, QueryType};
+
+/// Counts by name (reason, kind), as the JSON documents carry them: the names are the
+/// enums' `&'static str` (borrowed, no copy) here, and owned strings when read back.
+pub type ByName = BTreeMap<Cow<'static, str>, u64>;
 
 const EVENT_TYPES: usize = EventType::ALL.len();
 const OUTCOMES: usize = Outcome::ALL.len();
@@ -191,12 +196,12 @@ impl Counts {
     }
 
     /// Skipped operations by reason (both streams).
-    pub fn skipped_by_reason(&self) -> BTreeMap<&'static str, u64> {
+    pub fn skipped_by_reason(&self) -> ByName {
         Skip::ALL
             .iter()
             .map(|r| {
                 (
-                    r.as_str(),
+                    r.as_str().into(),
                     self.skipped.iter().map(|s| s[*r as usize]).sum(),
                 )
             })
@@ -204,12 +209,17 @@ impl Counts {
     }
 
     /// Skipped operations of one stream by the reasons that apply to it.
-    pub fn skipped_reasons_of(&self, op: Op) -> BTreeMap<&'static str, u64> {
+    pub fn skipped_reasons_of(&self, op: Op) -> ByName {
         Skip::ALL
             .iter()
             .filter(|r| r.applies_to(op))
-            .map(|r| (r.as_str(), self.skipped[op as usize][*r as usize]))
+            .map(|r| (r.as_str().into(), self.skipped[op as usize][*r as usize]))
             .collect()
+    }
+
+    /// Failed operations by kind.
+    pub fn errors_by_kind(&self) -> ByName {
+        self.errors.iter().map(|(k, n)| ((*k).into(), *n)).collect()
     }
 
     /// Queries answered as `cache`, all query types together.
