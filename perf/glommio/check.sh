@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Checks the carried glommio against the pristine release and rewrites coop-taskrun.patch.
+#
+#   bash perf/glommio/check.sh          diff the carried copy against glommio 0.9.0 from
+#                                        cargo's registry (src/ -> coop-taskrun.patch; every
+#                                        other difference must be a trimmed file, listed)
+#
+# The pristine copy is cargo's download of glommio 0.9.0 (~/.cargo/registry/src/*/glommio-0.9.0):
+# with the [patch] entry in place cargo no longer fetches it, so `cargo fetch` it from a checkout
+# without the entry (or any other project) first when it is missing.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VERSION=0.9.0
+CARRIED="$HERE/glommio-$VERSION"
+PRISTINE="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/glommio-$VERSION 2>/dev/null | head -1 || true)"
+[ -n "$PRISTINE" ] && [ -d "$PRISTINE/src" ] || {
+    echo "glommio $VERSION is not in cargo's registry cache: fetch it first (see the header)" >&2
+    exit 1
+}
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+mkdir -p "$TMP/a" "$TMP/b"
+cp -r "$PRISTINE/src" "$TMP/a/src"
+cp -r "$CARRIED/src" "$TMP/b/src"
+# (No timestamps on the ---/+++ lines: the patch only changes when the code does.)
+(cd "$TMP" && diff -ruN a/src b/src | sed -E 's/^(---|\+\+\+) ([^\t]+)\t.*/\1 \2/' \
+    >"$HERE/coop-taskrun.patch") || true
+echo "coop-taskrun.patch: $(grep -c '^@@' "$HERE/coop-taskrun.patch") hunks in $(grep -c '^+++ ' "$HERE/coop-taskrun.patch") file(s)"
+# Outside src/: only trimmed files (benches, tests, liburing's tests/docs/packaging), the
+# [[bench]] entries of Cargo.toml and the added licence files may differ.
+(diff -rq "$PRISTINE" "$CARRIED" --exclude src || true) | sed "s|$PRISTINE|pristine|; s|$CARRIED|carried|"
