@@ -300,7 +300,7 @@ migrate-demo-cluster-failover: services-install ## Cluster: CLUSTER FAILOVER (ex
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
-.PHONY: bench bench-targets bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
+.PHONY: bench bench-targets bench-efficiency bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
 
 rehearse-scaled: services-install ## One run of INSTANCES=3 processes started like an Indexed Job's pods (RUN_NAME, start barrier), DURATION=30 s at the ultra preset in total; report --run-name + verify --run-name, exits 0 on PASS
 	@INSTANCES=$(or $(INSTANCES),3) DURATION=$(or $(DURATION),30) \
@@ -313,6 +313,9 @@ bench: services-install ## Benchmark: bench-redis vs redis-benchmark, workload r
 
 bench-targets: services-install ## The performance targets, one run each: 100k q/s and 100k ev/s for 60 s, RSS, rate accuracy 10/s-100k/s
 	@BENCH_STEPS=targets BENCH_COMMAND="make bench-targets" CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
+
+bench-efficiency: services-install ## Client CPU per Redis command at ~1k/10k/50k commands/s and idle vs memtier (MEMTIER_BIN), raw mode vs redis-benchmark, flamegraphs
+	@BENCH_STEPS=efficiency BENCH_COMMAND="make bench-efficiency" CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh
 
 bench-quick: ## Smoke run of make bench (short durations, 1 repetition)
 	@BENCH_QUICK=1 CARGO_TARGET_DIR=$(TARGET_DIR) bash bench/run.sh

@@ -442,6 +442,18 @@ def markdown(res):
     return "\n".join(m) + "\n"
 
 
+def write_results(base, res, render):
+    """Writes `res` to base.json and its markdown (`render(res)`) to base.md, and prints it."""
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    with open(base + ".json", "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    md = render(res)
+    with open(base + ".md", "w") as fh:
+        fh.write(md)
+    print(md)
+    log(f"wrote {base}.md and {base}.json")
+
+
 def main():
     outdir = sys.argv[1]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
@@ -456,15 +468,7 @@ def main():
         res["events"] = step_events()
     if "targets" in STEPS:
         res["targets"] = step_targets()
-    os.makedirs(outdir, exist_ok=True)
-    base = os.path.join(outdir, started + ("-quick" if QUICK else ""))
-    with open(base + ".json", "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
-    md = markdown(res)
-    with open(base + ".md", "w") as fh:
-        fh.write(md)
-    print(md)
-    log(f"wrote {base}.md and {base}.json")
+    write_results(os.path.join(outdir, started + ("-quick" if QUICK else "")), res, markdown)
     lost = [r for r in res.get("events", []) if r["rows_dropped"] or not r["pg_matches"]]
     return 1 if lost else 0
 

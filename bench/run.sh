@@ -13,7 +13,8 @@
 #   BENCH_CONNECTIONS=50 BENCH_PIPELINES="1 16" BENCH_KEYS=100000 BENCH_DATA_SIZE=32
 #   BENCH_QUERY_RATES="1000 10000 50000 100000 1000000" BENCH_QUERY_EVENTS=200
 #   BENCH_EVENT_RATES="1000 5000 20000 50000 100000" BENCH_EVENT_QUERIES=100
-#   BENCH_STEPS="raw workload events"   (or "targets": make bench-targets)
+#   BENCH_STEPS="raw workload events"   (or "targets": make bench-targets; "efficiency":
+#                            make bench-efficiency, bench/efficiency.py, its settings there)
 #   BENCH_TARGET_SECONDS=60 BENCH_TARGET_WARMUP_SECONDS=15 BENCH_TARGET_RATE=100000
 #   BENCH_TARGET_MAX_WORKERS=4000 BENCH_ACCURACY_RATES="10 100 1000 10000 100000"
 #   BENCH_ACCURACY_SECONDS=10
@@ -35,7 +36,7 @@ done
 if [ -z "${NO_BUILD:-}" ]; then cargo build --release; fi
 [ -x "$BENCH_BIN" ] || { log "$BENCH_BIN not found"; exit 1; }
 
-if [[ " ${BENCH_STEPS:-raw workload events} " =~ \ (workload|events|targets)\  ]]; then
+if [[ " ${BENCH_STEPS:-raw workload events} " =~ \ (workload|events|targets|efficiency)\  ]]; then
     bash .ci/services.sh start
     set -a; . .local/env; set +a
     export BENCH_PSQL
@@ -67,4 +68,8 @@ redis_wait "$BENCH_REDIS_PORT" 10 || { log "redis-server did not start"; cat "$T
 log "redis-server $(redis-server --version | awk '{print $3}') on port $BENCH_REDIS_PORT (pid $REDIS_PID, CPUs ${BENCH_REDIS_CPUS:-any}); clients on CPUs ${BENCH_CLIENT_CPUS:-any}"
 
 export BENCH_COMMAND="${BENCH_COMMAND:-${BENCH_QUICK:+BENCH_QUICK=1 }make bench}"
-python3 bench/harness.py bench/results
+if [ "${BENCH_STEPS:-}" = efficiency ]; then
+    python3 bench/efficiency.py bench/results   # make bench-efficiency
+else
+    python3 bench/harness.py bench/results
+fi
