@@ -86,6 +86,9 @@ pub struct Shard {
     pub inflight: Cell<usize>,
     pub next_seq: Cell<i64>,
     pub rows: RefCell<Vec<EventRow>>,
+    /// Rung when a row lands in an empty `rows`, and at shutdown: the flusher sleeps on it
+    /// while there is nothing to flush (no wake-ups on a shard without events).
+    pub(crate) rows_pushed: crate::rt::sync::Notify,
     pub backlog: Arc<Backlog>,
     pub stats: RefCell<ShardStats>,
     pub metrics: ShardMetrics,
@@ -137,6 +140,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         inflight: Cell::new(0),
         next_seq: Cell::new(1),
         rows: RefCell::new(Vec::with_capacity(ROW_MESSAGE_MAX)),
+        rows_pushed: Default::default(),
         report_from: Cell::new(Instant::now()),
         load_end: Cell::new(None),
         backlog: links.backlog,
@@ -187,6 +191,10 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         let (s, stop, tx) = (shard.clone(), stopping.clone(), rows_tx.clone());
         glommio::spawn_local(async move {
             while !stop.load(Ordering::Relaxed) {
+                if s.rows.borrow().is_empty() {
+                    s.rows_pushed.notified().await;
+                    continue;
+                }
                 glommio::timer::sleep(ROW_FLUSH_EVERY).await;
                 flush_rows(&s, &tx).await;
             }
@@ -228,6 +236,7 @@ pub async fn run(p: ShardParams, links: ShardLinks) {
         );
     }
     warmup.cancel().await;
+    shard.rows_pushed.notify(); // `stopping` is set: the flusher leaves its wait and ends
     flusher.await;
     flush_rows(&shard, &rows_tx).await;
     let reports_tx = reporter.await;
@@ -256,7 +265,11 @@ async fn flush_rows(s: &Shard, tx: &ConnectedSender<RowBatch>) {
 
 /// Queues a row for the writer (the flusher sends the queue every `ROW_FLUSH_EVERY`).
 pub fn push_row(s: &Shard, row: EventRow) {
-    s.rows.borrow_mut().push(row);
+    let mut rows = s.rows.borrow_mut();
+    if rows.is_empty() {
+        s.rows_pushed.notify();
+    }
+    rows.push(row);
 }
 
 /// Drives one open-loop stream (KIND): starts every due operation (as its own task), counts
