@@ -300,7 +300,7 @@ migrate-demo-cluster-failover: services-install ## Cluster: CLUSTER FAILOVER (ex
 # ---------------------------------------------------------------------------------------------
 # Benchmarks and profiling (bench/, perf/)
 # ---------------------------------------------------------------------------------------------
-.PHONY: bench bench-targets bench-efficiency bench-quick bench-micro perf-record perf-stat perf-coop-taskrun soak
+.PHONY: bench bench-targets bench-efficiency bench-quick bench-micro perf-record perf-stat soak
 
 rehearse-scaled: services-install ## One run of INSTANCES=3 processes started like an Indexed Job's pods (RUN_NAME, start barrier), DURATION=30 s at the ultra preset in total; report --run-name + verify --run-name, exits 0 on PASS
 	@INSTANCES=$(or $(INSTANCES),3) DURATION=$(or $(DURATION),30) \
@@ -336,6 +336,3 @@ perf-record: services-install ## Profile the ultra preset ~20 s (perf record -g)
 
 perf-stat: services-install ## perf stat counters for one run of the ultra preset
 	@CARGO_TARGET_DIR=$(TARGET_DIR) bash perf/profile.sh stat
-
-perf-coop-taskrun: ## Experiment: bench-redis with glommio's rings patched for IORING_SETUP_COOP_TASKRUN (temp build) vs without
-	@bash perf/coop-taskrun.sh
