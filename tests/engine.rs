@@ -385,6 +385,56 @@ fn should_show_a_frozen_generator_as_pacer_lateness() {
     assert_eq!(u(&summary, &["skipped", "max_workers"]), 0, "{summary}");
 }
 
+/// Voluntary context switches (sleeps) of the app's thread whose name starts with PREFIX.
+fn thread_sleeps(app: &App, prefix: &str) -> u64 {
+    let tasks = format!("/proc/{}/task", app.child.id());
+    for task in std::fs::read_dir(&tasks).unwrap_or_else(|e| panic!("{tasks}: {e}")) {
+        let dir = task.expect("task entry").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).expect("task status");
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches in /proc status");
+    }
+    panic!("no thread named {prefix}* in {tasks}")
+}
+
+/// A shard without events has no rows for Postgres: its row flusher must not wake it (it
+/// woke it every 10 ms, 100 of the ~127 sleeps a second of an idle shard). This counts how
+/// often the shard thread goes to sleep (a count, not a speed): at 1 query/s the wakes left
+/// (the nudge every 50 ms, the query pacer, reports, the pool's and warm-up's timers) are
+/// ~40 a second.
+#[test]
+fn should_not_wake_an_idle_shard_to_flush_no_rows() {
+    let t = context();
+    let args = t.app().events(0).queries(1).orgs(20).command_line();
+    // The start (connections, the first cache warm-up) is busy: count after it, which the
+    // warm-up's debug line tells.
+    let log_filter = (
+        analytics_demo::config::LOG_FILTER_ENV,
+        "info,analytics_demo::shard=debug",
+    );
+    let mut app = App::spawn(&common::refs(&args), &[log_filter]);
+    assert!(app.wait_healthy(common::HEALTHY), "not healthy:\n{}", app.log());
+    let warm = wait_until(Duration::from_secs(60), || app.log().contains("cache warmup done"));
+    assert!(warm, "no cache warm-up within 60 s:\n{}", app.log());
+    let before = thread_sleeps(&app, "shard-");
+    let window = Duration::from_secs(4);
+    std::thread::sleep(window); // the window counted, not a wait for a condition
+    let per_second = (thread_sleeps(&app, "shard-") - before) as f64 / window.as_secs_f64();
+    app.signal(libc::SIGTERM);
+    finish(&mut app, Duration::from_secs(30));
+    assert!(
+        per_second < 80.0,
+        "the idle shard slept and woke {per_second:.0} times a second"
+    );
+}
+
 #[test]
 fn should_flush_everything_on_sigterm() {
     let t = context();
