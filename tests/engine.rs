@@ -420,8 +420,14 @@ fn should_not_wake_an_idle_shard_to_flush_no_rows() {
         "info,analytics_demo::shard=debug",
     );
     let mut app = App::spawn(&common::refs(&args), &[log_filter]);
-    assert!(app.wait_healthy(common::HEALTHY), "not healthy:\n{}", app.log());
-    let warm = wait_until(Duration::from_secs(60), || app.log().contains("cache warmup done"));
+    assert!(
+        app.wait_healthy(common::HEALTHY),
+        "not healthy:\n{}",
+        app.log()
+    );
+    let warm = wait_until(Duration::from_secs(60), || {
+        app.log().contains("cache warmup done")
+    });
     assert!(warm, "no cache warm-up within 60 s:\n{}", app.log());
     let before = thread_sleeps(&app, "shard-");
     let window = Duration::from_secs(4);
