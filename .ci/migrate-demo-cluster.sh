@@ -145,6 +145,16 @@ replicas_synced() {
         grep -q '^master_link_status:up' <<<"$info" && grep -q '^master_sync_in_progress:0' <<<"$info" || return 1
     done
 }
+roles_agreed() { # every node sees each node's role and primary as that node does, linked
+    local p own view
+    own="$(for p in "${PORTS[@]}"; do rcli "$p" cluster nodes | tr -d '\r' \
+        | awk '$3 ~ /myself/ { print $1, ($3 ~ /slave/ ? "slave" : "master"), $4 }'; done | sort)"
+    for p in "${PORTS[@]}"; do
+        view="$(rcli "$p" cluster nodes | tr -d '\r' \
+            | awk '$3 ~ /myself/ || $8 == "connected" { print $1, ($3 ~ /slave/ ? "slave" : "master"), $4 }' | sort)"
+        [ "$view" = "$own" ] || return 1
+    done
+}
 wait_for() { # SECONDS DESCRIPTION CMD...: poll CMD every 0.2 s
     local secs="$1" what="$2" i
     shift 2
@@ -256,6 +266,8 @@ redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$W
     || { cat "$WORK/create.log" >&2; die "redis-cli --cluster create failed"; }
 wait_for 60 "cluster_state:ok on every node" all_ok
 wait_for 60 "replicas in sync" replicas_synced
+# A primary ignores a manual failover request from a node it does not know yet as its replica.
+wait_for 60 "every node agreeing who replicates whom" roles_agreed
 SEEDS="$(printf 'redis://127.0.0.1:%s,' "${PORTS[@]}")"
 SEEDS="${SEEDS%,}"
 say "cluster: 3 primaries + 3 replicas on ${PORTS[*]} (node timeout ${NODE_TIMEOUT_MS} ms)"

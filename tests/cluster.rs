@@ -523,7 +523,9 @@ fn should_follow_a_graceful_failover_and_close_the_demoted_primary() {
         wait_until(Duration::from_secs(30), || cluster
             .cli(replica, &["ROLE"])
             .starts_with("master")),
-        "the replica was not promoted"
+        "the replica was not promoted\n--- replica {replica}:\n{}\n--- primary {primary}:\n{}",
+        cluster.nodes[replica].log(),
+        cluster.nodes[primary].log()
     );
     run_on(&app, 600.0);
     // The demoted primary serves no slot: its pool is closed (no connection of the app
@@ -783,17 +785,22 @@ fn should_refuse_a_pipeline_across_slots_without_sending_it() {
     assert_eq!(incrs.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-/// Counts this thread's allocations (for the routing cost test); otherwise the system
-/// allocator.
+/// Counts the allocations made while a `Counted` future is being polled on this thread
+/// (for the routing cost test); otherwise the system allocator.
 struct CountingAlloc;
 
 thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        let _ = COUNTING.try_with(|c| {
+            if c.get() {
+                let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            }
+        });
         std::alloc::System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -804,24 +811,45 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+/// A future whose own polls are counted: what the caller's side of a command allocates
+/// (encoding, routing, its wait), not what the connection's reader and writer tasks or the
+/// executor do meanwhile, which varies with how the machine's load batches the I/O.
+struct Counted<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        COUNTING.with(|c| c.set(true));
+        let r = self.0.as_mut().poll(cx);
+        COUNTING.with(|c| c.set(false));
+        r
+    }
+}
+
 fn allocations() -> u64 {
     ALLOCATIONS.with(|n| n.get())
 }
 
-/// Allocations per command through POOL on this executor thread: one GET, then a
-/// two-command pipeline, 20 of each. The count is the thread's, so it includes whatever the
-/// executor's background tasks allocate meanwhile (a cluster's map refresh, a reconnect):
-/// rounds are short so that some of them see none of that.
+/// Allocations per command on the caller's side through POOL: one GET, then a two-command
+/// pipeline, 20 of each.
 async fn allocations_per_command(pool: &Pool) -> (f64, f64) {
     const N: u64 = 20;
     let pipeline: [&[&[u8]]; 2] = [&[b"INCR", b"{alloc}n"], &[b"PFADD", b"{alloc}u", b"x"]];
     let a = allocations();
     for _ in 0..N {
-        assert!(pool.cmd(&[b"GET", b"{alloc}n"]).await.is_ok());
+        assert!(Counted(Box::pin(pool.cmd(&[b"GET", b"{alloc}n"])))
+            .await
+            .is_ok());
     }
     let b = allocations();
     for _ in 0..N {
-        assert!(pool.pipeline(&pipeline).await.iter().all(Result::is_ok));
+        assert!(Counted(Box::pin(pool.pipeline(&pipeline)))
+            .await
+            .iter()
+            .all(Result::is_ok));
     }
     let c = allocations();
     ((b - a) as f64 / N as f64, (c - b) as f64 / N as f64)
@@ -847,28 +875,26 @@ fn should_route_without_allocating_beyond_the_node_pool() {
             assert!(p.wait_connected(Duration::from_secs(10)).await);
             allocations_per_command(p).await; // warm-up
         }
-        // Rounds taken in turns, the least of each kept: how a reply meets its waiting
-        // command varies with the machine's load and may cost allocations more for a while.
-        let mut least = [(f64::MAX, f64::MAX); 2];
-        for _ in 0..40 {
-            for (p, l) in pools.iter().zip(least.iter_mut()) {
-                let (get, pipe) = allocations_per_command(p).await;
-                *l = (l.0.min(get), l.1.min(pipe));
+        let mut rounds = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for (p, r) in pools.iter().zip(rounds.iter_mut()) {
+                r.push(allocations_per_command(p).await);
             }
         }
         for p in &pools {
             p.close().await;
         }
-        (least[0], least[1])
+        let [standalone, routed] = rounds;
+        (standalone, routed)
     });
-    eprintln!("allocations per command (GET, 2-command pipeline): standalone {standalone:?}, routed {routed:?}");
-    // Routing adds none: a slot lookup and the node pool's own work (a fraction for noise).
+    eprintln!("allocations per command (GET, 2-command pipeline), 5 rounds: standalone {standalone:?}, routed {routed:?}");
+    // Routing adds none: a slot lookup, then the node pool's own work, every round.
+    assert_eq!(routed, standalone);
+    // And that work is bounded: the command's own slot, no more than a few allocations.
     assert!(
-        routed.0 <= standalone.0 + 0.2,
-        "GET: {routed:?} vs {standalone:?}"
-    );
-    assert!(
-        routed.1 <= standalone.1 + 0.2,
-        "pipeline: {routed:?} vs {standalone:?}"
+        standalone
+            .iter()
+            .all(|(get, pipe)| *get >= 1.0 && *pipe >= 2.0),
+        "{standalone:?}"
     );
 }

@@ -318,7 +318,41 @@ impl RedisCluster {
             })
         });
         assert!(synced, "a replica did not finish its first sync");
+        // A primary learns that a node is its replica from the cluster bus, some time after
+        // the replica knows it; until then it ignores the replica's manual failover request
+        // (which then times out after 5 s).
+        let agreed = wait_until(Duration::from_secs(60), || cluster.roles_agreed());
+        assert!(agreed, "the nodes do not agree about who replicates whom");
         cluster
+    }
+
+    /// Every node sees every other node with the role (and primary) that node gives itself,
+    /// over a connected bus link.
+    fn roles_agreed(&self) -> bool {
+        // The fields of a `CLUSTER NODES` line that matter: id, role, its primary's id.
+        fn role(line: &str) -> Option<(String, bool, String)> {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let slave = f.get(2)?.split(',').any(|flag| flag == "slave");
+            Some((f[0].to_string(), slave, f.get(3)?.to_string()))
+        }
+        let views: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.cli(&["CLUSTER", "NODES"]))
+            .collect();
+        let own: Vec<(String, bool, String)> = views
+            .iter()
+            .filter_map(|v| v.lines().find(|l| l.contains("myself")).and_then(role))
+            .collect();
+        own.len() == self.nodes.len()
+            && views.iter().all(|v| {
+                own.iter().all(|me| {
+                    v.lines().any(|l| {
+                        role(l).as_ref() == Some(me)
+                            && (l.contains("myself") || l.contains(" connected"))
+                    })
+                })
+            })
     }
 
     /// A new empty primary joined to the cluster (`redis-cli --cluster add-node`); its index.
