@@ -404,13 +404,13 @@ fn thread_sleeps(app: &App, prefix: &str) -> u64 {
     panic!("no thread named {prefix}* in {tasks}")
 }
 
-/// A shard without events has no rows for Postgres: its row flusher must not wake it (it
-/// woke it every 10 ms, 100 of the ~127 sleeps a second of an idle shard). This counts how
-/// often the shard thread goes to sleep (a count, not a speed): at 1 query/s the wakes left
-/// (the nudge every 50 ms, the query pacer, reports, the pool's and warm-up's timers) are
-/// ~40 a second.
+/// An idle shard sleeps: its row flusher must not wake it when it has no rows (it woke it
+/// every 10 ms, 100 of the ~127 sleeps a second of an idle shard), nor must an outside nudge
+/// (every 50 ms, 20 more, while glommio could park with work to run). This counts how often
+/// the shard thread goes to sleep (a count, not a speed): at 1 query/s the wakes left (the
+/// query pacer, reports, the pool's and warm-up's timers) are ~10 a second.
 #[test]
-fn should_not_wake_an_idle_shard_to_flush_no_rows() {
+fn should_not_wake_an_idle_shard_without_work() {
     let t = context();
     let args = t.app().events(0).queries(1).orgs(20).command_line();
     // The start (connections, the first cache warm-up) is busy: count after it, which the
@@ -436,7 +436,7 @@ fn should_not_wake_an_idle_shard_to_flush_no_rows() {
     app.signal(libc::SIGTERM);
     finish(&mut app, Duration::from_secs(30));
     assert!(
-        per_second < 80.0,
+        per_second < 30.0,
         "the idle shard slept and woke {per_second:.0} times a second"
     );
 }

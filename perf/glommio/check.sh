@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Checks the carried glommio against the pristine release and rewrites coop-taskrun.patch.
+# Checks the carried glommio against the pristine release and rewrites its two patches.
 #
 #   bash perf/glommio/check.sh          diff the carried copy against glommio 0.9.0 from
-#                                        cargo's registry (src/ -> coop-taskrun.patch; every
-#                                        other difference must be a trimmed file, listed)
+#                                        cargo's registry (src/iou -> coop-taskrun.patch,
+#                                        src/executor -> no-park-with-work.patch; any other
+#                                        change in src/ is an error; every other difference
+#                                        must be a trimmed file, listed)
 #
 # The pristine copy is cargo's download of glommio 0.9.0 (~/.cargo/registry/src/*/glommio-0.9.0):
 # with the [patch] entry in place cargo no longer fetches it, so `cargo fetch` it from a checkout
@@ -22,10 +24,16 @@ trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/a" "$TMP/b"
 cp -r "$PRISTINE/src" "$TMP/a/src"
 cp -r "$CARRIED/src" "$TMP/b/src"
-# (No timestamps on the ---/+++ lines: the patch only changes when the code does.)
-(cd "$TMP" && diff -ruN a/src b/src | sed -E 's/^(---|\+\+\+) ([^\t]+)\t.*/\1 \2/' \
-    >"$HERE/coop-taskrun.patch") || true
-echo "coop-taskrun.patch: $(grep -c '^@@' "$HERE/coop-taskrun.patch") hunks in $(grep -c '^+++ ' "$HERE/coop-taskrun.patch") file(s)"
+# (No timestamps on the ---/+++ lines: a patch only changes when the code does.)
+patch_of() { # DIR PATCH: the diff of src/DIR into PATCH
+    (cd "$TMP" && diff -ruN "a/src/$1" "b/src/$1" | sed -E 's/^(---|\+\+\+) ([^\t]+)\t.*/\1 \2/' \
+        >"$HERE/$2") || true
+    echo "$2: $(grep -c '^@@' "$HERE/$2") hunks in $(grep -c '^+++ ' "$HERE/$2") file(s)"
+}
+patch_of iou coop-taskrun.patch
+patch_of executor no-park-with-work.patch
+other="$(cd "$TMP" && diff -rq a/src b/src --exclude iou --exclude executor || true)"
+[ -z "$other" ] || { echo "changes in src/ outside the two patches:" >&2; echo "$other" >&2; exit 1; }
 # Outside src/: only trimmed files (benches, tests, liburing's tests/docs/packaging), the
 # [[bench]] entries of Cargo.toml and the added licence files may differ.
 (diff -rq "$PRISTINE" "$CARRIED" --exclude src || true) | sed "s|$PRISTINE|pristine|; s|$CARRIED|carried|"

@@ -1,30 +1,17 @@
-//! Starting our glommio executors, with a guard against a scheduler bug of glommio 0.9 that
-//! can park an executor for ever while it has tasks to run.
+//! Starting our glommio executors.
 //!
-//! # The bug
+//! Each executor's work runs in a task queue with `Latency::Matters(preempt)`: while that
+//! queue has work, a long-running task yields to the reactor (and to I/O completions) at least
+//! every `preempt`. The executor-wide interval ([`FIRST_POLL_PREEMPT`]) applies only while
+//! no latency queue has work, as before the first poll of the main future.
 //!
-//! glommio's run loop arms the preemption timer (`poll_io`), then runs the task queues. When
-//! the timer has already fired before the first queue ran (the thread lost its CPU for longer
-//! than the preemption interval just there: a busy machine, a frozen process),
-//! `run_task_queues` returns `false`, which the loop reads as "nothing to run", and it parks.
-//! If no timer and no I/O is pending, as at start-up or on a quiet shard, nothing ends that
-//! park: the runnable tasks never run (fixed upstream after the 0.9.0 release, glommio#53).
-//! This was the start-up hang: a `--duration 3` run whose shard never ran a line.
-//!
-//! # The guard
-//!
-//! - The executor's own preemption interval is long ([`FIRST_POLL_PREEMPT`]), so the park
-//!   before the first poll of its main future needs a stall of that length in a window of
-//!   microseconds. The real work runs in a task queue with `Latency::Matters(preempt)`, which
-//!   gives the interval the caller asked for while that queue has work.
-//! - From its first poll on, each executor registers a sentinel task; one process-wide thread
-//!   wakes every sentinel every [`NUDGE_EVERY`]. A wake from another thread writes the
-//!   executor's eventfd, which ends any park, and the next loop runs what was queued. A park
-//!   caused by the bug then costs at most that period (and shows as pacer lateness).
+//! glommio 0.9.0 as published could park an executor for ever while it had tasks to run
+//! (when the preemption timer fired before the first task queue ran, with no timer or I/O
+//! pending: the start-up hang of a `--duration 3` run whose shard never ran a line). The
+//! glommio carried in `perf/glommio` does not park then (`no-park-with-work.patch`, as
+//! glommio#53 upstream); `tests::should_not_park_with_runnable_work` checks it.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, Latency, LocalExecutorBuilder, Placement, Shares};
@@ -38,11 +25,6 @@ pub const ONE_SHOT_PREEMPT: Duration = Duration::from_millis(100);
 pub const SHARD_PREEMPT: Duration = Duration::from_millis(10);
 /// Preemption interval of the control core's tasks (writer, HTTP, reports).
 pub const CONTROL_PREEMPT: Duration = Duration::from_millis(100);
-/// How often every executor is woken from outside.
-pub const NUDGE_EVERY: Duration = Duration::from_millis(50);
-
-type Slot = Mutex<Option<Waker>>;
-
 /// Starts a named executor on `placement` running `fut_gen()` with preemption every `preempt`.
 /// Errors of the executor's creation come back from `join`.
 pub fn spawn<G, F, T>(
@@ -62,7 +44,6 @@ where
         .io_memory(64 << 10)
         .preempt_timer(FIRST_POLL_PREEMPT)
         .spawn(move || async move {
-            install_sentinel();
             let tq = glommio::executor().create_task_queue(
                 Shares::default(),
                 Latency::Matters(preempt),
@@ -77,50 +58,33 @@ where
         })
 }
 
-/// Registers this executor's sentinel with the nudging thread (started on first use).
-fn install_sentinel() {
-    let slot: Arc<Slot> = Arc::new(Mutex::new(None));
-    lock(registry()).push(Arc::downgrade(&slot));
-    glommio::spawn_local(async move {
-        std::future::poll_fn(|cx| {
-            *lock(&slot) = Some(cx.waker().clone());
-            Poll::<()>::Pending
-        })
-        .await
-    })
-    .detach();
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
 
-fn registry() -> &'static Mutex<Vec<Weak<Slot>>> {
-    static REGISTRY: OnceLock<Mutex<Vec<Weak<Slot>>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        if let Err(e) = std::thread::Builder::new()
-            .name("nudge".into())
-            .spawn(nudge_loop)
-        {
-            tracing::warn!(error = %e, "cannot start the executor nudging thread");
-        }
-        Mutex::new(Vec::new())
-    })
-}
-
-fn nudge_loop() {
-    loop {
-        std::thread::sleep(NUDGE_EVERY);
-        let wakers: Vec<Waker> = {
-            let mut reg = lock(registry());
-            reg.retain(|w| w.strong_count() > 0);
-            reg.iter()
-                .filter_map(Weak::upgrade)
-                .filter_map(|slot| lock(&slot).take())
-                .collect()
-        };
-        for w in wakers {
-            w.wake();
-        }
+    /// glommio's reproducer of the start-up hang (glommio#53): with a preemption timer that
+    /// fires at once, `run_task_queues` finds it fired before running anything, and an
+    /// executor that parks then never runs the main future's task.
+    #[test]
+    fn should_not_park_with_runnable_work() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let ex = glommio::LocalExecutorBuilder::default()
+                .preempt_timer(Duration::from_nanos(1))
+                .make()
+                .expect("an executor");
+            for _ in 0..1_000 {
+                ex.run(async {
+                    glommio::spawn_local(async {}).await;
+                });
+            }
+            let _ = tx.send(());
+        });
+        // A hang, not a speed: 1000 runs take milliseconds.
+        assert!(
+            rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "an executor parked with work to run"
+        );
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

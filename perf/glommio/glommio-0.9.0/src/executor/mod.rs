@@ -1320,20 +1320,24 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until none has work (false: the caller may park) or the preemption
+    /// timer has fired (true: work may be left, come back after polling I/O). The first
+    /// queue with work runs at least one task even when the timer fired before it: a thread
+    /// that lost its CPU between arming the timer and here must still make progress, and
+    /// must not take "preempted before anything ran" for "nothing to run" (it then parked
+    /// with runnable tasks, for ever when no timer or I/O was pending).
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
+        let mut first = true;
         loop {
             self.reactor.sys.install_eventfd();
-            if self.need_preempt() {
-                break;
+            if !first && self.need_preempt() {
+                return true;
             }
+            first = false;
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1373,7 +1377,8 @@ impl LocalExecutor {
             let mut tasks_executed_this_loop = 0;
             loop {
                 let mut queue_ref = queue.borrow_mut();
-                if self.need_preempt() || queue_ref.yielded() {
+                let preempted = tasks_executed_this_loop > 0 && self.need_preempt();
+                if preempted || queue_ref.yielded() {
                     break;
                 }
 
