@@ -12,7 +12,7 @@ use crate::pg::writer::Backlog;
 use crate::resp::{PoolConfig, Target};
 use crate::rt;
 use crate::rt::executor::{self, CONTROL_PREEMPT, SHARD_PREEMPT};
-use crate::shard::{self, pacer::split_rate, ShardLinks, ShardParams};
+use crate::shard::{self, pacer, pacer::split_rate, ShardLinks, ShardParams};
 
 /// Organizations owned by shard `index` of `shards` in instance `instance` of `instances`.
 pub fn shard_orgs(
@@ -177,6 +177,10 @@ pub fn run(cfg: Config) -> i32 {
             backlog_cap: (cfg.db_buffer_rows / shards).max(1) as u64,
             seed,
             late_limit: Duration::from_secs(1),
+            pace_step: pacer::pace_step(
+                cfg.pace_step,
+                split_rate(rates.0, shards, i) + split_rate(rates.1, shards, i),
+            ),
             report_every: Duration::from_secs(1),
         };
         let links = ShardLinks {

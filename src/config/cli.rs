@@ -338,6 +338,8 @@ option_table! { $
         db_read_timeout_ms,
         /// seconds between progress log lines [env: PROGRESS_INTERVAL] [default: 5] [range: 1..=3600]
         progress_interval,
+        /// pacing grid of each shard, in microseconds: the operations due within one step start on one wake of the shard (fewer wakes, less CPU at high rates), their latency still counted from their own scheduled time. 0 = auto: 100 below 2000 operations/s per shard, 1000 from there [env: PACE_STEP_US] [default: 0] [range: 0..=100000]
+        pace_step_us,
         /// this instance's index among --instance-count instances sharing the organizations and the rates; unset: JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), else POD_INDEX (a StatefulSet's pod-index label), else the host name's trailing -N, else 0 [env: INSTANCE_INDEX] [default: 0] [range: 0..]
         instance_index,
         /// number of instances of one run: they split the organizations, and EVENTS_PER_SECOND / QUERIES_PER_SECOND are the run's totals [env: INSTANCE_COUNT] [default: 1] [range: 1..]
@@ -388,8 +390,8 @@ cli_struct! {
         database_ca_file, database_password, database_password_file,
         bind_address, shards, duration, seed, log_format, admin_token, admin_token_file, distribution,
         zipf_exponent, command_timeout_ms, max_reply_bytes, db_batch_size, db_buffer_rows,
-        db_timeout_ms, db_read_timeout_ms, progress_interval, no_pin, instance_index, instance_count,
-        run_name, start_timeout, admin_allow_unauthenticated_loopback,
+        db_timeout_ms, db_read_timeout_ms, progress_interval, pace_step_us, no_pin, instance_index,
+        instance_count, run_name, start_timeout, admin_allow_unauthenticated_loopback,
     ] {
         #[argh(subcommand)]
         pub command: Option<SubCli>,

@@ -133,6 +133,8 @@ pub struct Config {
     /// Bound of one cache-miss read.
     pub db_read_timeout: Duration,
     pub progress_interval: Duration,
+    /// The shards' pacing grid; zero = auto (see `shard::pacer::pace_step`).
+    pub pace_step: Duration,
     /// Admin endpoints without a token for loopback clients (off by default).
     pub admin_allow_unauthenticated_loopback: bool,
     pub instance_index: u32,
@@ -390,6 +392,9 @@ fn resolve_config(c: TopCli, r: &Resolver) -> Result<Config, String> {
         db_timeout: r.millis(&opt::db_timeout_ms, c.db_timeout_ms)?,
         db_read_timeout: r.millis(&opt::db_read_timeout_ms, c.db_read_timeout_ms)?,
         progress_interval: r.seconds(&opt::progress_interval, c.progress_interval)?,
+        pace_step: r
+            .uint(&opt::pace_step_us, c.pace_step_us)
+            .map(Duration::from_micros)?,
         admin_allow_unauthenticated_loopback: r.switch(
             &opt::admin_allow_unauthenticated_loopback,
             c.admin_allow_unauthenticated_loopback,

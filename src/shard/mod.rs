@@ -52,6 +52,8 @@ pub struct ShardParams {
     pub seed: u64,
     /// Operations more than this far behind their schedule are skipped as late.
     pub late_limit: Duration,
+    /// The pacing grid (`pacer::pace_step`).
+    pub pace_step: Duration,
     pub report_every: Duration,
 }
 
@@ -304,7 +306,7 @@ async fn pace(
             op(s.clone(), sched.at(k));
         }
         // Both streams of a shard share `start`, so their wakes coincide.
-        let next = pacer::grid_ceil(start, sched.next_at(), pacer::PACE_STEP);
+        let next = pacer::grid_ceil(start, sched.next_at(), s.p.pace_step);
         wake = Some(next);
         let now = Instant::now();
         if next > now {
