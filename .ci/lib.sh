@@ -16,6 +16,8 @@
 #                                  comma separated) when there are 2+ CPUs and taskset; else empty
 #   pg_bindir                      the directory of initdb, pg_ctl and postgres: the highest
 #                                  /usr/lib/postgresql/*/bin, else PATH; false when there is none
+#   stop_pids PID...               SIGTERM to each, then SIGKILL to any still running 30 s later
+#                                  (an app finishes its in-flight operations and flushes its rows)
 
 port_free() {
     local port="$1" host="${2-127.0.0.1}"
@@ -121,3 +123,13 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
            exit 2 ;;
     esac
 fi
+
+stop_pids() {
+    local pid _
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "$@"; do
+        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+    done
+    return 0
+}

@@ -64,12 +64,7 @@ die() { printf '[migrate-demo-cluster %s] ERROR: %s\n' "$MODE" "$*" >&2; exit 2;
 # Clean-up: everything started here is stopped on any exit.
 # ---------------------------------------------------------------------------------------------
 NODE_PIDS=() APP_PID="" STOP_PG="" SOURCE_PID=""
-stop_app() { # SIGTERM (in-flight operations finish, rows are flushed), SIGKILL after 30 s
-    [ -n "$APP_PID" ] && kill -0 "$APP_PID" 2>/dev/null || return 0
-    kill -TERM "$APP_PID" 2>/dev/null
-    for _ in $(seq 1 300); do kill -0 "$APP_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$APP_PID" 2>/dev/null || true
-}
+stop_app() { [ -z "$APP_PID" ] || stop_pids "$APP_PID"; }
 cleanup() {
     local rc=$? pid
     set +e

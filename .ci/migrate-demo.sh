@@ -57,11 +57,7 @@ SOURCE_PID="" TARGET_PID="" APP_PID="" STOP_SERVICES=""
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$APP_PID" ] && kill -0 "$APP_PID" 2>/dev/null; then
-        kill -TERM "$APP_PID" 2>/dev/null
-        for _ in $(seq 1 300); do kill -0 "$APP_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$APP_PID" 2>/dev/null
-    fi
+    [ -z "$APP_PID" ] || stop_pids "$APP_PID"
     for pid in $SOURCE_PID $TARGET_PID; do
         kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done

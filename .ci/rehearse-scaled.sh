@@ -41,13 +41,7 @@ PIDS=() STOP_SERVICES=""
 cleanup() {
     local rc=$?
     set +e
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-    done
+    [ "${#PIDS[@]}" -eq 0 ] || stop_pids "${PIDS[@]}"
     if [ -n "$STOP_SERVICES" ]; then bash .ci/services.sh stop >/dev/null 2>&1; fi
     exit "$rc"
 }

@@ -121,21 +121,7 @@ fn switch_ok(app: &App, to: &str) -> SwitchAnswer {
 
 /// `analytics-demo verify --json` against REDIS_URL: exit code and verdict (Null when none).
 fn verify(redis_url: &str, pg_url: &str) -> (i32, Value, String) {
-    let out = run_binary(
-        &[
-            "verify",
-            "--redis-url",
-            redis_url,
-            "--database-url",
-            pg_url,
-            "--json",
-        ],
-        &[],
-        LONG,
-    );
-    let code = out.code().expect("verify killed by a signal");
-    let v = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    (code, v, out.stderr)
+    common::verify_output(redis_url, pg_url, &[])
 }
 
 fn u(v: &Value, key: &str) -> u64 {

@@ -298,13 +298,18 @@ pub fn app_args(redis_url: &str, pg_url: &str, defaults: &[&str], extra: &[&str]
 }
 
 /// `analytics-demo verify --json` against the given servers: exit code and the verdict.
-/// Panics (with both outputs) when it prints no JSON.
+/// Panics (with its stderr) when it prints no JSON.
 pub fn verify_json(redis_url: &str, pg_url: &str) -> (i32, serde_json::Value) {
     verify_json_with(redis_url, pg_url, &[])
 }
 
-/// `verify_json` with EXTRA arguments (e.g. `--redis-protocol 2`).
-pub fn verify_json_with(redis_url: &str, pg_url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+/// `verify --json` against REDIS_URL and PG_URL, then EXTRA: its exit code, the JSON it
+/// printed (Null when it printed none: a usage or connection error) and its stderr.
+pub fn verify_output(
+    redis_url: &str,
+    pg_url: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let mut args = vec![
         "verify",
         "--redis-url",
@@ -316,12 +321,17 @@ pub fn verify_json_with(redis_url: &str, pg_url: &str, extra: &[&str]) -> (i32, 
     args.extend_from_slice(extra);
     let out = run_binary(&args, &[], Duration::from_secs(60));
     let code = out.code().expect("verify killed by a signal");
-    let verdict = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "verify (exit {code}) printed no JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
-            out.stdout, out.stderr
-        )
-    });
+    let verdict = serde_json::from_str(out.stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (code, verdict, out.stderr)
+}
+
+/// `verify_output` of a verify that must print its verdict: the exit code and the verdict.
+pub fn verify_json_with(redis_url: &str, pg_url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let (code, verdict, stderr) = verify_output(redis_url, pg_url, extra);
+    assert!(
+        !verdict.is_null(),
+        "verify (exit {code}) printed no JSON verdict; stderr:\n{stderr}"
+    );
     (code, verdict)
 }
 
