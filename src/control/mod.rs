@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -30,7 +29,6 @@ use serde_json::json;
 use crate::http::{self, Req};
 use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig};
-use crate::rt::{self, sync::Notify};
 use crate::shard::stats::ShardReport;
 use crate::shard::ShardCommand;
 use aggregate::{percentiles, Aggregate};
@@ -47,9 +45,6 @@ pub struct Flags {
     pub ready: Arc<AtomicBool>,
     /// Set by the control core to stop the shards.
     pub stopping: Arc<AtomicBool>,
-    /// Receives a byte whenever `term` is set (`rt::signal_bell`): the control core sleeps
-    /// until its next periodic duty or this, instead of polling `term`.
-    pub term_bell: Option<Arc<std::os::unix::net::UnixStream>>,
 }
 
 /// Runs the control core to the end of the run; returns the process exit code.
@@ -170,30 +165,8 @@ pub async fn run(
     let started = Instant::now();
     let mut last_tick = Instant::now();
     let mut last_progress = Instant::now();
-    let bell = Rc::new(Notify::default());
-    if let Some(stream) = flags.term_bell.as_deref().and_then(bell_reader) {
-        let bell = bell.clone();
-        glommio::spawn_local(async move {
-            let mut stream = stream;
-            let mut buf = [0u8; 16];
-            while let Ok(1..) = stream.read(&mut buf).await {
-                bell.notify();
-            }
-        })
-        .detach();
-    }
     loop {
-        // Asleep until the next tick, progress line or the end of the run, or a stop.
-        let mut next =
-            (last_tick + Duration::from_secs(1)).min(last_progress + state.p.progress_interval);
-        if let Some(d) = state.p.duration {
-            next = next.min(started + d);
-        }
-        if flags.term_bell.is_some() {
-            rt::time::until(next, bell.notified()).await;
-        } else {
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
         let term = flags.term.load(Ordering::Relaxed);
         let timed_out = state.p.duration.is_some_and(|d| started.elapsed() >= d);
         if term || timed_out {
@@ -456,18 +429,4 @@ fn progress(st: &State) {
         db_lag_s = format!("{:.2}", writer.lag_seconds),
         "progress"
     );
-}
-
-/// The bell's socket as a glommio stream (a duplicate of its fd; the original stays open for
-/// the signal handler's writes). None when the fd cannot be duplicated: the loop then polls.
-fn bell_reader(bell: &std::os::unix::net::UnixStream) -> Option<glommio::net::UnixStream> {
-    use std::os::unix::io::{AsRawFd, FromRawFd};
-    // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
-    let fd = unsafe { libc::dup(bell.as_raw_fd()) };
-    if fd < 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "signal bell unavailable; polling for signals");
-        return None;
-    }
-    // SAFETY: fd is a fresh, open socket fd owned by nobody else.
-    Some(unsafe { glommio::net::UnixStream::from_raw_fd(fd) })
 }
