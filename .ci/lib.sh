@@ -114,16 +114,6 @@ pg_bindir() {
     return 1
 }
 
-# Run as a script: one function, e.g. `bash .ci/lib.sh free_port`.
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    set -euo pipefail
-    case "${1:-}" in
-        port_free | free_port | redis_exec | redis_wait | pg_bindir) "$@" ;;
-        *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
-           exit 2 ;;
-    esac
-fi
-
 stop_pids() {
     local pid _
     for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
@@ -133,3 +123,13 @@ stop_pids() {
     done
     return 0
 }
+
+# Run as a script: one function, e.g. `bash .ci/lib.sh free_port`.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -euo pipefail
+    case "${1:-}" in
+        port_free | free_port | redis_exec | redis_wait | pg_bindir) "$@" ;;
+        *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2
+           exit 2 ;;
+    esac
+fi

@@ -142,11 +142,15 @@ pub fn run(cfg: Config) -> i32 {
         row_rx.push(rows_rx);
         report_rx.push(rep_rx);
         backlogs.push(backlog.clone());
+        let (events_per_second, queries_per_second) = (
+            split_rate(rates.0, shards, i),
+            split_rate(rates.1, shards, i),
+        );
         let params = ShardParams {
             index: i,
             shards,
-            events_per_second: split_rate(rates.0, shards, i),
-            queries_per_second: split_rate(rates.1, shards, i),
+            events_per_second,
+            queries_per_second,
             orgs: shard_orgs(
                 cfg.organizations,
                 cfg.instance_index,
@@ -177,10 +181,7 @@ pub fn run(cfg: Config) -> i32 {
             backlog_cap: (cfg.db_buffer_rows / shards).max(1) as u64,
             seed,
             late_limit: Duration::from_secs(1),
-            pace_step: pacer::pace_step(
-                cfg.pace_step,
-                split_rate(rates.0, shards, i) + split_rate(rates.1, shards, i),
-            ),
+            pace_step: pacer::pace_step(cfg.pace_step, events_per_second + queries_per_second),
             report_every: Duration::from_secs(1),
         };
         let links = ShardLinks {
