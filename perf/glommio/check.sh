@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Checks the carried glommio against the pristine release and rewrites its two patches.
+# Checks the carried glommio against the pristine release and rewrites its three patches.
 #
 #   bash perf/glommio/check.sh          diff the carried copy against glommio 0.9.0 from
 #                                        cargo's registry (src/iou -> coop-taskrun.patch,
-#                                        src/executor -> no-park-with-work.patch; any other
+#                                        src/executor -> no-park-with-work.patch,
+#                                        src/sys -> reactor-turn.patch; any other
 #                                        change in src/ is an error; every other difference
 #                                        must be a trimmed file, listed)
 #
@@ -32,8 +33,9 @@ patch_of() { # DIR PATCH: the diff of src/DIR into PATCH
 }
 patch_of iou coop-taskrun.patch
 patch_of executor no-park-with-work.patch
-other="$(cd "$TMP" && diff -rq a/src b/src --exclude iou --exclude executor || true)"
-[ -z "$other" ] || { echo "changes in src/ outside the two patches:" >&2; echo "$other" >&2; exit 1; }
+patch_of sys reactor-turn.patch
+other="$(cd "$TMP" && diff -rq a/src b/src --exclude iou --exclude executor --exclude sys || true)"
+[ -z "$other" ] || { echo "changes in src/ outside the three patches:" >&2; echo "$other" >&2; exit 1; }
 # Outside src/: only trimmed files (benches, tests, liburing's tests/docs/packaging), the
 # [[bench]] entries of Cargo.toml and the added licence files may differ.
 (diff -rq "$PRISTINE" "$CARRIED" --exclude src || true) | sed "s|$PRISTINE|pristine|; s|$CARRIED|carried|"

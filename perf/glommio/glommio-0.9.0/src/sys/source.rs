@@ -224,6 +224,11 @@ impl Source {
         })
     }
 
+    /// Patched: submitted (or about to be) and its completion not consumed yet.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

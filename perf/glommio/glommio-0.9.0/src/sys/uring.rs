@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -893,6 +893,8 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// Patched: completions consumed so far (the throughput timer is re-armed by this count).
+    consumed: u64,
 }
 
 impl SleepableRing {
@@ -913,6 +915,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            consumed: 0,
         })
     }
 
@@ -1181,6 +1184,7 @@ impl UringCommon for SleepableRing {
         )
         .map(|x| {
             self.in_kernel -= 1;
+            self.consumed += 1;
             x
         })
     }
@@ -1222,7 +1226,11 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Patched: when the timer in `latency_preemption_timeout_src` expires, at the earliest.
+    latency_timer_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// Patched: the main ring's `consumed` count when the throughput timer was armed.
+    throughput_timer_armed_at: Cell<u64>,
 
     link_fd: RawFd,
 
@@ -1278,6 +1286,10 @@ macro_rules! flush_rings {
         io::Result::Ok(ret)
     }}
 }
+
+/// Patched: how far apart two expiry times of one timer may be, each computed as `now +
+/// remaining`, for a pending timer to be kept for it.
+const TIMER_SLACK: Duration = Duration::from_micros(20);
 
 fn align_up(v: usize, align: usize) -> usize {
     (v + align - 1) & !(align - 1)
@@ -1353,7 +1365,9 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            throughput_timer_armed_at: Cell::new(0),
             blocking_thread,
             link_fd,
             notifier,
@@ -1820,16 +1834,55 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // Patched: each cancellation and each new timer costs an `io_uring_enter` of this
+        // ring, so a pending timer is kept where it serves. When we will not sleep (a
+        // preempt timer is asked for): one that expires no later than the new one would (it
+        // preempts at the latest when the new one would have). Before a sleep: one that
+        // expires when the user timer does (within `TIMER_SLACK`), so that the sleep ends
+        // then; it usually is that timer, armed in an earlier call (see below).
+        let now = Instant::now();
+        let latency_timer_kept = match preempt_timer() {
+            Some(preempt) => self.keep_latency_timer(|deadline| deadline <= now + preempt),
+            None => match user_timer {
+                Some(dur) => {
+                    let due = now + dur;
+                    self.keep_latency_timer(|deadline| {
+                        deadline <= due + TIMER_SLACK && due <= deadline + TIMER_SLACK
+                    })
+                }
+                None => false,
+            },
+        };
+        if !latency_timer_kept {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_timer_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // Patched: a pending one is kept until half its count of completions has been
+        // consumed (it then preempts after 1/2 to all of `ring_depth` new completions
+        // instead of exactly `ring_depth`), instead of being cancelled and armed again on
+        // every call (three SQEs and an `io_uring_enter` of the main ring).
+        let consumed = main_ring.consumed - self.throughput_timer_armed_at.get();
+        let throughput_timer = self.throughput_preemption_timeout_src.take();
+        match throughput_timer {
+            Some(src) if src.is_pending() && consumed < (self.ring_depth() as u64 / 2).max(1) => {
+                self.throughput_preemption_timeout_src.set(Some(src));
+            }
+            old => {
+                drop(old); // a pending one is cancelled as it drops
+                self.throughput_timer_armed_at.set(main_ring.consumed);
+                self.throughput_preemption_timeout_src.replace(Some(
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    ),
+                ));
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,9 +1903,11 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+            // (Patched: unless the one kept above expires then and is still pending: its
+            // completion may have been consumed since, and it would not wake us then.)
+            let kept = latency_timer_kept && self.latency_timer_pending();
+            if let Some(dur) = user_timer.filter(|_| !kept) {
+                self.set_latency_timer(&mut lat_ring, dur);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1863,7 +1918,13 @@ impl Reactor {
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
             // details. This translates to `sys_membarrier()` /
             // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            //
+            // Patched: a `SeqCst` fence instead, paired with the one `SleepNotifier::notify`
+            // now issues before it reads the flag: either this thread's check below sees
+            // what the other thread published, or the other thread sees the flag and wakes
+            // us. The system call cost a syscall on every sleep and, when another thread of
+            // this process was running, an interrupt of its CPU.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1880,8 +1941,13 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            // Patched: armed for the user timer when that comes first. It then preempts no
+            // later than asked, and the sleep that usually follows keeps it (above) instead
+            // of cancelling it and arming the same expiry again.
+            if !(latency_timer_kept && self.latency_timer_pending()) {
+                let dur = user_timer.map_or(preempt, |user| user.min(preempt));
+                self.set_latency_timer(&mut lat_ring, dur);
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1893,6 +1959,36 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Patched: whether the latency ring has a timer not completed yet whose expiry
+    /// satisfies `serves`. (Its completion may be posted and not consumed yet: the ring
+    /// then flares at once, as the timer would have.)
+    fn keep_latency_timer(&self, serves: impl FnOnce(Instant) -> bool) -> bool {
+        let src = self.latency_preemption_timeout_src.take();
+        let keep = match (&src, self.latency_timer_deadline.get()) {
+            (Some(src), Some(deadline)) => src.is_pending() && serves(deadline),
+            _ => false,
+        };
+        self.latency_preemption_timeout_src.set(src);
+        keep
+    }
+
+    /// Patched: whether the latency ring's timer is submitted (or about to be) and its
+    /// completion not consumed yet.
+    fn latency_timer_pending(&self) -> bool {
+        let src = self.latency_preemption_timeout_src.take();
+        let pending = src.as_ref().is_some_and(Source::is_pending);
+        self.latency_preemption_timeout_src.set(src);
+        pending
+    }
+
+    /// Patched: arms the latency ring's timer (replacing, so cancelling, a pending one),
+    /// remembering the earliest instant it can expire.
+    fn set_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
+        self.latency_timer_deadline.set(Some(Instant::now() + dur));
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
