@@ -87,4 +87,76 @@ mod tests {
             "an executor parked with work to run"
         );
     }
+
+    /// The carried glommio keeps a pending timer across a sleep when it expires when the
+    /// next user timer does. If it fires between that decision and the sleep, `wait`
+    /// consumes its completion with the others and must arm the user timer after all, or
+    /// the executor sleeps with no timer. Like a shard's pacer: send a request, sleep until
+    /// the next slot; the reply wakes the executor first, and only the timer ends the sleep.
+    #[test]
+    fn should_wake_for_every_timer_while_replies_wake_it_first() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        let echo_addr = echo.local_addr().expect("its address");
+        echo.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("a read timeout");
+        let done = Arc::new(AtomicBool::new(false));
+        let echoer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                        let _ = echo.send_to(&buf[..n], from);
+                    }
+                }
+            })
+        };
+        let (steps, replies) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (tx, rx) = mpsc::channel();
+        let (counted, answered) = (steps.clone(), replies.clone());
+        let ex = super::spawn(
+            "timer-race",
+            glommio::Placement::Unbound,
+            super::SHARD_PREEMPT,
+            move || async move {
+                let sock = std::rc::Rc::new(
+                    glommio::net::UdpSocket::bind("127.0.0.1:0").expect("the executor's socket"),
+                );
+                let reader = sock.clone();
+                glommio::spawn_local(async move {
+                    let mut buf = [0u8; 16];
+                    while reader.recv_from(&mut buf).await.is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .detach();
+                // 40,000 slots 15-90 µs apart, each with a request: its reply comes just
+                // before, at or after the slot, so the reply and the timer race.
+                for i in 0..40_000u64 {
+                    let _ = sock.send_to(b"x", echo_addr).await;
+                    glommio::timer::sleep(Duration::from_micros(15 + (i * 7) % 76)).await;
+                    counted.store(i + 1, Ordering::Relaxed);
+                }
+                let _ = tx.send(());
+            },
+        )
+        .expect("an executor");
+        let finished = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        done.store(true, Ordering::Relaxed);
+        let _ = echoer.join();
+        let (steps, replies) = (
+            steps.load(Ordering::Relaxed),
+            replies.load(Ordering::Relaxed),
+        );
+        assert!(
+            finished,
+            "a timer never woke its executor (after {steps} slots)"
+        );
+        // Not vacuous: the replies did come and wake the executor.
+        assert!(replies > 10_000, "only {replies} replies");
+        let _ = ex.join();
+    }
 }
