@@ -1892,6 +1892,9 @@ impl Reactor {
         flush_rings!(lat_ring, poll_ring, main_ring)?;
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
+        // Patched: a kept timer that fired since the decision above had its completion
+        // consumed just now; it would no longer wake us, so it serves no more.
+        let latency_timer_kept = latency_timer_kept && self.latency_timer_pending();
 
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_timer().is_none()
@@ -1903,10 +1906,8 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            // (Patched: unless the one kept above expires then and is still pending: its
-            // completion may have been consumed since, and it would not wake us then.)
-            let kept = latency_timer_kept && self.latency_timer_pending();
-            if let Some(dur) = user_timer.filter(|_| !kept) {
+            // (Patched: unless the one kept above expires then.)
+            if let Some(dur) = user_timer.filter(|_| !latency_timer_kept) {
                 self.set_latency_timer(&mut lat_ring, dur);
                 assert!(flush_rings!(lat_ring)? > 0);
             }
@@ -1944,7 +1945,7 @@ impl Reactor {
             // Patched: armed for the user timer when that comes first. It then preempts no
             // later than asked, and the sleep that usually follows keeps it (above) instead
             // of cancelling it and arming the same expiry again.
-            if !(latency_timer_kept && self.latency_timer_pending()) {
+            if !latency_timer_kept {
                 let dur = user_timer.map_or(preempt, |user| user.min(preempt));
                 self.set_latency_timer(&mut lat_ring, dur);
             }
@@ -1965,13 +1966,7 @@ impl Reactor {
     /// satisfies `serves`. (Its completion may be posted and not consumed yet: the ring
     /// then flares at once, as the timer would have.)
     fn keep_latency_timer(&self, serves: impl FnOnce(Instant) -> bool) -> bool {
-        let src = self.latency_preemption_timeout_src.take();
-        let keep = match (&src, self.latency_timer_deadline.get()) {
-            (Some(src), Some(deadline)) => src.is_pending() && serves(deadline),
-            _ => false,
-        };
-        self.latency_preemption_timeout_src.set(src);
-        keep
+        self.latency_timer_pending() && self.latency_timer_deadline.get().is_some_and(serves)
     }
 
     /// Patched: whether the latency ring's timer is submitted (or about to be) and its
