@@ -25,6 +25,26 @@ fn free_ports_are_distinct_and_bindable() {
 }
 
 #[test]
+fn free_ports_are_reserved_against_other_processes() {
+    use std::os::fd::AsRawFd;
+    let port = free_port();
+    // Another open file description of the same lock file stands for another process: flock
+    // locks belong to open file descriptions, so this one must be refused while ours is held.
+    let path = std::env::temp_dir()
+        .join("analytics-demo-test-ports")
+        .join(port.to_string());
+    let other = std::fs::File::open(&path).expect("the port's lock file exists");
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(
+        rc, -1,
+        "port {port}'s lock was free to take by another holder"
+    );
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!(errno, Some(libc::EWOULDBLOCK));
+}
+
+#[test]
 fn redis_set_get_restart() {
     let mut redis = RedisServer::start();
     assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port));

@@ -58,26 +58,17 @@ impl App {
         }
     }
 
-    /// `spawn` and wait until /health answers 200; when the app died because its (free) port was
-    /// taken meanwhile, try again on another port. Panics with the log when it never gets healthy.
+    /// `spawn` and wait until /health answers 200. Panics with the log when it never gets
+    /// healthy (its default port comes from `free_port`, reserved for this process: no retry).
     pub fn spawn_healthy(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> App {
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let app = App::spawn(args, env);
-            if app.wait_healthy(timeout) {
-                return app;
-            }
-            last_log = app.log();
-            let port_race = !app.alive()
-                && !env.iter().any(|(k, _)| *k == "BIND_ADDRESS")
-                && last_log
-                    .to_ascii_lowercase()
-                    .contains("address already in use");
-            if !port_race {
-                break;
-            }
+        let app = App::spawn(args, env);
+        if !app.wait_healthy(timeout) {
+            panic!(
+                "analytics-demo did not become healthy within {timeout:?}:\n{}",
+                app.log()
+            );
         }
-        panic!("analytics-demo did not become healthy within {timeout:?}:\n{last_log}")
+        app
     }
 
     /// Run the binary to completion (for subcommands such as `verify`): exit status and log.

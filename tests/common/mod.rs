@@ -37,8 +37,6 @@ use tempfile::TempDir;
 
 /// How long servers get to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many ports a server start tries before giving up (port races between parallel tests).
-const START_ATTEMPTS: usize = 8;
 
 mod app;
 mod certs;

@@ -76,7 +76,7 @@ pub(crate) fn spawn_postgres(
     data: &Path,
     port: u16,
     extra: &[String],
-) -> Result<Child, StartError> {
+) -> Result<Child, String> {
     let sock = dir.join("s");
     if !sock.exists() {
         fs::create_dir(&sock).expect("create socket dir");
@@ -103,12 +103,7 @@ pub(crate) fn spawn_postgres(
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            let text = format!("exit {status}\n{}", read_lossy(&log));
-            return Err(if looks_like_addr_in_use(&text) {
-                StartError::AddrInUse(text)
-            } else {
-                StartError::Other(text)
-            });
+            return Err(format!("exit {status}\n{}", read_lossy(&log)));
         }
         let ready = Command::new(pg_bin("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
@@ -124,27 +119,22 @@ pub(crate) fn spawn_postgres(
         }
         if Instant::now() >= deadline {
             shut_down(&mut child, libc::SIGQUIT, Duration::from_secs(5));
-            return Err(StartError::Other(format!(
+            return Err(format!(
                 "not ready after {READY_TIMEOUT:?}\n{}",
                 read_lossy(&log)
-            )));
+            ));
         }
         sleep(Duration::from_millis(50));
     }
 }
 
-/// Start postgres on a free port (retrying on port races).
+/// Start postgres on a port from `free_port` (reserved for this process: no retry).
 pub(crate) fn spawn_postgres_anywhere(dir: &Path, data: &Path, extra: &[String]) -> (u16, Child) {
-    let mut last = String::new();
-    for _ in 0..START_ATTEMPTS {
-        let port = free_port();
-        match spawn_postgres(dir, data, port, extra) {
-            Ok(child) => return (port, child),
-            Err(StartError::AddrInUse(log)) => last = log,
-            Err(StartError::Other(log)) => panic!("postgres failed to start:\n{log}"),
-        }
+    let port = free_port();
+    match spawn_postgres(dir, data, port, extra) {
+        Ok(child) => (port, child),
+        Err(log) => panic!("{}", start_failure("postgres", port, &log)),
     }
-    panic!("postgres: no usable port after {START_ATTEMPTS} attempts:\n{last}")
 }
 
 pub(crate) fn run_psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
@@ -403,9 +393,10 @@ impl PgServer {
     /// Start again on the same port and data, wait until ready.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(restart_on_port("postgres", self.port, || {
-            spawn_postgres(self.dir.path(), &self.data(), self.port, &self.extra)
-        }));
+        match spawn_postgres(self.dir.path(), &self.data(), self.port, &self.extra) {
+            Ok(child) => self.child = Some(child),
+            Err(log) => panic!("{}", start_failure("postgres restart", self.port, &log)),
+        }
     }
 }
 

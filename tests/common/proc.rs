@@ -28,23 +28,52 @@ pub(crate) fn next_random() -> u64 {
     }
 }
 
-/// A TCP port on 127.0.0.1 that is free right now and was not handed out before in this process.
+/// A TCP port on 127.0.0.1 that is free right now and reserved for this process.
 ///
 /// Ports come from 15000-31999, below Linux's ephemeral range (32768-60999), so they do not
-/// collide with the local ports of client connections. Another process may still grab the port
-/// before it is used: the server starters below retry on a new port when binding fails.
+/// collide with the local ports of client connections. A port is handed out once per process
+/// and reserved across processes by an exclusive `flock` on a file named after it (under the
+/// temporary directory), held until the process exits: two test binaries or two checkouts
+/// running their tests at once never get the same port. A server that still fails to bind one
+/// met a process outside this harness, which the starters report as an error.
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let port = 15000 + (next_random() % 17000) as u16;
+        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        let handed_out = guard.get_or_insert_with(HashSet::new);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let Some(lock) = reserve_port(port) else {
+            continue;
+        };
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
             continue;
         }
-        let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.get_or_insert_with(HashSet::new).insert(port) {
-            return port;
-        }
+        handed_out.insert(port);
+        // Kept open (and so locked) for the life of the process.
+        std::mem::forget(lock);
+        return port;
     }
     panic!("free_port: no free TCP port found on 127.0.0.1");
+}
+
+/// The cross-process reservation of PORT: its lock file, locked, or None if another process
+/// holds it.
+fn reserve_port(port: u16) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("analytics-demo-test-ports");
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let path = dir.join(port.to_string());
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 /// First executable NAME on PATH.
@@ -150,35 +179,16 @@ pub(crate) fn temp_dir(prefix: &str) -> TempDir {
         .expect("create temporary directory")
 }
 
-pub(crate) enum StartError {
-    /// The port was taken: try another one.
-    AddrInUse(String),
-    Other(String),
-}
-
-/// Starts a server again on its `port`, retrying for 10 s while the port is still held (the
-/// old process's socket); panics with the log on any other failure.
-pub(crate) fn restart_on_port(
-    what: &str,
-    port: u16,
-    mut spawn: impl FnMut() -> Result<Child, StartError>,
-) -> Child {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match spawn() {
-            Ok(child) => return child,
-            Err(StartError::AddrInUse(_)) if Instant::now() < deadline => {
-                sleep(Duration::from_millis(200))
-            }
-            Err(StartError::AddrInUse(log)) | Err(StartError::Other(log)) => {
-                panic!("{what} restart on port {port} failed:\n{log}")
-            }
-        }
+/// Why a server did not start: its exit status or timeout, and its log. A port taken by a
+/// process outside this harness (see `free_port`) is named as such.
+pub(crate) fn start_failure(what: &str, port: u16, log: &str) -> String {
+    let taken = log.contains("Address already in use")
+        || log.contains("could not create any TCP/IP sockets");
+    if taken {
+        format!("{what}: port {port}, reserved by free_port, is held by another process:\n{log}")
+    } else {
+        format!("{what} failed to start on port {port}:\n{log}")
     }
-}
-
-pub(crate) fn looks_like_addr_in_use(log: &str) -> bool {
-    log.contains("Address already in use") || log.contains("could not create any TCP/IP sockets")
 }
 
 /// Write TEXT to a fresh file in DIR (helper for tests that need config files).

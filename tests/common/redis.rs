@@ -100,26 +100,19 @@ impl RedisServer {
 
     fn start_on_free_port(self) -> Self {
         let mut server = self;
-        let mut last = String::new();
-        for _ in 0..START_ATTEMPTS {
-            server.port = free_port();
-            match server.spawn() {
-                Ok(child) => {
-                    server.child = Some(child);
-                    return server;
-                }
-                Err(StartError::AddrInUse(log)) => last = log,
-                Err(StartError::Other(log)) => panic!("redis-server failed to start:\n{log}"),
-            }
+        server.port = free_port();
+        match server.spawn() {
+            Ok(child) => server.child = Some(child),
+            Err(log) => panic!("{}", start_failure("redis-server", server.port, &log)),
         }
-        panic!("redis-server: no usable port after {START_ATTEMPTS} attempts:\n{last}")
+        server
     }
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
     }
 
-    fn spawn(&self) -> Result<Child, StartError> {
+    fn spawn(&self) -> Result<Child, String> {
         let port = self.port.to_string();
         let (out, err) = log_stdio(&self.log_path());
         let mut cmd = Command::new(redis_bin("redis-server"));
@@ -143,12 +136,7 @@ impl RedisServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                let log = format!("exit {status}\n{}", read_lossy(&self.log_path()));
-                return Err(if looks_like_addr_in_use(&log) {
-                    StartError::AddrInUse(log)
-                } else {
-                    StartError::Other(log)
-                });
+                return Err(format!("exit {status}\n{}", read_lossy(&self.log_path())));
             }
             let ready = match self.tls {
                 None => redis_answers(self.port),
@@ -162,10 +150,10 @@ impl RedisServer {
             }
             if Instant::now() >= deadline {
                 shut_down(&mut child, libc::SIGKILL, Duration::from_secs(5));
-                return Err(StartError::Other(format!(
+                return Err(format!(
                     "not ready after {READY_TIMEOUT:?}\n{}",
                     read_lossy(&self.log_path())
-                )));
+                ));
             }
             sleep(Duration::from_millis(20));
         }
@@ -222,7 +210,10 @@ impl RedisServer {
     /// Start again on the same port (empty: there is no persistence) and wait until ready.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Some(restart_on_port("redis-server", self.port, || self.spawn()));
+        match self.spawn() {
+            Ok(child) => self.child = Some(child),
+            Err(log) => panic!("{}", start_failure("redis-server restart", self.port, &log)),
+        }
     }
 
     /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
