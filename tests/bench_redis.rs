@@ -109,6 +109,30 @@ fn should_hold_the_paced_rate_and_account_for_every_due_operation() {
     );
 }
 
+#[test]
+fn should_account_for_every_operation_at_low_paced_rates() {
+    // Below the coarse grid's threshold (100 µs steps), and a rate whose operations are a
+    // second apart: the pacer sleeps to the end between them.
+    let redis = RedisServer::start();
+    for (rate, duration, due) in [("25", "2", 50), ("1", "3", 3)] {
+        redis.cli(&["config", "resetstat"]);
+        let v = bench(
+            &redis,
+            &["--connections", "3", "--rate", rate, "--duration", duration],
+        );
+        let ops = u(&v, "ops");
+        assert_eq!(ops + u(&v, "missed") + u(&v, "errors"), due, "{v}");
+        // Operations are 40 ms to 1 s apart: only a stall of that order at the very end
+        // leaves one unstarted, never half of them.
+        assert!(ops * 2 >= due, "{v}");
+        assert_eq!(calls(&redis, "set") + calls(&redis, "get"), ops, "{v}");
+        // It ran its whole duration (how far past it depends on the machine).
+        let secs = v["duration_seconds"].as_f64().unwrap_or(f64::NAN);
+        let want: f64 = duration.parse().unwrap_or(f64::NAN);
+        assert!(secs >= want, "rate {rate}: ran {secs} s of {duration}: {v}");
+    }
+}
+
 /// Calls of one command summed over every node of CLUSTER.
 fn cluster_calls(cluster: &common::RedisCluster, cmd: &str) -> Vec<u64> {
     (0..cluster.nodes.len())

@@ -171,6 +171,7 @@ pub fn main(args: BenchRedisArgs) -> i32 {
             },
             pipeline: args.pipeline,
             rate: split_rate(args.rate, shards, i),
+            pace_step: args.pace_step,
             mix: MixPlan {
                 ratio: args.ratio,
                 key_pattern: args.key_pattern,

@@ -5,22 +5,26 @@
 //!
 //! Closed loop (`rate` 0) works like redis-benchmark -P: one task per connection writes
 //! `pipeline` commands at once, waits for every reply, and starts the next batch.
-//! Paced: slots claim the operations of one [`Schedule`] in order and send each at its due
-//! time; when every slot is busy, due operations wait for one, and that wait counts in the
-//! corrected latency (measured from the due time, as in wrk2) but not in the uncorrected
-//! one (from the send).
+//! Paced: one pacer task wakes on the workload's pacing grid ([`pace_step`]) and releases
+//! the operations of one [`Schedule`] due by then; idle slots claim them in order and send
+//! each at once. A tick wakes the executor once for all the operations it releases, instead
+//! of a timer per slot and operation. When every slot is busy, released operations wait for
+//! one. The grid delay and that wait count in the corrected latency (measured from the due
+//! time, as in wrk2) but not in the uncorrected one (from the send).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::resp::{Pool, PoolConfig, RedisError, Reply, Target};
-use crate::shard::pacer::Schedule;
+use crate::shard::pacer::{grid_ceil, pace_step, Schedule};
 use crate::workload::bench_mix::{KeyBuf, Mix, Op};
 use crate::workload::Rng;
 
@@ -37,6 +41,8 @@ pub struct ShardPlan {
     pub pipeline: usize,
     /// This shard's share of the rate; 0 = closed loop.
     pub rate: u64,
+    /// The pacing grid; zero = the workload's automatic step for `rate`.
+    pub pace_step: Duration,
     pub mix: super::MixPlan,
     pub data_size: usize,
     pub duration: Option<Duration>,
@@ -78,6 +84,12 @@ struct Ctx {
     sched: Option<Schedule>,
     /// Next operation of `sched` to claim.
     next: Cell<u64>,
+    /// Operations below this index are released by the pacer (due, and before the end).
+    released: Cell<u64>,
+    /// The pacer has released its last operation (or stopped): idle slots end.
+    pacer_done: Cell<bool>,
+    /// Idle slots waiting for the pacer to release an operation, most recently idle last.
+    idle: RefCell<Vec<Waker>>,
     end: Option<Instant>,
     stop: Arc<AtomicBool>,
     tally: RefCell<ShardResult>,
@@ -126,6 +138,9 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         value: vec![b'x'; p.data_size],
         sched: (p.rate > 0).then(|| Schedule::new(start, p.rate)),
         next: Cell::new(0),
+        released: Cell::new(0),
+        pacer_done: Cell::new(false),
+        idle: RefCell::new(Vec::new()),
         end: p.duration.map(|d| start + d),
         stop,
         tally: RefCell::new(result),
@@ -134,6 +149,7 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
     // A lane is one connection's worth of commands: to node `l % nodes` on its connection
     // `l / nodes` (standalone: one node, lane = connection).
     let lane = |l: usize| (l / nodes, p.tags.get(l).map(String::as_str));
+    let mut pacer_task = None;
     let slots: Vec<_> = if ctx.sched.is_none() {
         (0..lanes)
             .map(|l| {
@@ -143,7 +159,14 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
             .collect()
     } else {
         // Slot i uses lane i / pipeline: `pipeline` commands in flight per connection, each
-        // sent at its own due time.
+        // sent when the pacer releases it.
+        let step = pace_step(p.pace_step, p.rate);
+        pacer_task = Some(glommio::spawn_local(pacer(
+            ctx.clone(),
+            start,
+            p.rate,
+            step,
+        )));
         (0..lanes * depth)
             .map(|i| {
                 let (conn, tag) = lane(i / depth);
@@ -155,6 +178,9 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         s.await;
     }
     let finished = Instant::now();
+    if let Some(t) = pacer_task {
+        t.await;
+    }
     ctx.pool.close().await;
     let ctx = match Rc::try_unwrap(ctx) {
         Ok(c) => c,
@@ -221,31 +247,82 @@ async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
     }
 }
 
-/// One command slot: claim, wait until due (paced), send, record; until the end.
-async fn slot(c: Rc<Ctx>, conn: usize, mut key: KeyBuf) {
+/// Releases the paced operations: on each point of the grid `start + n * step`, every
+/// operation due by then (and before the end), waking as many idle slots as it released.
+/// Sleeps from one grid point with a due operation to the next; ends at the end (or stop),
+/// waking every idle slot.
+async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
+    let Some(s) = &c.sched else {
+        return;
+    };
+    // Operations due before the end: the last one released is `last - 1`.
+    let last = c
+        .end
+        .map(|e| due_before(rate, e.saturating_duration_since(start)));
     loop {
         let now = Instant::now();
         if c.stopped(now) {
             break;
         }
-        let due = match &c.sched {
-            Some(s) => {
-                let k = c.next.get();
-                let due = s.at(k);
-                if c.end.is_some_and(|e| due >= e) {
-                    break;
-                }
-                c.next.set(k + 1);
-                if due > now {
-                    glommio::timer::sleep(due - now).await;
-                    if c.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                }
-                Some(due)
+        let due = s.due_by(now).min(last.unwrap_or(u64::MAX));
+        let before = c.released.get();
+        if due > before {
+            c.released.set(due);
+            let mut idle = c.idle.borrow_mut();
+            let n = usize::try_from(due - before).unwrap_or(usize::MAX);
+            let keep = idle.len().saturating_sub(n);
+            for w in idle.drain(keep..) {
+                w.wake();
             }
-            None => None,
+        }
+        let wake = if last.is_some_and(|l| due >= l) {
+            // Everything is released: wait for the end (the slots finish their commands).
+            c.end.unwrap_or(now)
+        } else {
+            grid_ceil(start, s.at(due), step)
         };
+        // In slices, so a stop is seen within 200 ms however far the next operation is.
+        let nap = wake
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(200));
+        if nap.is_zero() && last.is_some_and(|l| due >= l) {
+            break;
+        }
+        glommio::timer::sleep(nap).await;
+    }
+    c.pacer_done.set(true);
+    for w in c.idle.borrow_mut().drain(..) {
+        w.wake();
+    }
+}
+
+/// Paced: the next released operation for this slot to claim, or None at the end.
+async fn claim(c: &Ctx) -> Option<u64> {
+    poll_fn(|cx| {
+        if c.stopped(Instant::now()) {
+            return Poll::Ready(None);
+        }
+        let k = c.next.get();
+        if k < c.released.get() {
+            c.next.set(k + 1);
+            return Poll::Ready(Some(k));
+        }
+        if c.pacer_done.get() {
+            return Poll::Ready(None);
+        }
+        c.idle.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
+/// One paced command slot: claim a released operation, send it, record; until the end.
+async fn slot(c: Rc<Ctx>, conn: usize, mut key: KeyBuf) {
+    let Some(s) = &c.sched else {
+        return;
+    };
+    while let Some(k) = claim(&c).await {
+        let due = s.at(k);
         let (op, index) = c.mix.next(&mut c.rng.borrow_mut());
         let k = key.set(index);
         let sent = Instant::now();
@@ -253,7 +330,7 @@ async fn slot(c: Rc<Ctx>, conn: usize, mut key: KeyBuf) {
             Op::Set => c.pool.cmd_on(conn, &[b"SET", k, &c.value]).await,
             Op::Get => c.pool.cmd_on(conn, &[b"GET", k]).await,
         };
-        record(&mut c.tally.borrow_mut(), op, &r, sent, due);
+        record(&mut c.tally.borrow_mut(), op, &r, sent, Some(due));
     }
 }
 

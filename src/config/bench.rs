@@ -30,6 +30,8 @@ pub struct BenchRedisArgs {
     pub data_size: usize,
     /// Commands per second, all shards; 0 = closed loop (as fast as replies come back).
     pub rate: u64,
+    /// The shards' pacing grid when paced; zero = auto (see `shard::pacer::pace_step`).
+    pub pace_step: std::time::Duration,
     /// Shards, duration, seed, Redis command bounds, pinning (as for the workload).
     pub run: RunOptions,
     pub json: bool,
@@ -63,6 +65,9 @@ pub(super) fn resolve(c: BenchRedisCli, r: &Resolver) -> Result<BenchRedisArgs, 
         key_pattern: r.choice(&opt::key_pattern, c.key_pattern, &KeyPattern::CHOICES)?,
         data_size: r.uint(&opt::data_size, c.data_size)?,
         rate: r.uint(&opt::rate, c.rate)?,
+        pace_step: r
+            .uint(&opt::pace_step_us, c.pace_step_us)
+            .map(std::time::Duration::from_micros)?,
         run: r.run_options(run_flags!(c))?,
         json: c.json,
     };

@@ -471,8 +471,9 @@ cli_struct! {
     /// and errors.
     #[argh(subcommand, name = "bench-redis")]
     pub(crate) struct BenchRedisCli [
-        connections, pipeline, ratio, keys, key_pattern, data_size, rate, duration, redis_url,
-        redis_mode, redis_protocol, shards, seed, zipf_exponent, command_timeout_ms, max_reply_bytes, no_pin,
+        connections, pipeline, ratio, keys, key_pattern, data_size, rate, pace_step_us, duration,
+        redis_url, redis_mode, redis_protocol, shards, seed, zipf_exponent, command_timeout_ms,
+        max_reply_bytes, no_pin,
         redis_ca_file, redis_client_cert, redis_client_key, redis_password_file,
     ] {
         /// print the result as one JSON object

@@ -39,7 +39,7 @@ impl Schedule {
     }
 
     /// How many operations are due by `now` (indices below the returned value).
-    fn due_by(&self, now: Instant) -> u64 {
+    pub fn due_by(&self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.start).as_nanos();
         (elapsed * u128::from(self.rate) / 1_000_000_000).min(u128::from(u64::MAX - 1)) as u64 + 1
     }
