@@ -10,13 +10,17 @@ What is measured, each point BENCH_REPS times (medians quoted; the tools alterna
      are read at the start and the end of one window, after a warm-up: CPU per command is the
      ratio of the two deltas. A flamegraph of our process is recorded after the window (never
      during it: perf's sampling costs the sampled process CPU).
-  2. Raw mode: `bench-redis` against redis-benchmark at -P 1 and -P 16 (bench/harness.py's
+  2. Raw mode paced (`bench-redis --rate`, 50 connections, SET:GET 1:10, the same values and
+     keys) against the same memtier runs, at memtier's rates: the same commands on both sides,
+     so the two clients' costs per command compare directly (EFF_RAW_PACED=0 skips it).
+  3. Raw mode: `bench-redis` against redis-benchmark at -P 1 and -P 16 (bench/harness.py's
      step, the one of `make bench`).
 memtier is used when MEMTIER_BIN is set or memtier_benchmark is on PATH; otherwise its columns
 say what is missing. Nothing is ever downloaded.
 
 Environment: BENCH_REPS=3 EFF_WARMUP_SECONDS=5 EFF_WINDOW_SECONDS=10 EFF_IDLE_WINDOW_SECONDS=30
-  EFF_FLAME_SECONDS=5 (0 = no flamegraphs) EFF_POINTS="idle 1k 10k 50k" EFF_RAW=1 MEMTIER_BIN
+  EFF_FLAME_SECONDS=5 (0 = no flamegraphs) EFF_POINTS="idle 1k 10k 50k" EFF_RAW_PACED=1 EFF_RAW=1
+  MEMTIER_BIN
   EFF_LABEL (a word in the file name and the title, e.g. "before")
 """
 import datetime
@@ -36,6 +40,7 @@ WINDOW = float(E.get("EFF_WINDOW_SECONDS", "10"))
 IDLE_WINDOW = float(E.get("EFF_IDLE_WINDOW_SECONDS", "30"))
 FLAME = float(E.get("EFF_FLAME_SECONDS", "5"))
 CONNS = 50
+RAW_PACED = E.get("EFF_RAW_PACED", "1") == "1"
 LABEL = E.get("EFF_LABEL", "")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,6 +162,33 @@ def ours(point, flame_dir=None):
             "flamegraph": fg}
 
 
+def ours_raw(point):
+    """bench-redis paced at memtier's rate for `point`, measured like memtier."""
+    rate = POINTS[point][2]
+    if rate is None:
+        return None
+    total = WARMUP + WINDOW + 2
+    cmd = pinned([h.BIN, "bench-redis", "--redis-url", h.REDIS_URL, "--rate", str(rate),
+                  "--connections", str(CONNS), "--ratio", "1:10", "--data-size", str(h.DATA),
+                  "--keys", str(h.KEYS), "--duration", str(int(total + 1)), "--json"])
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(WARMUP)
+    w = window(p.pid, WINDOW)
+    out, err = finish(p, total + 30)
+    try:
+        j = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        j = None
+    if w is None or j is None:
+        log(f"ours raw {point}: no result (exit {p.returncode}): {err[-600:]}")
+        return None
+    cpu, cmds, wall = w
+    return {"tool": "ours_raw", "point": point, "rate": rate, "cmds_s": cmds / wall,
+            "cpu_pct": 100 * cpu / wall, "us_per_cmd": cpu / cmds * 1e6 if cmds else None,
+            "window_s": wall, "missed": j.get("missed"),
+            "p99_corrected_us": (j.get("latency_corrected_us") or {}).get("p99")}
+
+
 def memtier(point):
     rate = POINTS[point][2]
     binary = memtier_bin()
@@ -187,21 +219,29 @@ def med(runs, key):
 def step_rates(flame_dir):
     rows = []
     for point in [p for p in E.get("EFF_POINTS", "idle 1k 10k 50k").split() if p in POINTS]:
-        runs = {"ours": [], "memtier": []}
+        runs = {"ours": [], "memtier": [], "ours_raw": []}
+        tools = ["ours", "memtier"] + (["ours_raw"] if RAW_PACED and POINTS[point][2] else [])
         for rep in range(REPS):
-            order = ("ours", "memtier") if rep % 2 == 0 else ("memtier", "ours")
+            order = tools[rep % len(tools):] + tools[:rep % len(tools)]
             for who in order:
                 if who == "ours":
                     runs["ours"].append(ours(point, flame_dir if rep == 0 else None))
+                elif who == "ours_raw":
+                    runs["ours_raw"].append(ours_raw(point))
                 else:
                     runs["memtier"].append(memtier(point))
             log(f"{point} rep {rep + 1}/{REPS} done (load {loadavg()})")
         row = {"point": point, "runs": runs,
                "flamegraph": next((r["flamegraph"] for r in runs["ours"] if r), None)}
-        for tool in ("ours", "memtier"):
+        for tool in ("ours", "memtier", "ours_raw"):
             row[tool] = {k: med(runs[tool], k) for k in ("cmds_s", "cpu_pct", "us_per_cmd")}
         a, b = row["ours"]["us_per_cmd"], row["memtier"]["us_per_cmd"]
         row["ratio"] = a / b if a and b else None
+        a = row["ours_raw"]["us_per_cmd"]
+        row["raw_ratio"] = a / b if a and b else None
+        r_ok = [r for r in runs["ours_raw"] if r]
+        row["raw_missed"] = sum(r["missed"] or 0 for r in r_ok) if r_ok else None
+        row["raw_p99_us"] = med(r_ok, "p99_corrected_us") if r_ok else None
         o = [r for r in runs["ours"] if r]
         row["skipped"] = sum(r["skipped"] for r in o)
         row["achieved"] = (med(o, "achieved_events_s"), med(o, "achieved_queries_s"))
@@ -244,6 +284,23 @@ def markdown(res):
                      f"**{f(r['ratio'], '.2f')}** | {f(r['q_p99_ms'], '.2f')} | {r['skipped']} | "
                      f"{r['flamegraph'] or '-'} |")
         m.append("")
+        paced = [r for r in res["rates"] if r.get("ours_raw", {}).get("us_per_cmd")]
+        if paced:
+            m += ["## The same commands: raw mode paced against memtier", "",
+                  "Ours: `bench-redis --rate <memtier's rate> --connections 50 --ratio 1:10`, "
+                  "same values and keys, measured the same way, against the memtier runs above. "
+                  "Ratio = ours / memtier. p99 is from each command's due time (the pacing grid "
+                  "and any wait for a free slot included); memtier's is from its send.", "",
+                  "| point | rate | ours: cmds/s | ours: CPU % | ours: µs/cmd | memtier: µs/cmd "
+                  "| ratio | ours: p99 µs (corrected) | missed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+            for r in paced:
+                o, t = r["ours_raw"], r["memtier"]
+                m.append(f"| {r['point']} | {POINTS[r['point']][2]} | {f(o['cmds_s'], '.0f')} | "
+                         f"{f(o['cpu_pct'], '.2f')} | {f(o['us_per_cmd'], '.1f')} | "
+                         f"{f(t['us_per_cmd'], '.1f')} | **{f(r['raw_ratio'], '.2f')}** | "
+                         f"{f(r['raw_p99_us'], '.0f')} | {r['raw_missed']} |")
+            m.append("")
     if res.get("raw"):
         # make bench's step 1 and its table (client CPU s / Mop = µs per operation).
         raw = h.markdown({k: res[k] for k in ("started", "command", "host", "raw")})

@@ -86,6 +86,8 @@ struct Ctx {
     next: Cell<u64>,
     /// Operations below this index are released by the pacer (due, and before the end).
     released: Cell<u64>,
+    /// Operations below this index were released while a slot was idle for each.
+    handed: Cell<u64>,
     /// The pacer has released its last operation (or stopped): idle slots end.
     pacer_done: Cell<bool>,
     /// Idle slots waiting for the pacer to release an operation, most recently idle last.
@@ -139,6 +141,7 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         sched: (p.rate > 0).then(|| Schedule::new(start, p.rate)),
         next: Cell::new(0),
         released: Cell::new(0),
+        handed: Cell::new(0),
         pacer_done: Cell::new(false),
         idle: RefCell::new(Vec::new()),
         end: p.duration.map(|d| start + d),
@@ -248,9 +251,9 @@ async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
 }
 
 /// Releases the paced operations: on each point of the grid `start + n * step`, every
-/// operation due by then (and before the end), waking as many idle slots as it released.
-/// Sleeps from one grid point with a due operation to the next; ends at the end (or stop),
-/// waking every idle slot.
+/// operation due by then (and before the end), handing as many as there are idle slots to
+/// them. Sleeps from one grid point with a due operation to the next; once every operation due
+/// before the end is released it waits for the end, then wakes every idle slot to finish.
 async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
     let Some(s) = &c.sched else {
         return;
@@ -259,36 +262,39 @@ async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
     let last = c
         .end
         .map(|e| due_before(rate, e.saturating_duration_since(start)));
-    loop {
+    // Sleeps in slices, so a stop is seen within 200 ms however far the next wake is.
+    let nap = |until: Instant, now: Instant| {
+        until
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(200))
+    };
+    while !c.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        if c.stopped(now) {
-            break;
-        }
         let due = s.due_by(now).min(last.unwrap_or(u64::MAX));
         let before = c.released.get();
         if due > before {
             c.released.set(due);
+            // Idle slots wait only when every released operation is claimed (next == before).
             let mut idle = c.idle.borrow_mut();
-            let n = usize::try_from(due - before).unwrap_or(usize::MAX);
-            let keep = idle.len().saturating_sub(n);
+            let n = idle
+                .len()
+                .min(usize::try_from(due - before).unwrap_or(usize::MAX));
+            c.handed.set(c.handed.get().max(c.next.get() + n as u64));
+            let keep = idle.len() - n;
             for w in idle.drain(keep..) {
                 w.wake();
             }
         }
-        let wake = if last.is_some_and(|l| due >= l) {
-            // Everything is released: wait for the end (the slots finish their commands).
-            c.end.unwrap_or(now)
-        } else {
-            grid_ceil(start, s.at(due), step)
-        };
-        // In slices, so a stop is seen within 200 ms however far the next operation is.
-        let nap = wake
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(200));
-        if nap.is_zero() && last.is_some_and(|l| due >= l) {
-            break;
+        if last.is_some_and(|l| due >= l) {
+            let end = c.end.unwrap_or(now);
+            let d = nap(end, now);
+            if d.is_zero() {
+                break;
+            }
+            glommio::timer::sleep(d).await;
+            continue;
         }
-        glommio::timer::sleep(nap).await;
+        glommio::timer::sleep(nap(grid_ceil(start, s.at(due), step), now)).await;
     }
     c.pacer_done.set(true);
     for w in c.idle.borrow_mut().drain(..) {
@@ -296,18 +302,22 @@ async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
     }
 }
 
-/// Paced: the next released operation for this slot to claim, or None at the end.
+/// Paced: the next released operation for this slot to claim, or None when the run is over.
+/// Before the end a slot takes any released operation; after it, only one that was handed to
+/// an idle slot at its release (released at the last grid point, it may be claimed just after
+/// the end). Operations left waiting for a busy slot at the end are missed.
 async fn claim(c: &Ctx) -> Option<u64> {
     poll_fn(|cx| {
-        if c.stopped(Instant::now()) {
+        if c.stop.load(Ordering::Relaxed) {
             return Poll::Ready(None);
         }
         let k = c.next.get();
-        if k < c.released.get() {
+        let ended = c.end.is_some_and(|e| Instant::now() >= e);
+        if k < c.released.get() && (!ended || k < c.handed.get()) {
             c.next.set(k + 1);
             return Poll::Ready(Some(k));
         }
-        if c.pacer_done.get() {
+        if ended || c.pacer_done.get() {
             return Poll::Ready(None);
         }
         c.idle.borrow_mut().push(cx.waker().clone());
