@@ -75,6 +75,7 @@ fn should_count_exactly_what_redis_executed_in_closed_loop_batches() {
         let share = sets as f64 / ops as f64;
         assert!((share - 0.25).abs() < 0.03, "SET share {share}: {v}");
         assert_eq!(v["mode"], "closed_loop", "{v}");
+        assert!(v["pace_step_us"].is_null(), "{v}");
     }
 }
 
@@ -101,6 +102,8 @@ fn should_hold_the_paced_rate_and_account_for_every_due_operation() {
     // the end leaves due operations unstarted): that is a measurement (`make bench-targets`
     // checks the rate within 1%), not something a test on a shared machine can assert.
     assert_eq!(ops + missed + u(&v, "errors"), 4000, "{v}");
+    // 2000/s on one shard: the automatic grid's coarse step.
+    assert_eq!(v["pace_step_us"].as_u64(), Some(1000), "{v}");
     assert!(ops > 0, "{v}");
     assert_eq!(calls(&redis, "set") + calls(&redis, "get"), ops, "{v}");
     assert!(
@@ -122,6 +125,7 @@ fn should_account_for_every_operation_at_low_paced_rates() {
         );
         let ops = u(&v, "ops");
         assert_eq!(ops + u(&v, "missed") + u(&v, "errors"), due, "{v}");
+        assert_eq!(v["pace_step_us"].as_u64(), Some(100), "fine grid: {v}");
         // Operations are 40 ms to 1 s apart: only a stall of that order at the very end
         // leaves one unstarted, never half of them.
         assert!(ops * 2 >= due, "{v}");

@@ -29,6 +29,9 @@ pub struct Summary {
     pub hits: u64,
     pub errors: BTreeMap<&'static str, u64>,
     pub missed: u64,
+    /// Paced: the coarsest pacing grid of the shards (their rates may fall either side of
+    /// the automatic step's threshold).
+    pub pace_step: Duration,
     /// The longest shard run (shards start within milliseconds of each other).
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
@@ -53,6 +56,7 @@ impl Summary {
             hits: 0,
             errors: BTreeMap::new(),
             missed: 0,
+            pace_step: Duration::ZERO,
             elapsed: Duration::ZERO,
             latency: histogram(),
             corrected: (args.rate > 0).then(histogram),
@@ -63,6 +67,7 @@ impl Summary {
             s.gets += r.gets;
             s.hits += r.hits;
             s.missed += r.missed;
+            s.pace_step = s.pace_step.max(r.pace_step);
             s.elapsed = s.elapsed.max(r.elapsed);
             for (k, v) in r.errors {
                 *s.errors.entry(k).or_default() += v;
@@ -98,6 +103,7 @@ impl Summary {
         json!({
             "mode": if self.rate > 0 { "paced" } else { "closed_loop" },
             "target_rate": self.rate,
+            "pace_step_us": (self.rate > 0).then_some(self.pace_step.as_micros() as u64),
             "shards": self.shards,
             "redis_mode": if self.cluster_nodes > 0 { "cluster" } else { "standalone" },
             "cluster_nodes": self.cluster_nodes,
@@ -125,7 +131,11 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let mode = if self.rate > 0 {
-            format!("{} ops/s paced", self.rate)
+            format!(
+                "{} ops/s paced ({} us grid)",
+                self.rate,
+                self.pace_step.as_micros()
+            )
         } else {
             "unlimited (closed loop)".to_string()
         };

@@ -63,6 +63,8 @@ pub struct ShardResult {
     pub corrected: Option<Histogram<u64>>,
     /// Paced runs: operations due before the end that no slot was free to start.
     pub missed: u64,
+    /// Paced runs: the pacing grid's step (zero in closed loop).
+    pub pace_step: Duration,
     /// From the first command to the last reply.
     pub elapsed: Duration,
 }
@@ -125,6 +127,7 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         latency: histogram(),
         corrected: (p.rate > 0).then(histogram),
         missed: 0,
+        pace_step: Duration::ZERO,
         elapsed: Duration::ZERO,
     };
     if connected == 0 {
@@ -164,6 +167,7 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         // Slot i uses lane i / pipeline: `pipeline` commands in flight per connection, each
         // sent when the pacer releases it.
         let step = pace_step(p.pace_step, p.rate);
+        ctx.tally.borrow_mut().pace_step = step;
         pacer_task = Some(glommio::spawn_local(pacer(
             ctx.clone(),
             start,
