@@ -90,8 +90,6 @@ struct Ctx {
     released: Cell<u64>,
     /// Operations below this index were released while a slot was idle for each.
     handed: Cell<u64>,
-    /// The pacer has released its last operation (or stopped): idle slots end.
-    pacer_done: Cell<bool>,
     /// Idle slots waiting for the pacer to release an operation, most recently idle last.
     idle: RefCell<Vec<Waker>>,
     end: Option<Instant>,
@@ -101,7 +99,11 @@ struct Ctx {
 
 impl Ctx {
     fn stopped(&self, now: Instant) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.end.is_some_and(|e| now >= e)
+        self.stop.load(Ordering::Relaxed) || self.ended(now)
+    }
+
+    fn ended(&self, now: Instant) -> bool {
+        self.end.is_some_and(|e| now >= e)
     }
 }
 
@@ -145,7 +147,6 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         next: Cell::new(0),
         released: Cell::new(0),
         handed: Cell::new(0),
-        pacer_done: Cell::new(false),
         idle: RefCell::new(Vec::new()),
         end: p.duration.map(|d| start + d),
         stop,
@@ -257,7 +258,8 @@ async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
 /// Releases the paced operations: on each point of the grid `start + n * step`, every
 /// operation due by then (and before the end), handing as many as there are idle slots to
 /// them. Sleeps from one grid point with a due operation to the next; once every operation due
-/// before the end is released it waits for the end, then wakes every idle slot to finish.
+/// before the end is released it waits for the end. It returns only at the end or a stop,
+/// which is when `claim` ends idle slots, and wakes them for it.
 async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
     let Some(s) = &c.sched else {
         return;
@@ -300,7 +302,6 @@ async fn pacer(c: Rc<Ctx>, start: Instant, rate: u64, step: Duration) {
         }
         glommio::timer::sleep(nap(grid_ceil(start, s.at(due), step), now)).await;
     }
-    c.pacer_done.set(true);
     for w in c.idle.borrow_mut().drain(..) {
         w.wake();
     }
@@ -316,12 +317,12 @@ async fn claim(c: &Ctx) -> Option<u64> {
             return Poll::Ready(None);
         }
         let k = c.next.get();
-        let ended = c.end.is_some_and(|e| Instant::now() >= e);
+        let ended = c.ended(Instant::now());
         if k < c.released.get() && (!ended || k < c.handed.get()) {
             c.next.set(k + 1);
             return Poll::Ready(Some(k));
         }
-        if ended || c.pacer_done.get() {
+        if ended {
             return Poll::Ready(None);
         }
         c.idle.borrow_mut().push(cx.waker().clone());
