@@ -131,10 +131,10 @@ pub(crate) fn spawn_postgres(
 /// Start postgres on a port from `free_port` (reserved for this process: no retry).
 pub(crate) fn spawn_postgres_anywhere(dir: &Path, data: &Path, extra: &[String]) -> (u16, Child) {
     let port = free_port();
-    match spawn_postgres(dir, data, port, extra) {
-        Ok(child) => (port, child),
-        Err(log) => panic!("{}", start_failure("postgres", port, &log)),
-    }
+    (
+        port,
+        started("postgres", port, spawn_postgres(dir, data, port, extra)),
+    )
 }
 
 pub(crate) fn run_psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
@@ -393,10 +393,8 @@ impl PgServer {
     /// Start again on the same port and data, wait until ready.
     pub fn restart(&mut self) {
         self.stop();
-        match spawn_postgres(self.dir.path(), &self.data(), self.port, &self.extra) {
-            Ok(child) => self.child = Some(child),
-            Err(log) => panic!("{}", start_failure("postgres restart", self.port, &log)),
-        }
+        let start = spawn_postgres(self.dir.path(), &self.data(), self.port, &self.extra);
+        self.child = Some(started("postgres restart", self.port, start));
     }
 }
 

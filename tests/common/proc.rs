@@ -179,15 +179,19 @@ pub(crate) fn temp_dir(prefix: &str) -> TempDir {
         .expect("create temporary directory")
 }
 
-/// Why a server did not start: its exit status or timeout, and its log. A port taken by a
-/// process outside this harness (see `free_port`) is named as such.
-pub(crate) fn start_failure(what: &str, port: u16, log: &str) -> String {
-    let taken = log.contains("Address already in use")
-        || log.contains("could not create any TCP/IP sockets");
-    if taken {
-        format!("{what}: port {port}, reserved by free_port, is held by another process:\n{log}")
-    } else {
-        format!("{what} failed to start on port {port}:\n{log}")
+/// The server a start produced, or a panic saying why it did not: its exit status or timeout,
+/// and its log. A port taken by a process outside this harness (see `free_port`) is named as
+/// such.
+pub(crate) fn started(what: &str, port: u16, start: Result<Child, String>) -> Child {
+    match start {
+        Ok(child) => child,
+        Err(log)
+            if log.contains("Address already in use")
+                || log.contains("could not create any TCP/IP sockets") =>
+        {
+            panic!("{what}: port {port}, reserved by free_port, is held by another process:\n{log}")
+        }
+        Err(log) => panic!("{what} failed to start on port {port}:\n{log}"),
     }
 }
 

@@ -101,10 +101,7 @@ impl RedisServer {
     fn start_on_free_port(self) -> Self {
         let mut server = self;
         server.port = free_port();
-        match server.spawn() {
-            Ok(child) => server.child = Some(child),
-            Err(log) => panic!("{}", start_failure("redis-server", server.port, &log)),
-        }
+        server.child = Some(started("redis-server", server.port, server.spawn()));
         server
     }
 
@@ -210,10 +207,7 @@ impl RedisServer {
     /// Start again on the same port (empty: there is no persistence) and wait until ready.
     pub fn restart(&mut self) {
         self.stop();
-        match self.spawn() {
-            Ok(child) => self.child = Some(child),
-            Err(log) => panic!("{}", start_failure("redis-server restart", self.port, &log)),
-        }
+        self.child = Some(started("redis-server restart", self.port, self.spawn()));
     }
 
     /// Freeze the server (SIGSTOP): connections stay open, nothing answers.
