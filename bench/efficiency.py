@@ -93,6 +93,23 @@ def window(pid, secs):
     return c1 - c0, h.redis_calls(s0, s1), t1 - t0
 
 
+def per_cmd(w):
+    """The rates of a window (client CPU s, Redis commands, wall s)."""
+    cpu, cmds, wall = w
+    return {"cmds_s": cmds / wall, "cpu_pct": 100 * cpu / wall,
+            "us_per_cmd": cpu / cmds * 1e6 if cmds else None, "window_s": wall}
+
+
+def windowed(cmd, total):
+    """Run a fixed-rate client for `total` s: (its window after the warm-up, stdout, stderr,
+    exit status)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(WARMUP)
+    w = window(p.pid, WINDOW)
+    out, err = finish(p, total + 30)
+    return w, out, err, p.returncode
+
+
 def flamegraph(pid, secs, name, outdir):
     """perf record of `pid` for `secs`, rendered with inferno; the path or a reason."""
     if secs <= 0:
@@ -157,15 +174,11 @@ def ours(point, flame_dir=None):
     if w is None or summary is None:
         log(f"ours {point}: no result (exit {p.returncode}): {err[-600:]}")
         return None
-    cpu, cmds, wall = w
     return {"tool": "ours", "point": point, "events_s": events, "queries_s": queries,
             "achieved_events_s": summary["events_per_second"],
             "achieved_queries_s": summary["queries_per_second"],
             "skipped": sum(summary["skipped"].values()),
-            "q_p99_ms": summary["query_latency_ms"]["p99"],
-            "cmds_s": cmds / wall, "cpu_pct": 100 * cpu / wall,
-            "us_per_cmd": cpu / cmds * 1e6 if cmds else None, "window_s": wall,
-            "flamegraph": fg}
+            "q_p99_ms": summary["query_latency_ms"]["p99"], **per_cmd(w), "flamegraph": fg}
 
 
 def ours_raw(point):
@@ -177,21 +190,16 @@ def ours_raw(point):
     cmd = pinned([h.BIN, "bench-redis", "--redis-url", h.REDIS_URL, "--rate", str(rate),
                   "--connections", str(CONNS), "--ratio", "1:10", "--data-size", str(h.DATA),
                   "--keys", str(h.KEYS), "--duration", str(int(total + 1)), "--json"])
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(WARMUP)
-    w = window(p.pid, WINDOW)
-    out, err = finish(p, total + 30)
+    w, out, err, code = windowed(cmd, total)
     try:
         j = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
         j = None
     if w is None or j is None:
-        log(f"ours raw {point}: no result (exit {p.returncode}): {err[-600:]}")
+        log(f"ours raw {point}: no result (exit {code}): {err[-600:]}")
         return None
-    cpu, cmds, wall = w
-    return {"tool": "ours_raw", "point": point, "rate": rate, "cmds_s": cmds / wall,
-            "cpu_pct": 100 * cpu / wall, "us_per_cmd": cpu / cmds * 1e6 if cmds else None,
-            "window_s": wall, "missed": j.get("missed"),
+    return {"tool": "ours_raw", "point": point, "rate": rate, **per_cmd(w),
+            "missed": j.get("missed"),
             "p99_corrected_us": (j.get("latency_corrected_us") or {}).get("p99")}
 
 
@@ -205,17 +213,11 @@ def memtier(point):
                   "-t", "1", "-c", str(CONNS), "--ratio", "1:10",
                   "--rate-limiting", str(max(1, rate // CONNS)), "--test-time", str(int(total)),
                   "-d", str(h.DATA), "--key-maximum", str(h.KEYS), "--hide-histogram"])
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(WARMUP)
-    w = window(p.pid, WINDOW)
-    finish(p, total + 30)
+    w, _, _, code = windowed(cmd, total)
     if w is None:
-        log(f"memtier {point}: no result (exit {p.returncode})")
+        log(f"memtier {point}: no result (exit {code})")
         return None
-    cpu, cmds, wall = w
-    return {"tool": "memtier", "point": point, "rate": rate, "cmds_s": cmds / wall,
-            "cpu_pct": 100 * cpu / wall, "us_per_cmd": cpu / cmds * 1e6 if cmds else None,
-            "window_s": wall}
+    return {"tool": "memtier", "point": point, "rate": rate, **per_cmd(w)}
 
 
 def med(runs, key):
