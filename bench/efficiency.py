@@ -13,6 +13,11 @@ What is measured, each point BENCH_REPS times (medians quoted; the tools alterna
   2. Raw mode paced (`bench-redis --rate`, 50 connections, SET:GET 1:10, the same values and
      keys) against the same memtier runs, at memtier's rates: the same commands on both sides,
      so the two clients' costs per command compare directly (EFF_RAW_PACED=0 skips it).
+     Beside them, `pacing-floor` (bench/pacing_floor.rs, built with rustc into target/): a
+     client with nothing but exact pacing, on the grid our run used (its `pace_step_us`), one
+     thread, blocking sockets, no runtime and no histogram; and the same with `--wakes-only`
+     (it wakes at those grid points and sends nothing). What any client that sends each command
+     at its own due time must pay here: the floor under the goal.
   3. Raw mode: `bench-redis` against redis-benchmark at -P 1 and -P 16 (bench/harness.py's
      step, the one of `make bench`).
 memtier is used when MEMTIER_BIN is set or memtier_benchmark is on PATH; otherwise its columns
@@ -199,8 +204,47 @@ def ours_raw(point):
         log(f"ours raw {point}: no result (exit {code}): {err[-600:]}")
         return None
     return {"tool": "ours_raw", "point": point, "rate": rate, **per_cmd(w),
-            "missed": j.get("missed"),
+            "missed": j.get("missed"), "pace_step_us": j.get("pace_step_us"),
             "p99_corrected_us": (j.get("latency_corrected_us") or {}).get("p99")}
+
+
+FLOOR = os.path.join(E.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "pacing-floor")
+FLOOR_MISSING = "not built"  # main() builds it: then None, or why there is no floor
+
+
+def build_floor():
+    """Build bench/pacing_floor.rs with rustc; None, or why there is no floor."""
+    rustc = shutil.which("rustc")
+    if not rustc:
+        return "rustc is missing"
+    r = subprocess.run([rustc, "--edition", "2021", "-O", "-o", FLOOR,
+                        os.path.join(ROOT, "bench", "pacing_floor.rs")],
+                       capture_output=True, text=True)
+    return None if r.returncode == 0 else f"rustc failed: {r.stderr.strip()[-300:]}"
+
+
+def floor(point, grid_us, wakes_only):
+    """pacing-floor at memtier's rate for `point`, on our run's grid, measured like memtier."""
+    rate = POINTS[point][2]
+    if rate is None or grid_us is None:
+        return None
+    total = WARMUP + WINDOW + 2
+    cmd = pinned([FLOOR, "--addr", f"127.0.0.1:{h.REDIS_PORT}", "--rate", str(rate),
+                  "--connections", str(CONNS), "--grid-us", str(grid_us),
+                  "--keys", str(h.KEYS), "--data-size", str(h.DATA), "--seconds", str(total)]
+                 + (["--wakes-only"] if wakes_only else []))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(WARMUP)
+    c0, t0 = proc_cpu(p.pid), time.monotonic()
+    time.sleep(WINDOW)
+    c1, t1 = proc_cpu(p.pid), time.monotonic()
+    _, err = finish(p, total + 30)
+    if c0 is None or c1 is None or p.returncode != 0:
+        log(f"pacing-floor {point}: no result (exit {p.returncode}): {err[-300:]}")
+        return None
+    # Per command due in the window (with --wakes-only nothing reaches Redis).
+    return {"tool": "floor", "point": point, "rate": rate, "grid_us": grid_us,
+            **per_cmd((c1 - c0, rate * (t1 - t0), t1 - t0))}
 
 
 def memtier(point):
@@ -227,7 +271,7 @@ def med(runs, key):
 def step_rates(flame_dir):
     rows = []
     for point in [p for p in E.get("EFF_POINTS", "idle 1k 10k 50k").split() if p in POINTS]:
-        runs = {"ours": [], "memtier": [], "ours_raw": []}
+        runs = {"ours": [], "memtier": [], "ours_raw": [], "floor": [], "floor_wakes": []}
         tools = ["ours", "memtier"] + (["ours_raw"] if RAW_PACED and POINTS[point][2] else [])
         for rep in range(REPS):
             order = tools[rep % len(tools):] + tools[:rep % len(tools)]
@@ -238,15 +282,24 @@ def step_rates(flame_dir):
                     runs["ours_raw"].append(ours_raw(point))
                 else:
                     runs["memtier"].append(memtier(point))
+            if "ours_raw" in tools and FLOOR_MISSING is None:
+                raw = runs["ours_raw"][-1]
+                grid = raw and raw.get("pace_step_us")
+                runs["floor"].append(floor(point, grid, False))
+                runs["floor_wakes"].append(floor(point, grid, True))
             log(f"{point} rep {rep + 1}/{REPS} done (load {loadavg()})")
         row = {"point": point, "runs": runs,
                "flamegraph": next((r["flamegraph"] for r in runs["ours"] if r), None)}
-        for tool in ("ours", "memtier", "ours_raw"):
+        for tool in ("ours", "memtier", "ours_raw", "floor", "floor_wakes"):
             row[tool] = {k: med(runs[tool], k) for k in ("cmds_s", "cpu_pct", "us_per_cmd")}
         a, b = row["ours"]["us_per_cmd"], row["memtier"]["us_per_cmd"]
         row["ratio"] = a / b if a and b else None
         a = row["ours_raw"]["us_per_cmd"]
         row["raw_ratio"] = a / b if a and b else None
+        for tool in ("floor", "floor_wakes"):
+            a = row[tool]["us_per_cmd"]
+            row[tool + "_ratio"] = a / b if a and b else None
+        row["grid_us"] = med([r for r in runs["ours_raw"] if r], "pace_step_us")
         r_ok = [r for r in runs["ours_raw"] if r]
         row["raw_missed"] = sum(r["missed"] or 0 for r in r_ok) if r_ok else None
         row["raw_p99_us"] = med(r_ok, "p99_corrected_us") if r_ok else None
@@ -299,14 +352,24 @@ def markdown(res):
                   "same values and keys, measured the same way, against the memtier runs above. "
                   "Ratio = ours / memtier. p99 is from each command's due time (the pacing grid "
                   "and any wait for a free slot included); memtier's is from its send.", "",
-                  "| point | rate | ours: cmds/s | ours: CPU % | ours: µs/cmd | memtier: µs/cmd "
-                  "| ratio | ours: p99 µs (corrected) | missed |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"Floor: `pacing-floor` ({res.get('floor')}), the same commands, rate and "
+                  "connections on our run's grid, with nothing but the pacing: one thread, "
+                  "blocking sockets, no runtime, no histogram. Wakes alone: the same with "
+                  "`--wakes-only` (it wakes at the grid points and sends nothing), per command "
+                  "due. Ratios are to memtier.", "",
+                  "| point | rate | grid µs | ours: cmds/s | ours: CPU % | ours: µs/cmd | "
+                  "memtier: µs/cmd | ratio | floor: µs/cmd (ratio) | wakes alone: µs/cmd "
+                  "(ratio) | ours: p99 µs (corrected) | missed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in paced:
                 o, t = r["ours_raw"], r["memtier"]
-                m.append(f"| {r['point']} | {POINTS[r['point']][2]} | {f(o['cmds_s'], '.0f')} | "
+                fl, fw = r["floor"], r["floor_wakes"]
+                m.append(f"| {r['point']} | {POINTS[r['point']][2]} | {f(r['grid_us'], '.0f')} | "
+                         f"{f(o['cmds_s'], '.0f')} | "
                          f"{f(o['cpu_pct'], '.2f')} | {f(o['us_per_cmd'], '.1f')} | "
                          f"{f(t['us_per_cmd'], '.1f')} | **{f(r['raw_ratio'], '.2f')}** | "
+                         f"{f(fl['us_per_cmd'], '.1f')} ({f(r['floor_ratio'], '.2f')}) | "
+                         f"{f(fw['us_per_cmd'], '.1f')} ({f(r['floor_wakes_ratio'], '.2f')}) | "
                          f"{f(r['raw_p99_us'], '.0f')} | {r['raw_missed']} |")
             m.append("")
     if res.get("raw"):
@@ -338,7 +401,11 @@ def main():
            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
            "load_before": loadavg(), "points": POINTS,
            "settings": {k: v for k, v in E.items() if k.startswith(("BENCH_", "EFF_"))}}
-    log(f"load average before: {res['load_before']}; memtier: {mt_desc}")
+    global FLOOR_MISSING
+    FLOOR_MISSING = build_floor() if RAW_PACED else "skipped (EFF_RAW_PACED=0)"
+    res["floor"] = FLOOR_MISSING or "bench/pacing_floor.rs, built with rustc -O"
+    log(f"load average before: {res['load_before']}; memtier: {mt_desc}; "
+        f"pacing-floor: {res['floor']}")
     res["rates"] = step_rates(base if FLAME > 0 else None)
     if E.get("EFF_RAW", "1") == "1":
         res["raw"] = h.step_raw()
