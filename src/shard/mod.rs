@@ -107,8 +107,11 @@ pub struct Shard {
     pub load_end: Cell<Option<Instant>>,
 }
 
-/// How often the queued rows go to the writer (one message, however many rows).
-const ROW_FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// How often the queued rows go to the writer (one message, however many rows). Each message
+/// wakes both cores (the writer to take it, this shard when glommio's channel reports the
+/// room), and the writer gathers rows for up to 100 ms before a COPY anyway: every 10 ms cost
+/// about 170 wakes a second at 500 operations/s, for rows in PostgreSQL at most 40 ms sooner.
+const ROW_FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Initial capacity of the row queue (not a cap).
 const ROW_MESSAGE_MAX: usize = 512;
 
