@@ -19,10 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Conn, DbError, PgConfig};
-use futures_lite::future::try_zip;
 use glommio::channels::shared_channel::SharedReceiver;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 
 use crate::metrics as m;
 use crate::rt::{self, sync::Notify};
@@ -485,62 +484,43 @@ impl Writer {
         writer.as_mut().finish().await.map_err(d)?;
 
         let roll = rollup(batch);
-        // The run's progress as of this commit: what `verify` says a crashed run may miss.
-        let (events_started, written) = progress;
-        let rows_written = written + batch.len() as i64;
-        let rows = batch.len() as i32;
-        let p_event_rollups: [&(dyn ToSql + Sync); 6] = [
-            &roll.org,
-            &roll.bucket,
-            &roll.ty,
-            &roll.events,
-            &roll.acked,
-            &roll.unknown,
-        ];
-        let p_run_rollups: [&(dyn ToSql + Sync); 7] = [
-            &run_id,
-            &roll.org,
-            &roll.bucket,
-            &roll.ty,
-            &roll.events,
-            &roll.acked,
-            &roll.unknown,
-        ];
-        let p_run: [&(dyn ToSql + Sync); 3] = [&run_id, &events_started, &rows_written];
-        let p_batch_seq: [&(dyn ToSql + Sync); 3] = [&run_id, &seq, &rows];
-        // Four independent statements, polled together: tokio-postgres pipelines them, so
-        // they cost two round trips (their prepares, then their executions) instead of eight,
-        // each a wake of this core. The server still runs them in this order.
-        let event_rollups = tx.execute(
+        tx.execute(
             "INSERT INTO event_rollups (org_id, bucket, event_type, events, acked, unknown) \
              SELECT * FROM UNNEST($1::int4[], $2::int4[], $3::int2[], $4::int8[], $5::int8[], $6::int8[]) \
              ON CONFLICT (org_id, bucket, event_type) DO UPDATE SET \
              events = event_rollups.events + excluded.events, \
              acked = event_rollups.acked + excluded.acked, \
              unknown = event_rollups.unknown + excluded.unknown",
-            &p_event_rollups,
-        );
-        let run_rollups = tx.execute(
+            &[&roll.org, &roll.bucket, &roll.ty, &roll.events, &roll.acked, &roll.unknown],
+        )
+        .await
+        .map_err(d)?;
+        tx.execute(
             "INSERT INTO run_rollups (run_id, org_id, bucket, event_type, events, acked, unknown) \
              SELECT $1, * FROM UNNEST($2::int4[], $3::int4[], $4::int2[], $5::int8[], $6::int8[], $7::int8[]) \
              ON CONFLICT (run_id, org_id, bucket, event_type) DO UPDATE SET \
              events = run_rollups.events + excluded.events, \
              acked = run_rollups.acked + excluded.acked, \
              unknown = run_rollups.unknown + excluded.unknown",
-            &p_run_rollups,
-        );
-        let run = tx.execute(
+            &[&run_id, &roll.org, &roll.bucket, &roll.ty, &roll.events, &roll.acked, &roll.unknown],
+        )
+        .await
+        .map_err(d)?;
+        // The run's progress as of this commit: what `verify` says a crashed run may miss.
+        let (events_started, written) = progress;
+        tx.execute(
             "UPDATE runs SET last_seen = now(), events_started = $2, rows_written = $3 \
              WHERE run_id = $1",
-            &p_run,
-        );
-        let batch_seq = tx.execute(
+            &[&run_id, &events_started, &(written + batch.len() as i64)],
+        )
+        .await
+        .map_err(d)?;
+        tx.execute(
             "INSERT INTO writer_batches (run_id, batch_seq, rows) VALUES ($1, $2, $3)",
-            &p_batch_seq,
-        );
-        try_zip(try_zip(event_rollups, run_rollups), try_zip(run, batch_seq))
-            .await
-            .map_err(d)?;
+            &[&run_id, &seq, &(batch.len() as i32)],
+        )
+        .await
+        .map_err(d)?;
         tx.commit().await.map_err(d)?;
         metrics::histogram!(m::DB_QUERY_DURATION, "op" => "copy")
             .record(started.elapsed().as_secs_f64());
