@@ -137,6 +137,51 @@ fn should_account_for_every_operation_at_low_paced_rates() {
     }
 }
 
+#[test]
+fn should_not_count_operations_given_up_for_a_stop_as_missed() {
+    // A paced run without --duration, stopped by SIGINT: the operation due at the stop (and
+    // any handed to an idle slot that had not run yet) is given up, not missed ("due, but no
+    // free slot"): three slots at 50/s are never all busy.
+    let redis = RedisServer::start();
+    for _ in 0..3 {
+        redis.cli(&["config", "resetstat"]);
+        let mut child = common::app_command()
+            .args([
+                "bench-redis",
+                "--redis-url",
+                &redis.url(),
+                "--json",
+                "--shards",
+                "1",
+            ])
+            .args(["--connections", "3", "--rate", "50"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn analytics-demo");
+        std::thread::sleep(Duration::from_millis(1500));
+        common::signal(child.id(), libc::SIGINT);
+        let status = common::wait_timeout(&mut child, Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "bench-redis on SIGINT: {status:?}"
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+            .expect("read stdout");
+        let v: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("bench-redis --json output {out:?}: {e}"));
+        assert_eq!(u(&v, "missed"), 0, "{v}");
+        assert!(u(&v, "ops") >= 25, "1.5 s at 50/s: {v}");
+        assert_eq!(
+            calls(&redis, "set") + calls(&redis, "get"),
+            u(&v, "ops"),
+            "{v}"
+        );
+    }
+}
+
 /// Calls of one command summed over every node of CLUSTER.
 fn cluster_calls(cluster: &common::RedisCluster, cmd: &str) -> Vec<u64> {
     (0..cluster.nodes.len())

@@ -197,9 +197,18 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
     let mut result = ctx.tally.into_inner();
     result.elapsed = finished - start;
     if ctx.sched.is_some() {
-        let until = ctx.end.unwrap_or(finished).min(finished);
-        let due = due_before(p.rate, until.saturating_duration_since(start));
-        result.missed = due.saturating_sub(ctx.next.get());
+        let ended = ctx.end.is_some_and(|e| finished >= e);
+        result.missed = if ctx.stop.load(Ordering::Relaxed) && !ended {
+            // Stopped before the end: an operation not released yet is not started, and one
+            // handed to an idle slot is given up for the stop. Missed are the released ones
+            // left waiting for a busy slot.
+            let taken = ctx.next.get().max(ctx.handed.get());
+            ctx.released.get().saturating_sub(taken)
+        } else {
+            let until = ctx.end.unwrap_or(finished).min(finished);
+            let due = due_before(p.rate, until.saturating_duration_since(start));
+            due.saturating_sub(ctx.next.get())
+        };
     }
     result
 }
