@@ -233,18 +233,14 @@ def floor(point, grid_us, wakes_only):
                   "--connections", str(CONNS), "--grid-us", str(grid_us),
                   "--keys", str(h.KEYS), "--data-size", str(h.DATA), "--seconds", str(total)]
                  + (["--wakes-only"] if wakes_only else []))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(WARMUP)
-    c0, t0 = proc_cpu(p.pid), time.monotonic()
-    time.sleep(WINDOW)
-    c1, t1 = proc_cpu(p.pid), time.monotonic()
-    _, err = finish(p, total + 30)
-    if c0 is None or c1 is None or p.returncode != 0:
-        log(f"pacing-floor {point}: no result (exit {p.returncode}): {err[-300:]}")
+    w, _, err, code = windowed(cmd, total)
+    if w is None or code != 0:
+        log(f"pacing-floor {point}: no result (exit {code}): {err[-300:]}")
         return None
     # Per command due in the window (with --wakes-only nothing reaches Redis).
+    cpu, _, wall = w
     return {"tool": "floor", "point": point, "rate": rate, "grid_us": grid_us,
-            **per_cmd((c1 - c0, rate * (t1 - t0), t1 - t0))}
+            **per_cmd((cpu, rate * wall, wall))}
 
 
 def memtier(point):

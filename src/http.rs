@@ -89,13 +89,18 @@ impl Resp {
 
 pub type Handler = Rc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp>>>>;
 
-/// Binds `addr` (error if taken) and serves connections on the current executor until
-/// the returned task is dropped.
+/// Binds `addr` (error if taken) for serving on the current executor.
+///
+/// The listener is the standard library's: `SO_REUSEADDR`, so connections of an earlier run
+/// still in TIME_WAIT on the port (a restart within a minute of closing them) do not stop
+/// it, and no `SO_REUSEPORT`, so a second instance on a port in use is an error. glommio's
+/// own `bind` sets only `SO_REUSEPORT`: the opposite on both counts.
 pub fn bind(addr: SocketAddr) -> io::Result<glommio::net::TcpListener> {
-    // glommio sets SO_REUSEPORT on every listener, so a second instance on the same port
-    // would silently share it. A plain bind first makes a taken port an error.
-    drop(std::net::TcpListener::bind(addr)?);
-    glommio::net::TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = std::net::TcpListener::bind(addr)?.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket whose ownership `into_raw_fd` handed
+    // over; the glommio listener now owns and closes it.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
 }
 
 pub async fn serve(listener: glommio::net::TcpListener, handler: Handler) {

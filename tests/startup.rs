@@ -225,3 +225,74 @@ fn should_start_the_load_on_every_start() {
         failures.join("\n")
     );
 }
+
+/// A restart within a minute of the last run: connections the last run closed sit in
+/// TIME_WAIT on its port, and the app must still listen there, as servers do.
+#[test]
+fn should_listen_on_a_port_with_connections_in_time_wait() {
+    let t = context();
+    let port = common::free_port();
+    time_wait_on(port);
+    let bind = format!("127.0.0.1:{port}");
+    let mut app = App::spawn_healthy(
+        &common::refs(&t.args(&[])),
+        &[("BIND_ADDRESS", bind.as_str())],
+        Duration::from_secs(60),
+    );
+    assert!(
+        in_time_wait(port),
+        "the TIME_WAIT socket is gone: the test proves nothing"
+    );
+    assert!(app.terminate().success(), "{}", app.log());
+}
+
+/// A port another process listens on stays an error (exit 2, the port named): the listener
+/// takes TIME_WAIT leftovers, not a live server's port.
+#[test]
+fn should_refuse_a_port_another_process_listens_on() {
+    let t = context();
+    let port = common::free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let bind = format!("127.0.0.1:{port}");
+    let (status, log) = App::run(
+        &common::refs(&t.args(&[])),
+        &[("BIND_ADDRESS", bind.as_str())],
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains(&format!("cannot listen on {bind}")), "{log}");
+}
+
+/// Leaves a socket in TIME_WAIT on PORT: a connection whose server side closed first.
+fn time_wait_on(port: u16) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(server); // the side that closes first is the one left in TIME_WAIT
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).expect("read"),
+        0,
+        "EOF after the close"
+    );
+    drop(client);
+    drop(listener);
+    assert!(
+        wait_until(Duration::from_secs(5), || in_time_wait(port)),
+        "no TIME_WAIT socket on port {port}"
+    );
+}
+
+/// Whether /proc/net/tcp has a socket in TIME_WAIT (state 06) on 127.0.0.1:PORT.
+fn in_time_wait(port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "06"
+        })
+}
