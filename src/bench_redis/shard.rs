@@ -105,6 +105,22 @@ impl Ctx {
     fn ended(&self, now: Instant) -> bool {
         self.end.is_some_and(|e| now >= e)
     }
+
+    /// Paced: the operations missed by a run that started at `start` and whose slots were all
+    /// done at `finished`.
+    fn missed(&self, rate: u64, start: Instant, finished: Instant) -> u64 {
+        if self.stop.load(Ordering::Relaxed) && !self.ended(finished) {
+            // Stopped before the end: an operation not released yet is not started, and one
+            // handed to an idle slot is given up for the stop. Missed are the released ones
+            // left waiting for a busy slot.
+            let taken = self.next.get().max(self.handed.get());
+            self.released.get().saturating_sub(taken)
+        } else {
+            let until = self.end.unwrap_or(finished).min(finished);
+            let due = due_before(rate, until.saturating_duration_since(start));
+            due.saturating_sub(self.next.get())
+        }
+    }
 }
 
 /// Runs the shard until its duration ends or `stop` is set; in-flight commands finish.
@@ -194,22 +210,13 @@ pub async fn run(p: ShardPlan, stop: Arc<AtomicBool>) -> ShardResult {
         Ok(c) => c,
         Err(_) => unreachable!("every slot task has ended"),
     };
+    let missed = ctx
+        .sched
+        .is_some()
+        .then(|| ctx.missed(p.rate, start, finished));
     let mut result = ctx.tally.into_inner();
     result.elapsed = finished - start;
-    if ctx.sched.is_some() {
-        let ended = ctx.end.is_some_and(|e| finished >= e);
-        result.missed = if ctx.stop.load(Ordering::Relaxed) && !ended {
-            // Stopped before the end: an operation not released yet is not started, and one
-            // handed to an idle slot is given up for the stop. Missed are the released ones
-            // left waiting for a busy slot.
-            let taken = ctx.next.get().max(ctx.handed.get());
-            ctx.released.get().saturating_sub(taken)
-        } else {
-            let until = ctx.end.unwrap_or(finished).min(finished);
-            let due = due_before(p.rate, until.saturating_duration_since(start));
-            due.saturating_sub(ctx.next.get())
-        };
-    }
+    result.missed = missed.unwrap_or(0);
     result
 }
 
