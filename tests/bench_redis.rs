@@ -145,33 +145,29 @@ fn should_not_count_operations_given_up_for_a_stop_as_missed() {
     let redis = RedisServer::start();
     for _ in 0..3 {
         redis.cli(&["config", "resetstat"]);
-        let mut child = common::app_command()
-            .args([
-                "bench-redis",
-                "--redis-url",
-                &redis.url(),
-                "--json",
-                "--shards",
-                "1",
-            ])
-            .args(["--connections", "3", "--rate", "50"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn analytics-demo");
+        let url = redis.url();
+        let args = [
+            "bench-redis",
+            "--redis-url",
+            &url,
+            "--json",
+            "--shards",
+            "1",
+        ];
+        let paced = ["--connections", "3", "--rate", "50"];
+        let mut app = common::App::spawn(&[&args[..], &paced].concat(), &[]);
         std::thread::sleep(Duration::from_millis(1500));
-        common::signal(child.id(), libc::SIGINT);
-        let status = common::wait_timeout(&mut child, Duration::from_secs(30));
+        app.signal(libc::SIGINT);
+        let status = app.wait(Duration::from_secs(30));
+        let log = app.log();
         assert!(
             status.is_some_and(|s| s.success()),
-            "bench-redis on SIGINT: {status:?}"
+            "bench-redis on SIGINT: {status:?}\n{log}"
         );
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
-            .expect("read stdout");
-        let v: Value = serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("bench-redis --json output {out:?}: {e}"));
+        // The JSON result is stdout's one line; the log lines on stderr are text.
+        let json = log.lines().find(|l| l.starts_with('{')).unwrap_or_default();
+        let v: Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("bench-redis --json output in {log:?}: {e}"));
         assert_eq!(u(&v, "missed"), 0, "{v}");
         assert!(u(&v, "ops") >= 25, "1.5 s at 50/s: {v}");
         assert_eq!(
