@@ -209,7 +209,6 @@ def ours_raw(point):
 
 
 FLOOR = os.path.join(E.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "pacing-floor")
-FLOOR_MISSING = "not built"  # main() builds it: then None, or why there is no floor
 
 
 def build_floor():
@@ -264,7 +263,7 @@ def med(runs, key):
     return h.med([r[key] for r in runs if r])
 
 
-def step_rates(flame_dir):
+def step_rates(flame_dir, with_floor):
     rows = []
     for point in [p for p in E.get("EFF_POINTS", "idle 1k 10k 50k").split() if p in POINTS]:
         runs = {"ours": [], "memtier": [], "ours_raw": [], "floor": [], "floor_wakes": []}
@@ -278,7 +277,7 @@ def step_rates(flame_dir):
                     runs["ours_raw"].append(ours_raw(point))
                 else:
                     runs["memtier"].append(memtier(point))
-            if "ours_raw" in tools and FLOOR_MISSING is None:
+            if "ours_raw" in tools and with_floor:
                 raw = runs["ours_raw"][-1]
                 grid = raw and raw.get("pace_step_us")
                 runs["floor"].append(floor(point, grid, False))
@@ -397,12 +396,11 @@ def main():
            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
            "load_before": loadavg(), "points": POINTS,
            "settings": {k: v for k, v in E.items() if k.startswith(("BENCH_", "EFF_"))}}
-    global FLOOR_MISSING
-    FLOOR_MISSING = build_floor() if RAW_PACED else "skipped (EFF_RAW_PACED=0)"
-    res["floor"] = FLOOR_MISSING or "bench/pacing_floor.rs, built with rustc -O"
+    no_floor = build_floor() if RAW_PACED else "skipped (EFF_RAW_PACED=0)"
+    res["floor"] = no_floor or "bench/pacing_floor.rs, built with rustc -O"
     log(f"load average before: {res['load_before']}; memtier: {mt_desc}; "
         f"pacing-floor: {res['floor']}")
-    res["rates"] = step_rates(base if FLAME > 0 else None)
+    res["rates"] = step_rates(base if FLAME > 0 else None, no_floor is None)
     if E.get("EFF_RAW", "1") == "1":
         res["raw"] = h.step_raw()
     res["load_after"] = loadavg()
