@@ -91,11 +91,21 @@ pub fn run(cfg: Config) -> i32 {
         "starting"
     );
 
-    let flags = Flags::default();
+    let mut flags = Flags::default();
     if let Err(e) = rt::stop_on_signals(&flags.term) {
         eprintln!("error: {e}");
         return 1;
     }
+    let bell_writer = match rt::signal_bell() {
+        Ok((read, write)) => {
+            flags.term_bell = Some(Arc::new(read));
+            Arc::new(write)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
 
     // Health probes declare no run; the shards' pools do (below).
     let pool_base = cfg.run.redis_pool(cfg.redis_protocol, redis_tls);
@@ -257,12 +267,14 @@ pub fn run(cfg: Config) -> i32 {
         .into_iter()
         .enumerate()
         .map(|(i, h)| {
-            let term = flags.term.clone();
+            let (term, bell) = (flags.term.clone(), bell_writer.clone());
             std::thread::spawn(move || match h.join() {
                 Ok(()) => false,
                 Err(e) => {
                     eprintln!("error: shard {i} stopped: {e}; stopping the run");
                     term.store(true, std::sync::atomic::Ordering::SeqCst);
+                    // Wakes the control core now (it would see `term` within a second).
+                    let _ = std::io::Write::write(&mut &*bell, &[1]);
                     true
                 }
             })

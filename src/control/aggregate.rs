@@ -243,6 +243,9 @@ pub struct Aggregate {
     /// Rates divide counts by these (not by wall time), so a late report cannot skew them.
     interval_secs: Vec<f64>,
     total_secs: Vec<f64>,
+    /// Which shards have reported into `current`, and when it was last closed.
+    reported: Vec<bool>,
+    closed_at: Instant,
 }
 
 impl Aggregate {
@@ -257,6 +260,8 @@ impl Aggregate {
             shards: vec![ShardState::default(); shards],
             interval_secs: vec![0.0; shards],
             total_secs: vec![0.0; shards],
+            reported: vec![false; shards],
+            closed_at: Instant::now(),
         }
     }
 
@@ -269,6 +274,9 @@ impl Aggregate {
         }
         if let Some(t) = self.total_secs.get_mut(r.shard) {
             *t += r.interval.as_secs_f64();
+        }
+        if let Some(x) = self.reported.get_mut(r.shard) {
+            *x = true;
         }
         if let Some(s) = self.shards.get_mut(r.shard) {
             *s = ShardState {
@@ -285,8 +293,32 @@ impl Aggregate {
         }
     }
 
-    /// Closes the current one-second window (called once a second).
+    /// Whether every shard still running has reported into the current window: the shards
+    /// report once a second each, so the window is then a second of the whole run, and is
+    /// closed at once (a window closed on a timer of its own could lock onto a phase where a
+    /// report lands just after each close, and count every report a second late).
+    pub fn window_complete(&self) -> bool {
+        self.shards
+            .iter()
+            .zip(&self.reported)
+            .all(|(s, &reported)| reported || s.done)
+    }
+
+    /// Whether some shard has reported into the current window.
+    pub fn window_started(&self) -> bool {
+        self.reported.iter().any(|&r| r)
+    }
+
+    /// When the current window was opened (the last one closed).
+    pub fn window_opened_at(&self) -> Instant {
+        self.closed_at
+    }
+
+    /// Closes the current one-second window: when every shard has reported into it, or
+    /// when a report is late.
     pub fn tick(&mut self) {
+        self.closed_at = Instant::now();
+        self.reported.iter_mut().for_each(|r| *r = false);
         let mut w = std::mem::take(&mut self.current);
         w.at_unix = crate::workload::time::unix_now();
         self.recent.push_back(w);
@@ -327,6 +359,7 @@ impl Aggregate {
     pub fn load_started(&mut self) {
         self.started = Instant::now();
         self.interval_started = Instant::now();
+        self.closed_at = Instant::now();
     }
 }
 
@@ -384,6 +417,62 @@ mod tests {
         let empty = new_histogram();
         assert_eq!(percentiles_with_misses(&empty, 3).percentiles.p50, MISS_MS);
         assert_eq!(percentiles_with_misses(&empty, 0).percentiles.p99, 0.0);
+    }
+
+    /// A shard's one-second report with `hits` dashboard queries served from the cache.
+    fn shard_report(shard: usize, last: bool, hits: u64) -> ShardReport {
+        let mut counts = Counts::default();
+        counts.queries[QueryType::Dashboard as usize][CacheOutcome::Hit as usize] = hits;
+        ShardReport {
+            shard,
+            last,
+            interval: Duration::from_secs(1),
+            counts,
+            active_orgs: 0,
+            active_users: 0,
+            redis_connected: 1,
+            redis_pool_size: 1,
+            redis_on_target: 1,
+            redis_all_on_target_at: None,
+            redis_inflight: 0,
+            pg_read_connected: true,
+            inflight_ops: 0,
+            adhoc_fraction: 0.0,
+            db_pending: 0,
+            outages: Vec::new(),
+            open_outage: None,
+            first_failure_unix: None,
+            last_failure_unix: None,
+            redis_target: String::new(),
+        }
+    }
+
+    #[test]
+    fn should_close_a_window_once_every_running_shard_has_reported() {
+        let mut agg = Aggregate::new(3);
+        assert!(!agg.window_started());
+        agg.add(&shard_report(0, false, 1));
+        agg.add(&shard_report(2, false, 2));
+        assert!(agg.window_started());
+        assert!(!agg.window_complete(), "shard 1 has not reported");
+        agg.add(&shard_report(1, false, 4));
+        assert!(agg.window_complete());
+        agg.tick();
+        assert_eq!(agg.recent.back().map(|w| w.queries_total()), Some(7));
+        assert!(!agg.window_started() && !agg.window_complete());
+
+        // A shard that has sent its last report is not waited for.
+        agg.add(&shard_report(1, true, 8));
+        agg.add(&shard_report(0, false, 16));
+        assert!(!agg.window_complete(), "shard 2 has not reported");
+        agg.add(&shard_report(2, false, 32));
+        assert!(agg.window_complete());
+        agg.tick();
+        assert_eq!(agg.recent.back().map(|w| w.queries_total()), Some(56));
+        agg.add(&shard_report(2, false, 64));
+        assert!(!agg.window_complete(), "shard 0 has not reported");
+        agg.add(&shard_report(0, true, 128));
+        assert!(agg.window_complete());
     }
 
     /// A window with these dashboard query counts (hit, miss, error).

@@ -1,6 +1,7 @@
 //! The control core: its startup (listener, health checks, schema, start barrier), the
-//! Postgres writer, the once-a-second merge of shard reports (progress lines, gauges), and
-//! the orderly stop. The HTTP API is in `http_api` (its documents in `api`, the admin
+//! Postgres writer, the merge of shard reports into one-second windows (each closed once every
+//! shard has reported into it; progress lines, gauges), and the orderly stop. Between its
+//! duties it sleeps until the next one or a signal. The HTTP API is in `http_api` (its documents in `api`, the admin
 //! authorization in `auth`), the shared state in `state`.
 
 pub mod aggregate;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_lite::AsyncReadExt;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -29,6 +31,7 @@ use serde_json::json;
 use crate::http::{self, Req};
 use crate::metrics as m;
 use crate::pg::writer::{self, Backlog, RowBatch, WriterConfig};
+use crate::rt::{self, sync::Notify};
 use crate::shard::stats::ShardReport;
 use crate::shard::ShardCommand;
 use aggregate::{percentiles, Aggregate};
@@ -45,7 +48,14 @@ pub struct Flags {
     pub ready: Arc<AtomicBool>,
     /// Set by the control core to stop the shards.
     pub stopping: Arc<AtomicBool>,
+    /// Receives a byte whenever `term` is set (`rt::signal_bell`): the control core sleeps
+    /// until its next periodic duty or this, instead of polling `term`.
+    pub term_bell: Option<Arc<std::os::unix::net::UnixStream>>,
 }
+
+/// How long the current one-second window waits for a shard's report before it is closed
+/// without it.
+const WINDOW_LATE: Duration = Duration::from_secs(2);
 
 /// Runs the control core to the end of the run; returns the process exit code.
 pub async fn run(
@@ -147,15 +157,22 @@ pub async fn run(
         stopped_at.clone(),
         state.writer.clone(),
     ));
+    // Wakes the main loop below: a signal, or a window closed by the shards' reports.
+    let bell = Rc::new(Notify::default());
     let open_reports = Rc::new(std::cell::Cell::new(reports.len()));
     for rx in reports {
-        let (st, open) = (state.clone(), open_reports.clone());
+        let (st, open, bell) = (state.clone(), open_reports.clone(), bell.clone());
         glommio::spawn_local(async move {
             let rx = crate::notify::awake(rx.connect()).await;
             while let Some(r) = rx.recv().await {
                 st.agg.borrow_mut().add(&r);
                 let shards = st.agg.borrow().shards.len();
                 st.migration.borrow_mut().on_report(&r, shards);
+                if st.agg.borrow().window_complete() {
+                    tick(&st);
+                    // The main loop's wait for a late report starts again from this close.
+                    bell.notify();
+                }
             }
             open.set(open.get() - 1);
         })
@@ -163,10 +180,31 @@ pub async fn run(
     }
 
     let started = Instant::now();
-    let mut last_tick = Instant::now();
     let mut last_progress = Instant::now();
+    if let Some(stream) = flags.term_bell.as_deref().and_then(bell_reader) {
+        let bell = bell.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            let mut buf = [0u8; 16];
+            while let Ok(1..) = stream.read(&mut buf).await {
+                bell.notify();
+            }
+        })
+        .detach();
+    }
     loop {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        // Asleep until a late report, the next progress line or the end of the run, or a
+        // stop. (The one-second windows are closed by the shards' reports, above.)
+        let window_late = state.agg.borrow().window_opened_at() + WINDOW_LATE;
+        let mut next = window_late.min(last_progress + state.p.progress_interval);
+        if let Some(d) = state.p.duration {
+            next = next.min(started + d);
+        }
+        if flags.term_bell.is_some() {
+            rt::time::until(next, bell.notified()).await;
+        } else {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
         let term = flags.term.load(Ordering::Relaxed);
         let timed_out = state.p.duration.is_some_and(|d| started.elapsed() >= d);
         if term || timed_out {
@@ -176,8 +214,9 @@ pub async fn run(
             );
             break;
         }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
+        if state.agg.borrow().window_opened_at().elapsed() >= WINDOW_LATE {
+            // A shard is late with its report (stalled, or gone): the window closes without
+            // it, so the series, gauges and progress go on.
             tick(&state);
         }
         if last_progress.elapsed() >= state.p.progress_interval {
@@ -191,7 +230,9 @@ pub async fn run(
     while open_reports.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    tick(&state);
+    if state.agg.borrow().window_started() {
+        tick(&state);
+    }
     let summary = Summary::build(
         state.p.run_id,
         &state.agg.borrow(),
@@ -429,4 +470,18 @@ fn progress(st: &State) {
         db_lag_s = format!("{:.2}", writer.lag_seconds),
         "progress"
     );
+}
+
+/// The bell's socket as a glommio stream (a duplicate of its fd; the original stays open for
+/// the signal handler's writes). None when the fd cannot be duplicated: the loop then polls.
+fn bell_reader(bell: &std::os::unix::net::UnixStream) -> Option<glommio::net::UnixStream> {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
+    let fd = unsafe { libc::dup(bell.as_raw_fd()) };
+    if fd < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "signal bell unavailable; polling for signals");
+        return None;
+    }
+    // SAFETY: fd is a fresh, open socket fd owned by nobody else.
+    Some(unsafe { glommio::net::UnixStream::from_raw_fd(fd) })
 }

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod sync;
 pub mod time;
 
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -49,6 +50,20 @@ pub fn stop_on_signals(flag: &Arc<AtomicBool>) -> Result<(), String> {
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     Ok(())
+}
+
+/// A socket pair that carries a byte on each SIGINT and SIGTERM (`signal_hook`'s pipe, written
+/// by the handler), so a task can sleep until one comes instead of polling a flag: `.0` is
+/// the end to read, `.1` one more end to write to (for a stop decided by another thread).
+pub fn signal_bell() -> Result<(UnixStream, UnixStream), String> {
+    let err = |e: std::io::Error| format!("cannot install signal handler: {e}");
+    let (read, write) = UnixStream::pair().map_err(err)?;
+    write.set_nonblocking(true).map_err(err)?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let w = write.try_clone().map_err(err)?;
+        signal_hook::low_level::pipe::register(sig, w).map_err(err)?;
+    }
+    Ok((read, write))
 }
 
 /// A second handle on a socket (glommio's `TcpStream` cannot be split, and a closing HTTP
