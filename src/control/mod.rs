@@ -1,8 +1,8 @@
 //! The control core: its startup (listener, health checks, schema, start barrier), the
 //! Postgres writer, the merge of shard reports into one-second windows (each closed once every
 //! shard has reported into it; progress lines, gauges), and the orderly stop. Between its
-//! duties it sleeps until the next one or a signal. The HTTP API is in `http_api` (its documents in `api`, the admin
-//! authorization in `auth`), the shared state in `state`.
+//! duties it sleeps until the next one or a signal. The HTTP API is in `http_api` (its
+//! documents in `api`, the admin authorization in `auth`), the shared state in `state`.
 
 pub mod aggregate;
 pub mod api;
