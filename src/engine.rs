@@ -273,7 +273,7 @@ pub fn run(cfg: Config) -> i32 {
                 Err(e) => {
                     eprintln!("error: shard {i} stopped: {e}; stopping the run");
                     term.store(true, std::sync::atomic::Ordering::SeqCst);
-                    // Wakes the control core now (it would see `term` within a second).
+                    // Wakes the control core now (it would see `term` within two seconds).
                     let _ = std::io::Write::write(&mut &*bell, &[1]);
                     true
                 }
