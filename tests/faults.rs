@@ -549,7 +549,7 @@ fn should_lose_no_row_across_a_postgres_restart() {
 // Postgres frozen (SIGSTOP): connections stay open, nothing answers
 // ---------------------------------------------------------------------------------------------
 
-/// The writer's shutdown grace, counted from the stop (`SHUTDOWN_GRACE` in src/pg/writer.rs).
+/// The writer's shutdown grace, counted from the stop (`SHUTDOWN_GRACE` in src/pg/writer/mod.rs).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The load of the frozen-Postgres tests, running DURATION seconds: 500 events/s and 1000
