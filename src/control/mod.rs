@@ -181,17 +181,21 @@ pub async fn run(
 
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    if let Some(stream) = flags.term_bell.as_deref().and_then(bell_reader) {
-        let bell = bell.clone();
-        glommio::spawn_local(async move {
-            let mut stream = stream;
-            let mut buf = [0u8; 16];
-            while let Ok(1..) = stream.read(&mut buf).await {
-                bell.notify();
-            }
-        })
-        .detach();
-    }
+    // Whether a signal rings `bell`; without that the loop polls `term`.
+    let signals_ring = match flags.term_bell.as_deref().and_then(bell_reader) {
+        Some(mut stream) => {
+            let bell = bell.clone();
+            glommio::spawn_local(async move {
+                let mut buf = [0u8; 16];
+                while let Ok(1..) = stream.read(&mut buf).await {
+                    bell.notify();
+                }
+            })
+            .detach();
+            true
+        }
+        None => false,
+    };
     loop {
         // Asleep until a late report, the next progress line or the end of the run, or a
         // stop. (The one-second windows are closed by the shards' reports, above.)
@@ -200,7 +204,7 @@ pub async fn run(
         if let Some(d) = state.p.duration {
             next = next.min(started + d);
         }
-        if flags.term_bell.is_some() {
+        if signals_ring {
             rt::time::until(next, bell.notified()).await;
         } else {
             glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -472,8 +476,9 @@ fn progress(st: &State) {
     );
 }
 
-/// The bell's socket as a glommio stream (a duplicate of its fd; the original stays open for
-/// the signal handler's writes). None when the fd cannot be duplicated: the loop then polls.
+/// The bell's read end as a glommio stream, on a duplicate of its fd (the original is shared
+/// through `Flags`, which every clone keeps). None when the fd cannot be duplicated: the loop
+/// then polls.
 fn bell_reader(bell: &std::os::unix::net::UnixStream) -> Option<glommio::net::UnixStream> {
     use std::os::unix::io::{AsRawFd, FromRawFd};
     // SAFETY: dup returns a new fd we own exclusively, or -1 (checked).
