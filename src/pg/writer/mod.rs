@@ -129,7 +129,6 @@ pub async fn run(
     let mut w = Writer {
         cfg,
         client: None,
-        prepared: None,
         batch_seq: 0,
         backlogs,
         status,
@@ -216,9 +215,8 @@ async fn grace_over(stopped_at: &Cell<Option<Instant>>, grace: Duration) {
 
 struct Writer {
     cfg: WriterConfig,
-    client: Option<Conn>,
-    /// Set with `client`, for it.
-    prepared: Option<Prepared>,
+    /// The connection, with the batch's statements prepared on it.
+    client: Option<(Conn, Prepared)>,
     batch_seq: i64,
     backlogs: Vec<Arc<Backlog>>,
     status: Rc<RefCell<WriterStatus>>,
@@ -229,16 +227,15 @@ struct Writer {
 
 impl Writer {
     async fn ensure_client(&mut self) -> Result<(), DbError> {
-        if self.client.as_ref().is_some_and(|c| c.is_usable()) {
+        if self.client.as_ref().is_some_and(|(c, _)| c.is_usable()) {
             return Ok(());
         }
         self.client = None;
-        self.prepared = None;
         self.status.borrow_mut().connected = false;
         let t = self.cfg.db_timeout;
         let client = super::connect(&self.cfg.pg, t, Some(super::statement_timeout_for(t))).await?;
-        self.prepared = Some(Prepared::new(&client).await?);
-        self.client = Some(client);
+        let prepared = Prepared::new(&client).await?;
+        self.client = Some((client, prepared));
         self.status.borrow_mut().connected = true;
         tracing::info!(db = %super::redacted(&self.cfg.pg), "writer connected to postgres");
         Ok(())
@@ -295,13 +292,12 @@ impl Writer {
 
     /// After a failure: a timed-out connection is not trusted again, a closed one is gone.
     fn drop_client_if(&mut self, e: &DbError) {
-        if let Some(c) = &self.client {
+        if let Some((c, _)) = &self.client {
             if e.breaks_connection() {
                 c.mark_broken();
             }
             if !c.is_usable() {
                 self.client = None;
-                self.prepared = None;
                 self.status.borrow_mut().connected = false;
             }
         }
@@ -373,7 +369,7 @@ impl Writer {
         let grace = self.cfg.shutdown_grace;
         let attempt = super::within(limit, async {
             self.ensure_client().await?;
-            let Some(client) = self.client.as_ref() else {
+            let Some((client, _)) = self.client.as_ref() else {
                 return Err(DbError::NotConnected);
             };
             match end {
@@ -437,8 +433,7 @@ impl Writer {
     ) -> Result<(), String> {
         let run_id = self.cfg.run_id;
         let progress = self.progress();
-        let client = self.client.as_mut().ok_or("not connected")?;
-        let prepared = self.prepared.as_ref().ok_or("not connected")?;
+        let (client, prepared) = self.client.as_mut().ok_or("not connected")?;
         batch::write(client, prepared, run_id, batch, seq, retry, progress).await
     }
 
@@ -446,7 +441,7 @@ impl Writer {
     /// `TIME_BUCKETS` + 1 hours. Bounded by `db_timeout` like a batch.
     async fn retention(&mut self) {
         self.last_retention = Instant::now();
-        let Some(client) = self.client.as_ref() else {
+        let Some((client, _)) = self.client.as_ref() else {
             return;
         };
         let hours = f64::from(self.cfg.retention_hours + 1);
