@@ -36,9 +36,6 @@ pub mod tls;
 pub mod verify;
 pub mod workload;
 
-/// Old paths of [`rt::executor`] and [`rt::time`], for code written before the move.
-pub use rt::{executor, time as notify};
-
 /// Helpers shared by the unit tests.
 #[cfg(test)]
 pub(crate) mod test_util {

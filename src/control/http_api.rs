@@ -282,7 +282,7 @@ async fn switch_target(st: &State, req: &Req) -> Result<(u16, api::SwitchAnswer)
     let deadline = Instant::now() + SWITCH_DELIVERY;
     let mut delivered = 0;
     for tx in commands.iter() {
-        let sent = crate::notify::until(deadline, tx.send(ShardCommand::SetTarget(url.clone())));
+        let sent = crate::rt::time::until(deadline, tx.send(ShardCommand::SetTarget(url.clone())));
         if !matches!(sent.await, Some(Ok(()))) {
             break;
         }

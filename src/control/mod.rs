@@ -95,7 +95,7 @@ pub async fn run(
         let st = state.clone();
         glommio::spawn_local(async move {
             for c in commands {
-                let c = crate::notify::awake(c.connect()).await;
+                let c = rt::time::awake(c.connect()).await;
                 st.commands.borrow_mut().push(Rc::new(c));
             }
         })
@@ -163,7 +163,7 @@ pub async fn run(
     for rx in reports {
         let (st, open, bell) = (state.clone(), open_reports.clone(), bell.clone());
         glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = rt::time::awake(rx.connect()).await;
             while let Some(r) = rx.recv().await {
                 st.agg.borrow_mut().add(&r);
                 let shards = st.agg.borrow().shards.len();
@@ -281,13 +281,13 @@ async fn drain_without_writer(
     let mut tasks = Vec::new();
     for rx in rows {
         tasks.push(glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = rt::time::awake(rx.connect()).await;
             while rx.recv().await.is_some() {}
         }));
     }
     for rx in reports {
         tasks.push(glommio::spawn_local(async move {
-            let rx = crate::notify::awake(rx.connect()).await;
+            let rx = rt::time::awake(rx.connect()).await;
             while rx.recv().await.is_some() {}
         }));
     }
