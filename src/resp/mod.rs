@@ -18,8 +18,6 @@ pub mod frame;
 pub mod handshake;
 pub mod pool;
 mod stats;
-/// Old path of [`crate::rt::sync`].
-pub(crate) use crate::rt::sync;
 mod transport;
 pub mod url;
 
