@@ -105,12 +105,34 @@ impl Stats {
         ));
     }
 
-    /// Index of a command's label (case-insensitive match on the command name).
+    /// Index of a command's label (case-insensitive match on the command name). It runs
+    /// for every command: the name is upper-cased into one word and compared with the
+    /// table's words, rather than string by string.
     pub(crate) fn command_index(name: &[u8]) -> usize {
-        COMMANDS[..COMMANDS.len() - 1]
+        const OTHER: usize = COMMANDS.len() - 1;
+        const WORDS: [u64; OTHER] = {
+            let mut w = [0u64; OTHER];
+            let mut i = 0;
+            while i < OTHER {
+                w[i] = word(COMMANDS[i].as_bytes());
+                i += 1;
+            }
+            w
+        };
+        if name.is_empty() || name.len() > 8 {
+            return OTHER;
+        }
+        let mut up = [0u8; 8];
+        for (u, b) in up.iter_mut().zip(name) {
+            *u = b.to_ascii_uppercase();
+        }
+        let w = word(&up[..name.len()]);
+        WORDS
             .iter()
-            .position(|c| c.as_bytes().eq_ignore_ascii_case(name))
-            .unwrap_or(COMMANDS.len() - 1)
+            .position(|&c| c == w)
+            // A name with zero bytes pads to a shorter name's word.
+            .filter(|&i| COMMANDS[i].len() == name.len())
+            .unwrap_or(OTHER)
     }
 
     pub(crate) fn record(&self, cmd: usize, seconds: f64) {
@@ -146,6 +168,17 @@ impl Stats {
     }
 }
 
+/// A name of at most 8 bytes as one word, zero-padded.
+const fn word(name: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let mut i = 0;
+    while i < name.len() && i < 8 {
+        b[i] = name[i];
+        i += 1;
+    }
+    u64::from_le_bytes(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +189,13 @@ mod tests {
         assert_eq!(COMMANDS[Stats::command_index(b"ExpireAt")], "EXPIREAT");
         assert_eq!(COMMANDS[Stats::command_index(b"HSET")], "other");
         assert_eq!(COMMANDS[Stats::command_index(b"other")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"EXPIREATX")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"GE")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"GET\0")], "other");
+        for (i, c) in COMMANDS[..COMMANDS.len() - 1].iter().enumerate() {
+            assert_eq!(Stats::command_index(c.as_bytes()), i);
+            assert_eq!(Stats::command_index(c.to_lowercase().as_bytes()), i);
+        }
     }
 }

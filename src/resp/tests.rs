@@ -176,6 +176,26 @@ fn should_match_replies_delivered_one_byte_at_a_time() {
 }
 
 #[test]
+fn should_answer_a_pipeline_around_an_empty_command() {
+    // An empty command is refused on its own (Redis would not answer `*0`); the commands
+    // around it are sent and get their own replies, in order.
+    let port = fake_server(|_, cmd, s| s.write_all(format!(":{cmd}\r\n").as_bytes()).is_ok());
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        let cmds: Vec<&[&[u8]]> = vec![&[b"INCR", b"a"], &[], &[b"INCR", b"b"]];
+        let replies = pool.pipeline(&cmds).await;
+        assert_eq!(replies.len(), 3);
+        let first = replies[0].as_ref().unwrap().as_int().unwrap();
+        assert_eq!(replies[1].as_ref().unwrap_err().kind(), "protocol");
+        assert!(!replies[1].as_ref().unwrap_err().outcome_unknown());
+        assert_eq!(replies[2].as_ref().unwrap().as_int(), Some(first + 1));
+        assert!(pool.pipeline(&[]).await.is_empty());
+        pool.close().await;
+    });
+}
+
+#[test]
 fn should_fail_fast_when_nothing_is_up() {
     // A port with nothing listening: connect fails, commands are never sent.
     let port = {
