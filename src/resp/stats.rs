@@ -106,8 +106,9 @@ impl Stats {
     }
 
     /// Index of a command's label (case-insensitive match on the command name). It runs
-    /// for every command: the name is upper-cased into one word and compared with the
-    /// table's words, rather than string by string.
+    /// for every command: the name is folded into one word (bit 5 of each byte cleared, which
+    /// upper-cases ASCII letters) and compared with the table's words, and only a match is
+    /// checked byte by byte.
     pub(crate) fn command_index(name: &[u8]) -> usize {
         const OTHER: usize = COMMANDS.len() - 1;
         const WORDS: [u64; OTHER] = {
@@ -122,17 +123,14 @@ impl Stats {
         if name.is_empty() || name.len() > 8 {
             return OTHER;
         }
-        let mut up = [0u8; 8];
-        for (u, b) in up.iter_mut().zip(name) {
-            *u = b.to_ascii_uppercase();
+        let mut w = 0u64;
+        for (i, b) in name.iter().enumerate() {
+            w |= u64::from(b & !0x20) << (8 * i);
         }
-        let w = word(&up[..name.len()]);
-        WORDS
-            .iter()
-            .position(|&c| c == w)
-            // A name with zero bytes pads to a shorter name's word.
-            .filter(|&i| COMMANDS[i].len() == name.len())
-            .unwrap_or(OTHER)
+        match WORDS.iter().position(|&c| c == w) {
+            Some(i) if COMMANDS[i].as_bytes().eq_ignore_ascii_case(name) => i,
+            _ => OTHER,
+        }
     }
 
     pub(crate) fn record(&self, cmd: usize, seconds: f64) {
@@ -193,6 +191,8 @@ mod tests {
         assert_eq!(COMMANDS[Stats::command_index(b"EXPIREATX")], "other");
         assert_eq!(COMMANDS[Stats::command_index(b"GE")], "other");
         assert_eq!(COMMANDS[Stats::command_index(b"GET\0")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"G\xc5T")], "other");
+        assert_eq!(COMMANDS[Stats::command_index(b"G%T")], "other");
         for (i, c) in COMMANDS[..COMMANDS.len() - 1].iter().enumerate() {
             assert_eq!(Stats::command_index(c.as_bytes()), i);
             assert_eq!(Stats::command_index(c.to_lowercase().as_bytes()), i);

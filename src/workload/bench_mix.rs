@@ -144,10 +144,16 @@ impl KeyBuf {
     pub fn set(&mut self, index: u64) -> &[u8] {
         let mut v = index;
         let digits = self.0.len() - KEY_DIGITS;
-        for d in self.0[digits..].iter_mut().rev() {
-            *d = b'0' + (v % 10) as u8;
+        let mut d = self.0[digits..].iter_mut().rev();
+        // Only the significant digits are computed; the leading ones are zeros.
+        for b in d.by_ref() {
+            *b = b'0' + (v % 10) as u8;
             v /= 10;
+            if v == 0 {
+                break;
+            }
         }
+        d.for_each(|b| *b = b'0');
         &self.0
     }
 
