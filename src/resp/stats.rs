@@ -194,8 +194,29 @@ mod tests {
         assert_eq!(COMMANDS[Stats::command_index(b"G\xc5T")], "other");
         assert_eq!(COMMANDS[Stats::command_index(b"G%T")], "other");
         for (i, c) in COMMANDS[..COMMANDS.len() - 1].iter().enumerate() {
+            assert!(c.bytes().all(|b| b.is_ascii_uppercase()), "{c}");
             assert_eq!(Stats::command_index(c.as_bytes()), i);
             assert_eq!(Stats::command_index(c.to_lowercase().as_bytes()), i);
+        }
+        // Every table name with any one byte replaced, and with a byte added: the same
+        // answer as a plain case-insensitive search.
+        let reference = |name: &[u8]| {
+            COMMANDS[..COMMANDS.len() - 1]
+                .iter()
+                .position(|c| c.as_bytes().eq_ignore_ascii_case(name))
+                .unwrap_or(COMMANDS.len() - 1)
+        };
+        for c in &COMMANDS[..COMMANDS.len() - 1] {
+            for at in 0..=c.len() {
+                for b in 0..=255u8 {
+                    let mut name = c.as_bytes().to_vec();
+                    match name.get_mut(at) {
+                        Some(x) => *x = b,
+                        None => name.push(b),
+                    }
+                    assert_eq!(Stats::command_index(&name), reference(&name), "{name:?}");
+                }
+            }
         }
     }
 }
