@@ -248,7 +248,7 @@ async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
                 ops.push(op);
             }
         }
-        let cmds: Vec<[&[u8]; 3]> = ops
+        let args: Vec<[&[u8]; 3]> = ops
             .iter()
             .zip(&keys)
             .map(|(op, k)| match op {
@@ -258,7 +258,7 @@ async fn batch(c: Rc<Ctx>, conn: usize, key: KeyBuf, depth: usize) {
             .collect();
         let cmds: Vec<&[&[u8]]> = ops
             .iter()
-            .zip(&cmds)
+            .zip(&args)
             .map(|(op, a)| match op {
                 Op::Set => &a[..],
                 Op::Get => &a[..2],

@@ -2,7 +2,7 @@
 //!
 //! glommio's `TcpStream` cannot be split, so the socket fd is `dup`ed: a writer task owns one
 //! stream and a reader task the other. Callers append encoded commands to a shared buffer
-//! and a FIFO of pending slots; the writer flushes everything queued in one `write_all`
+//! and a FIFO of pending commands; the writer flushes everything queued in one `write_all`
 //! (pipelining for free), the reader completes slots strictly in order. A sweeper task times
 //! commands out (they all share one timeout, so FIFO order is deadline order and one timer
 //! per connection suffices) and drops a connection whose oldest command is stuck, so a
@@ -296,7 +296,7 @@ impl Connection {
         let batch = self.inner.enqueue(&[args], Instant::now())?;
         self.inner.writer_wake.notify();
         batch.done().await;
-        self.record(&batch, args, Instant::now());
+        self.record(args, batch.enqueued.elapsed().as_secs_f64());
         batch.take_one()
     }
 
@@ -310,14 +310,9 @@ impl Connection {
         self.inner.protocol.get()
     }
 
-    /// Records the duration of a command of `batch`, from its enqueue to `done` (an empty
+    /// Records a command's duration, from its batch's enqueue to its reply (an empty
     /// command was never sent).
-    fn record(&self, batch: &Batch, args: &[&[u8]], done: Instant) {
-        let secs = done.saturating_duration_since(batch.enqueued).as_secs_f64();
-        self.record_secs(args, secs);
-    }
-
-    fn record_secs(&self, args: &[&[u8]], secs: f64) {
+    fn record(&self, args: &[&[u8]], secs: f64) {
         if let Some(name) = args.first() {
             self.inner.stats.record(Stats::command_index(name), secs);
         }
@@ -345,7 +340,7 @@ impl Connection {
         let secs = batch.enqueued.elapsed().as_secs_f64();
         let out = batch.take();
         for (args, r) in cmds.iter().zip(&out) {
-            self.record_secs(args, secs);
+            self.record(args, secs);
             if let Err(e) = r {
                 self.inner.stats.error(e.kind());
             }

@@ -289,14 +289,10 @@ impl Decoder {
             let Some(len) = self.scan(buf)? else {
                 return Ok(None);
             };
-            // The commonest replies (integers, +OK, nulls) are built straight from the
-            // buffer: splitting a frame off makes its bytes shared (reference counted),
-            // which costs more than the whole reply is worth.
+            // The commonest replies (integers, +OK, nulls, small strings) are built straight
+            // from the buffer: splitting a frame off makes its bytes shared (reference
+            // counted), which costs more than the whole reply is worth.
             if let Some(reply) = small_reply(&buf[..len])? {
-                buf.advance(len);
-                return Ok(Some(Ok(reply)));
-            }
-            if let Some(reply) = small_bulk(&buf[..len])? {
                 buf.advance(len);
                 return Ok(Some(Ok(reply)));
             }
@@ -325,7 +321,7 @@ fn small_reply(frame: &[u8]) -> Result<Option<Reply>, RedisError> {
         [b':', .., b'\r', b'\n'] => Some(Reply::Int(parse_int(&frame[1..frame.len() - 2])?)),
         b"+OK\r\n" => Some(Reply::Simple(Bytes::from_static(b"OK"))),
         b"_\r\n" | b"$-1\r\n" | b"*-1\r\n" => Some(Reply::Nil),
-        _ => None,
+        _ => small_bulk(frame)?,
     })
 }
 

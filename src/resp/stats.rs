@@ -115,7 +115,7 @@ impl Stats {
             let mut w = [0u64; OTHER];
             let mut i = 0;
             while i < OTHER {
-                w[i] = word(COMMANDS[i].as_bytes());
+                w[i] = folded(COMMANDS[i].as_bytes());
                 i += 1;
             }
             w
@@ -123,10 +123,7 @@ impl Stats {
         if name.is_empty() || name.len() > 8 {
             return OTHER;
         }
-        let mut w = 0u64;
-        for (i, b) in name.iter().enumerate() {
-            w |= u64::from(b & !0x20) << (8 * i);
-        }
+        let w = folded(name);
         match WORDS.iter().position(|&c| c == w) {
             Some(i) if COMMANDS[i].as_bytes().eq_ignore_ascii_case(name) => i,
             _ => OTHER,
@@ -166,15 +163,16 @@ impl Stats {
     }
 }
 
-/// A name of at most 8 bytes as one word, zero-padded.
-const fn word(name: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
+/// The first 8 bytes of a name as one word, zero-padded, with bit 5 of each byte cleared
+/// (upper-case ASCII letters are unchanged).
+const fn folded(name: &[u8]) -> u64 {
+    let mut w = 0u64;
     let mut i = 0;
     while i < name.len() && i < 8 {
-        b[i] = name[i];
+        w |= ((name[i] & !0x20) as u64) << (8 * i);
         i += 1;
     }
-    u64::from_le_bytes(b)
+    w
 }
 
 #[cfg(test)]
