@@ -63,6 +63,18 @@ pub struct Health {
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_millis(900);
 
+/// Sleeps until the next check is due. The checks share one grid, every `CHECK_EVERY` from
+/// the first check of the process, so the Redis and PostgreSQL checks start on one wake of
+/// the control core instead of two.
+async fn until_next_check() {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let now = Instant::now();
+    let steps = now.duration_since(origin).as_nanos() / CHECK_EVERY.as_nanos() + 1;
+    let at = origin + CHECK_EVERY.mul_f64(steps as f64);
+    glommio::timer::sleep(at.saturating_duration_since(now)).await;
+}
+
 /// Checks Redis at the current target (`target()` is read before every check, so a
 /// switched target is checked from the next second on): a standalone server with a PING,
 /// a cluster with [`ClusterCheck`].
@@ -88,7 +100,7 @@ pub async fn redis_loop(
                 h.cluster_seen = true;
                 h.cluster = Some(state);
             }
-            glommio::timer::sleep(CHECK_EVERY).await;
+            until_next_check().await;
             continue;
         }
         if health.borrow_mut().cluster.take().is_some() {
@@ -133,7 +145,7 @@ pub async fn redis_loop(
             }
         };
         health.borrow_mut().redis = status;
-        glommio::timer::sleep(CHECK_EVERY).await;
+        until_next_check().await;
     }
 }
 
@@ -432,7 +444,7 @@ pub async fn postgres_loop(health: Rc<RefCell<Health>>, cfg: crate::pg::PgConfig
             }
         };
         health.borrow_mut().postgres = status;
-        glommio::timer::sleep(CHECK_EVERY).await;
+        until_next_check().await;
     }
 }
 

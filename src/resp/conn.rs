@@ -51,6 +51,9 @@ struct Inner {
     protocol: Cell<u8>,
     writer_wake: Notify,
     sweeper_wake: Notify,
+    /// The sweeper waits for a command with no timer (its FIFO was empty): the next enqueue
+    /// wakes it.
+    sweeper_parked: Cell<bool>,
     idle: Notify,
     closed: Latch,
 }
@@ -230,6 +233,7 @@ impl Connection {
             protocol: Cell::new(2),
             writer_wake: Notify::default(),
             sweeper_wake: Notify::default(),
+            sweeper_parked: Cell::new(false),
             idle: Notify::default(),
             closed: Latch::default(),
         });
@@ -455,6 +459,9 @@ impl Inner {
                 seq,
             });
         }
+        if self.sweeper_parked.replace(false) {
+            self.sweeper_wake.notify();
+        }
         Ok(batch)
     }
 
@@ -598,6 +605,12 @@ async fn sweeper(inner: Rc<Inner>) {
     loop {
         if inner.closed.is_set() {
             return;
+        }
+        if inner.st.borrow().fifo.is_empty() {
+            // Nothing can time out: no timer, so an idle connection costs no wakes.
+            inner.sweeper_parked.set(true);
+            inner.sweeper_wake.notified().await;
+            continue;
         }
         let now = Instant::now();
         let mut wake = now + t;

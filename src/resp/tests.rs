@@ -124,6 +124,28 @@ fn should_time_out_on_stalled_server_then_recover() {
     });
 }
 
+/// An idle connection's timeout sweeper waits with no timer; the next command must wake it,
+/// or a command sent after a quiet spell to a stalled server would wait for ever.
+#[test]
+fn should_time_out_a_command_sent_after_a_quiet_spell() {
+    let port =
+        fake_server(|conn, cmd, s| (conn > 0 || cmd == 0) && s.write_all(b"+PONG\r\n").is_ok());
+    run(move || async move {
+        let pool = Pool::new(url(port), cfg());
+        assert!(pool.wait_connected(Duration::from_secs(2)).await);
+        assert!(pool.cmd(&[b"PING"]).await.is_ok());
+        // Past the answered command's deadline: the sweeper has woken for it and found nothing.
+        glommio::timer::sleep(Duration::from_millis(700)).await;
+        let outcome = crate::rt::time::timeout(Duration::from_secs(10), pool.cmd(&[b"PING"])).await;
+        let e = outcome
+            .expect("a command to a stalled server never timed out")
+            .unwrap_err();
+        assert_eq!(e.kind(), "timeout");
+        assert!(recovers(&pool, Duration::from_secs(3)).await);
+        pool.close().await;
+    });
+}
+
 #[test]
 fn should_fail_huge_declared_bulk_as_reply_too_large() {
     let port = fake_server(|conn, _, s| {

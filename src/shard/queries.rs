@@ -215,7 +215,8 @@ pub async fn warmup_loop(s: &Rc<Shard>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now < next {
-            glommio::timer::sleep((next - now).min(Duration::from_millis(200))).await;
+            // The whole wait: the shard cancels this loop when it stops.
+            glommio::timer::sleep(next - now).await;
             continue;
         }
         next = now + s.p.warmup_interval;

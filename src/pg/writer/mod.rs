@@ -171,7 +171,10 @@ pub async fn run(
                 rt::time::until(t + FLUSH_AFTER, bell.notified()).await;
             }
             None => {
-                rt::time::until(Instant::now() + Duration::from_millis(500), bell.notified()).await;
+                // Asleep until rows come, the channels close, or the next duty above.
+                let duty =
+                    (w.last_retention + RETENTION_EVERY).min(w.last_heartbeat + HEARTBEAT_EVERY);
+                rt::time::until(duty, bell.notified()).await;
             }
         }
     }
