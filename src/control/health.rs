@@ -13,6 +13,7 @@ use crate::resp::cluster::map::Topology;
 use crate::resp::cluster::slot::SLOTS;
 use crate::resp::cluster::{node_url, topology};
 use crate::resp::{Connection, PoolConfig, RedisError, RedisUrl, Target};
+use crate::shard::pacer::grid_ceil;
 
 /// A dependency as /health reports it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -70,8 +71,8 @@ async fn until_next_check() {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
     let now = Instant::now();
-    let steps = now.duration_since(origin).as_nanos() / CHECK_EVERY.as_nanos() + 1;
-    let at = origin + CHECK_EVERY.mul_f64(steps as f64);
+    // The first grid point strictly after now.
+    let at = grid_ceil(origin, now + Duration::from_nanos(1), CHECK_EVERY);
     glommio::timer::sleep(at.saturating_duration_since(now)).await;
 }
 
