@@ -18,6 +18,9 @@
 #                                  /usr/lib/postgresql/*/bin, else PATH; false when there is none
 #   stop_pids PID...               SIGTERM to each, then SIGKILL to any still running 30 s later
 #                                  (an app finishes its in-flight operations and flushes its rows)
+#   ensure_inferno ROOT            puts ROOT/.local/bin on PATH and, when inferno-flamegraph is not
+#                                  found there or on PATH, installs inferno into it (cargo install
+#                                  --locked from crates.io); false when that fails
 
 port_free() {
     local port="$1" host="${2-127.0.0.1}"
@@ -122,6 +125,17 @@ stop_pids() {
         kill -KILL "$pid" 2>/dev/null
     done
     return 0
+}
+
+ensure_inferno() {
+    local root="$1"
+    PATH="$root/.local/bin:$HOME/.cargo/bin:$PATH"
+    export PATH
+    if command -v inferno-flamegraph >/dev/null && command -v inferno-collapse-perf >/dev/null; then
+        return 0
+    fi
+    printf 'installing inferno into %s/.local/bin (cargo install, about a minute)\n' "$root" >&2
+    cargo install inferno --root "$root/.local" --locked >&2
 }
 
 # Run as a script: one function, e.g. `bash .ci/lib.sh free_port`.

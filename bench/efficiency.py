@@ -120,12 +120,12 @@ def flamegraph(pid, secs, name, outdir):
     if secs <= 0:
         return "skipped (EFF_FLAME_SECONDS=0)"
     if not shutil.which("perf"):
-        return "perf is missing"
+        return "perf is missing (Debian: apt-get install linux-perf)"
     path = os.environ["PATH"] + os.pathsep + os.path.join(ROOT, ".local", "bin")
     collapse = shutil.which("inferno-collapse-perf", path=path)
     render = shutil.which("inferno-flamegraph", path=path)
     if not (collapse and render):
-        return "inferno is missing (make perf-record installs it into .local/bin)"
+        return "inferno is missing (the target's cargo install into .local/bin failed: see its log)"
     os.makedirs(outdir, exist_ok=True)
     data = os.path.join(outdir, f"{name}.perf.data")
     r = subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid),

@@ -18,6 +18,8 @@ SECS="${PERF_SECONDS:-20}"
 EV="${EVENTS_PER_SECOND:-2000}"
 Q="${QUERIES_PER_SECOND:-8000}"
 log() { printf '[perf] %s\n' "$*" >&2; }
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
 
 command -v perf >/dev/null || { log "perf is missing: apt-get install linux-perf"; exit 1; }
 if [ -z "${NO_BUILD:-}" ]; then cargo build --release; fi
@@ -40,11 +42,7 @@ record)
     log "perf record ${event[*]} ${cg[*]} for ${SECS}s: $EV events/s, $Q queries/s"
     perf record "${event[@]}" "${cg[@]}" -F "${PERF_FREQ:-999}" -o "$OUT/perf.data" -- \
         "${app[@]}" >"$OUT/app.stdout" 2>"$OUT/app.log"
-    PATH="$ROOT/.local/bin:$HOME/.cargo/bin:$PATH"
-    if ! command -v inferno-flamegraph >/dev/null; then
-        log "installing inferno into .local/bin (cargo install)"
-        cargo install inferno --root "$ROOT/.local" --locked
-    fi
+    ensure_inferno "$ROOT"
     perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf >"$OUT/stacks.folded"
     inferno-flamegraph --title "analytics-demo $EV ev/s $Q q/s (${event[1]})" \
         <"$OUT/stacks.folded" >"$OUT/flamegraph.svg"
