@@ -125,7 +125,7 @@ def flamegraph(pid, secs, name, outdir):
     collapse = shutil.which("inferno-collapse-perf", path=path)
     render = shutil.which("inferno-flamegraph", path=path)
     if not (collapse and render):
-        return "inferno is missing (the target's cargo install into .local/bin failed: see its log)"
+        return "inferno is missing (make bench-efficiency installs it into .local/bin: see its log)"
     os.makedirs(outdir, exist_ok=True)
     data = os.path.join(outdir, f"{name}.perf.data")
     r = subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid),

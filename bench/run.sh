@@ -71,7 +71,7 @@ export BENCH_COMMAND="${BENCH_COMMAND:-${BENCH_QUICK:+BENCH_QUICK=1 }make bench}
 if [ "${BENCH_STEPS:-}" = efficiency ]; then
     # A flamegraph per point needs perf (Debian: linux-perf) and inferno, installed here once
     # like make perf-record does; without perf the table says it is missing.
-    if command -v perf >/dev/null && [ "${EFF_FLAME_SECONDS:-5}" != 0 ]; then
+    if command -v perf >/dev/null && [ "${EFF_FLAME_SECONDS:-}" != 0 ]; then
         ensure_inferno "$ROOT" || log "inferno could not be installed: no flamegraphs"
     fi
     python3 bench/efficiency.py bench/results   # make bench-efficiency
