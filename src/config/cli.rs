@@ -338,7 +338,7 @@ option_table! { $
         db_read_timeout_ms,
         /// seconds between progress log lines [env: PROGRESS_INTERVAL] [default: 5] [range: 1..=3600]
         progress_interval,
-        /// pacing grid of each shard, in microseconds: the operations due within one step start on one wake of the shard (fewer wakes, less CPU at high rates), their latency still counted from their own scheduled time. 0 = auto: 100 below 2000 operations/s per shard, 1000 from there [env: PACE_STEP_US] [default: 0] [range: 0..=100000]
+        /// pacing grid of each shard, in microseconds: the operations due within one step start on one wake of the shard (fewer wakes, less CPU at high rates), each on the grid point nearest its scheduled time; latency counts from that time, or from the start when it came first. 0 = auto: 100 below 2000 operations/s per shard, 1000 from there [env: PACE_STEP_US] [default: 0] [range: 0..=100000]
         pace_step_us,
         /// this instance's index among --instance-count instances sharing the organizations and the rates; unset: JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), else POD_INDEX (a StatefulSet's pod-index label), else the host name's trailing -N, else 0 [env: INSTANCE_INDEX] [default: 0] [range: 0..]
         instance_index,

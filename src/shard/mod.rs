@@ -289,6 +289,8 @@ async fn pace(
     op: impl Fn(Rc<Shard>, Instant),
 ) {
     let mut sched = pacer::Schedule::new(start, rate);
+    // Operations start on the grid point nearest their due time (`pacer::Schedule::next_wake`).
+    let lead = pacer::lead(s.p.pace_step);
     // When this loop meant to run again: how late it actually ran is the generator's own
     // stall (a busy or descheduled CPU), kept apart from the latency of Redis.
     let mut wake: Option<Instant> = None;
@@ -297,7 +299,7 @@ async fn pace(
         if let Some(w) = wake.take() {
             s.record_pacer_late(now.saturating_duration_since(w));
         }
-        let due = sched.take_due(now, s.p.late_limit);
+        let due = sched.take_due(now + lead, s.p.late_limit);
         if due.late > 0 {
             s.record_skip(kind, stats::Skip::Late, due.late);
         }
@@ -306,10 +308,11 @@ async fn pace(
                 s.record_skip(kind, stats::Skip::MaxWorkers, 1);
                 continue;
             }
-            op(s.clone(), sched.at(k));
+            // Latency runs from the due time, or from now for one started early.
+            op(s.clone(), sched.at(k).min(now));
         }
         // Both streams of a shard share `start`, so their wakes coincide.
-        let next = pacer::grid_ceil(start, sched.next_at(), s.p.pace_step);
+        let next = sched.next_wake(s.p.pace_step);
         wake = Some(next);
         let now = Instant::now();
         if next > now {

@@ -1,6 +1,7 @@
 //! Open-loop pacing: operation `k` is due at `start + k / rate`, whatever happened to
 //! earlier operations. Latency is measured from that due time, so a stall shows up as the
-//! latency it caused instead of as a quietly lower rate (no coordinated omission).
+//! latency it caused instead of as a quietly lower rate (no coordinated omission). An
+//! operation that the grid below starts before its due time is measured from its start.
 
 use std::time::{Duration, Instant};
 
@@ -70,14 +71,26 @@ impl Schedule {
     pub fn next_at(&self) -> Instant {
         self.at(self.next)
     }
+
+    /// The point of the grid `start + n * step` on which the next operation starts: the one
+    /// nearest its due time (of two equally near, the earlier). A wake there takes, with
+    /// [`Schedule::take_due`] at `now + lead(step)`, every operation due up to half a step
+    /// after it.
+    pub fn next_wake(&self, step: Duration) -> Instant {
+        let t = self.next_at().checked_sub(lead(step)).unwrap_or(self.start);
+        grid_ceil(self.start, t, step)
+    }
 }
 
-/// Pacing wakes land on a grid of `pace_step`: an operation due at `t` starts at the first
-/// grid point at or after `t`. Operations due within one step start together, so their
-/// commands share one write and the executor wakes once for them (and once more for their
-/// replies) instead of once per operation: each wake costs a context switch and several
-/// io_uring syscalls, the largest cost in the profiles at 10k and 100k operations/s. The
-/// delay, at most one step, counts in the latency measured from the schedule.
+/// Pacing wakes land on a grid of `pace_step`: an operation due at `t` starts at the grid
+/// point nearest `t`, at most half a step early or late. Operations due within one step start
+/// together, so their commands share one write and the executor wakes once for them (and
+/// once more for their replies) instead of once per operation: each wake costs a context
+/// switch and several io_uring syscalls, the largest cost in the profiles at 10k and 100k
+/// operations/s. A late start's delay (at most half a step) counts in the latency measured
+/// from the schedule; an early start is measured from the start itself, so an operation's
+/// latency is never less than it took. (Rounding up to the next grid point instead put a
+/// delay of up to a whole step, half a step on average, into every latency.)
 ///
 /// The fine step, kept below [`AUTO_COARSE_FROM`] operations/s per shard: there the
 /// operations are far enough apart that a coarser grid would save few wakes.
@@ -88,6 +101,11 @@ pub const FINE_STEP: Duration = Duration::from_micros(100);
 pub const COARSE_STEP: Duration = Duration::from_millis(1);
 /// The rate per shard (events and queries) from which the automatic step is coarse.
 pub const AUTO_COARSE_FROM: u64 = 2_000;
+
+/// How far ahead of its due time an operation may start on a grid of `step`.
+pub fn lead(step: Duration) -> Duration {
+    step / 2
+}
 
 /// The grid step of a shard running `ops_per_second`: `configured` unless zero (auto).
 pub fn pace_step(configured: Duration, ops_per_second: u64) -> Duration {
@@ -143,6 +161,43 @@ mod tests {
         assert_eq!(grid_ceil(t0, us(123_456), step), us(123_500));
         // Before the origin: the origin itself.
         assert_eq!(grid_ceil(us(500), us(10), step), us(500));
+    }
+
+    #[test]
+    fn should_start_each_operation_on_the_nearest_grid_point() {
+        let t0 = Instant::now();
+        let step = Duration::from_millis(1);
+        // 350/s: due times fall anywhere between grid points.
+        let mut s = Schedule::new(t0, 350);
+        let mut wake = s.next_wake(step);
+        assert_eq!(wake, t0);
+        let mut started = 0;
+        while wake < t0 + Duration::from_secs(10) {
+            // Wakes land on the grid, each with something to start.
+            assert_eq!(grid_ceil(t0, wake, step), wake);
+            let d = s.take_due(wake + lead(step), Duration::from_secs(1));
+            assert!(d.to > d.from, "a wake at {:?} with nothing due", wake - t0);
+            for k in d.from..d.to {
+                let due = s.at(k);
+                let off = if due >= wake { due - wake } else { wake - due };
+                assert!(off <= lead(step), "op {k}: {off:?} from its grid point");
+                // The grid point nearest its due time.
+                let nearest = grid_ceil(t0, due.checked_sub(lead(step)).unwrap_or(t0), step);
+                assert_eq!(nearest, wake, "op {k}");
+            }
+            started += d.to - d.from;
+            let next = s.next_wake(step);
+            assert!(next > wake);
+            wake = next;
+        }
+        // Everything due before 10 s - half a step was started, and nothing twice.
+        assert_eq!(started, s.due_by(t0 + Duration::from_secs(10) - lead(step)));
+        // Due exactly on a grid point: started on it, not a step early.
+        let s = Schedule::new(t0, 1000);
+        assert_eq!(s.next_wake(step), t0);
+        let mut s = Schedule::new(t0, 1000);
+        s.take_due(t0, Duration::from_secs(1));
+        assert_eq!(s.next_wake(step), t0 + step);
     }
 
     #[test]
